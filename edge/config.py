@@ -1,0 +1,290 @@
+"""TOML file + environment → validated, immutable settings.
+
+Every error names the key it is about, on one line: ``policy.legacy_sunset: ...``.
+Environment variables override file values: ``EDGE_<SECTION>__<KEY>`` (for example
+``EDGE_STORE__URL``), plus ``EDGE_ADMIN_TOKEN``. A value is read as a TOML value when it
+parses as one (``8080``, ``true``, ``["a", "b"]``) and as a plain string otherwise.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+ENV_PREFIX = "EDGE_"
+ENV_CONFIG = "EDGE_CONFIG"
+ENV_ADMIN_TOKEN = "EDGE_ADMIN_TOKEN"
+DEFAULT_CONFIG = Path(__file__).with_name("demo.toml")
+
+_HOST_RE = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]{0,62})(\.[a-z0-9]([a-z0-9-]{0,62}))*(:\d{1,5})?$")
+_TENANT_PLACEHOLDER = "{tenant}"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the key and the problem."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+    if parts.query or parts.fragment:
+        raise ValueError("must not have a query or fragment")
+    return value.rstrip("/")
+
+
+def _public_url(value: str) -> str:
+    # {tenant} may stand in the host (subdomain portals): check the URL with it filled in.
+    _http_url(value.replace(_TENANT_PLACEHOLDER, "tenant"))
+    return value.rstrip("/")
+
+
+def _path_template(value: str) -> str:
+    if not value.startswith("/") or "//" in value or "\\" in value or "?" in value:
+        raise ValueError(f"must be an absolute path without '//', '\\' or '?', got {value!r}")
+    return value
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+PublicUrl = Annotated[str, AfterValidator(_public_url)]
+PathTemplate = Annotated[str, AfterValidator(_path_template)]
+
+
+class ServerSettings(_Section):
+    host: str = "0.0.0.0"
+    port: int = Field(8080, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=256)
+    graceful_timeout: float = Field(30.0, ge=0)
+    trusted_proxies: tuple[str, ...] = ()
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = True
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not an IP address or CIDR") from None
+        return value
+
+
+class StoreSettings(_Section):
+    url: str = "memory://"
+    prefix: str = Field("edge:", min_length=1, max_length=64)
+    resync_interval: float = Field(2.0, gt=0, le=3600)
+    timeout: float = Field(0.5, gt=0, le=60)
+    cache_size: int = Field(1_000_000, ge=1)
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme
+        if scheme not in ("memory", "redis", "rediss", "unix", "redis+sentinel", "redis+cluster"):
+            raise ValueError(
+                f"unsupported scheme {scheme!r}: use redis://, rediss://, unix://, "
+                "redis+sentinel://, redis+cluster:// or memory://"
+            )
+        return value
+
+    @property
+    def embedded(self) -> bool:
+        return self.url.startswith("memory:")
+
+
+TenantRule = Literal["path", "subdomain", "header"]
+
+
+class FrontSettings(_Section):
+    hosts: tuple[str, ...] = Field(min_length=1)
+    backend: HttpUrl
+    public_url: PublicUrl
+    tenant: TenantRule = "path"
+    tenant_header: str = "X-Tenant"
+    home: PathTemplate | None = None
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        lowered = tuple(host.lower() for host in value)
+        for host in lowered:
+            if not _HOST_RE.match(host):
+                raise ValueError(f"{host!r} is not a host name (wildcards only as '*.domain')")
+        return lowered
+
+    @model_validator(mode="after")
+    def _rule_fits_hosts(self) -> FrontSettings:
+        if self.tenant == "subdomain" and not all(h.startswith("*.") for h in self.hosts):
+            raise ValueError("tenant = 'subdomain' needs every host written as '*.domain'")
+        return self
+
+    @property
+    def home_template(self) -> str:
+        """The tenant's home page path on this portal, with ``{tenant}`` to fill in."""
+        if self.home is not None:
+            return self.home
+        return "/{tenant}/" if self.tenant == "path" else "/"
+
+
+class PathRule(_Section):
+    """Legacy path prefix → new path prefix; ``{tenant}`` may appear in both."""
+
+    legacy: PathTemplate = Field(alias="from")
+    new: PathTemplate = Field(alias="to")
+
+
+class AllowRule(_Section):
+    """A write that setup mode lets through to the new portal (for example staff login)."""
+
+    method: str = Field(pattern=r"^[A-Z]+$")
+    path: PathTemplate
+
+
+class PolicySettings(_Section):
+    legacy_sunset: datetime | None = None
+    redirect_status: Literal[301, 302] = 302
+    setup_allow: tuple[AllowRule, ...] = ()
+    path_rules: tuple[PathRule, ...] = ()
+
+    @field_validator("legacy_sunset", mode="before")
+    @classmethod
+    def _instant(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = datetime.fromisoformat(value)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an ISO-8601 instant") from None
+        if isinstance(value, datetime) and value.utcoffset() is None:
+            raise ValueError("must be an instant with a UTC offset, such as 2027-03-31T22:00:00Z")
+        return value
+
+
+class UpstreamSettings(_Section):
+    connect_timeout: float = Field(5.0, gt=0)
+    read_timeout: float = Field(30.0, gt=0)
+    pool_size: int = Field(512, ge=1)
+    pool_size_per_host: int = Field(0, ge=0)
+
+
+class AdminSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(9090, ge=0, le=65535)
+    token: str = ""
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: str) -> str:
+        if value and len(value) < 16:
+            raise ValueError("must be at least 16 characters (or empty to allow no changes)")
+        return value
+
+
+class Settings(_Section):
+    server: ServerSettings = ServerSettings()
+    store: StoreSettings = StoreSettings()
+    legacy: FrontSettings
+    new: FrontSettings
+    policy: PolicySettings = PolicySettings()
+    upstream: UpstreamSettings = UpstreamSettings()
+    admin: AdminSettings = AdminSettings()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        shared = set(self.legacy.hosts) & set(self.new.hosts)
+        if shared:
+            raise _keyed("new.hosts", f"{sorted(shared)[0]!r} is listed on both fronts")
+        if self.store.embedded and self.server.workers > 1:
+            raise _keyed("server.workers", "memory:// is a single-process store: use 1 worker")
+        if self.admin.port and self.admin.port == self.server.port:
+            raise _keyed("admin.port", "must differ from server.port")
+        return self
+
+
+class _KeyedError(ValueError):
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(problem)
+        self.key = key
+
+
+def _keyed(key: str, problem: str) -> _KeyedError:
+    return _KeyedError(key, problem)
+
+
+def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read, merge and validate; raise ConfigError naming the key on any problem."""
+    env = os.environ if env is None else env
+    source = Path(path or env.get(ENV_CONFIG) or DEFAULT_CONFIG)
+    try:
+        raw = tomllib.loads(source.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{source}: cannot be read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    return from_mapping(_with_env(raw, env), source=str(source))
+
+
+def from_mapping(raw: Mapping[str, Any], source: str = "config") -> Settings:
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_first_problem(exc)}") from None
+
+
+def _first_problem(exc: ValidationError) -> str:
+    error = exc.errors(include_url=False)[0]
+    context_error = (error.get("ctx") or {}).get("error")
+    if isinstance(context_error, _KeyedError):
+        return f"{context_error.key}: {context_error}"
+    key = ".".join(str(part) for part in error["loc"] if not str(part).startswith("function-"))
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif error["type"] == "missing":
+        message = "is required"
+    return f"{key or 'config'}: {message}"
+
+
+def _with_env(raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    merged: dict[str, Any] = {name: dict(section) if isinstance(section, Mapping) else section
+                              for name, section in raw.items()}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX):].lower().partition("__")
+        target = merged.setdefault(section, {})
+        if isinstance(target, dict):
+            target[key] = _env_value(value)
+    if token := env.get(ENV_ADMIN_TOKEN):
+        merged.setdefault("admin", {})["token"] = token
+    return merged
+
+
+def _env_value(value: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return value

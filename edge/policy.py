@@ -1,0 +1,216 @@
+"""Decide: one request's front, tenant, mode and method → one Decision. Pure: no I/O, no clock."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from urllib.parse import quote
+
+from edge.config import Settings
+from edge.tenants import Front
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Headers some frameworks read to turn a POST into another method (or a GET into a write).
+METHOD_OVERRIDE_HEADERS = frozenset(
+    {"x-http-method-override", "x-http-method", "x-method-override", "x-original-method"}
+)
+_PATH_SAFE = "/-._~!$&'()*+,;=:@"
+_QUERY_SAFE = "/-._~!$&'()*+,;=:@?%"
+
+
+class Mode(StrEnum):
+    LEGACY = "legacy"
+    SETUP = "setup"
+    ACTIVE = "active"
+
+    @property
+    def rank(self) -> int:
+        return _RANK[self]
+
+    @classmethod
+    def parse(cls, value: str | bytes | None) -> Mode | None:
+        """A stored value → its Mode; a missing key is LEGACY, anything else invalid is None."""
+        if value is None:
+            return cls.LEGACY
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        return _BY_VALUE.get(value)
+
+
+_RANK = {Mode.LEGACY: 0, Mode.SETUP: 1, Mode.ACTIVE: 2}
+_BY_VALUE = {mode.value: mode for mode in Mode}
+
+
+def is_forward_move(current: Mode | None, target: Mode) -> bool:
+    """Moves go legacy → setup → active; staying put is allowed, going back needs force."""
+    return current is None or target.rank >= current.rank
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    front: Front
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    location: str
+    status: int
+
+    @property
+    def permanent(self) -> bool:
+        return self.status in (301, 308)
+
+
+class Reason(StrEnum):
+    RETIRED = "retired"
+    BLOCKED = "blocked"
+    NOT_ENABLED = "not_enabled"
+    MISCONFIGURED = "misconfigured"
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    status: int
+    reason: Reason
+    message: str
+
+
+Decision = Forward | Redirect | Refuse
+
+FORWARD_LEGACY = Forward(Front.LEGACY)
+FORWARD_NEW = Forward(Front.NEW)
+
+
+@dataclass(frozen=True, slots=True)
+class PathRule:
+    legacy: str
+    new: str
+
+
+@dataclass(frozen=True, slots=True)
+class AllowRule:
+    method: str
+    path: str
+
+    def matches(self, tenant: str, method: str, path: str) -> bool:
+        if method != self.method:
+            return False
+        pattern = self.path.replace("{tenant}", tenant)
+        if pattern.endswith("/*"):
+            return path.startswith(pattern[:-1])
+        return path == pattern
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    sunset: datetime | None
+    redirect_status: int
+    setup_allow: tuple[AllowRule, ...]
+    path_rules: tuple[PathRule, ...]
+    new_url: str
+    new_home: str
+    legacy_url: str
+    legacy_home: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Policy:
+        policy = settings.policy
+        return cls(
+            sunset=policy.legacy_sunset,
+            redirect_status=policy.redirect_status,
+            setup_allow=tuple(AllowRule(r.method, r.path) for r in policy.setup_allow),
+            path_rules=tuple(PathRule(r.legacy, r.new) for r in policy.path_rules),
+            new_url=settings.new.public_url,
+            new_home=settings.new.home_template,
+            legacy_url=settings.legacy.public_url,
+            legacy_home=settings.legacy.home_template,
+        )
+
+    def new_location(self, tenant: str, path: str, query: str) -> str:
+        """Where a legacy URL lives on the new portal, built from configuration only."""
+        mapped = _map_path(self.path_rules, tenant, path) or _fill(self.new_home, tenant)
+        location = _fill(self.new_url, tenant) + _clean_path(mapped)
+        return f"{location}?{quote(query, safe=_QUERY_SAFE)}" if query else location
+
+    def legacy_home_location(self, tenant: str) -> str:
+        return _fill(self.legacy_url, tenant) + _fill(self.legacy_home, tenant)
+
+
+def effective_method(method: str, overrides: Iterable[str]) -> str:
+    """The method to judge a request by: an override header that names a write wins."""
+    for value in overrides:
+        override = value.strip()
+        if override != method and override not in SAFE_METHODS:
+            return override or "POST"
+    return method
+
+
+def decide(
+    front: Front,
+    tenant: str,
+    mode: Mode | None,
+    method: str,
+    path: str,
+    query: str,
+    now: datetime,
+    policy: Policy,
+) -> Decision:
+    """The routing matrix of SPEC.md. ``mode`` None means the stored value was not a mode."""
+    if mode is None:
+        return _MISCONFIGURED
+    if front is Front.LEGACY:
+        if mode is Mode.ACTIVE:
+            return Redirect(policy.new_location(tenant, path, query), _status(method, policy))
+        if policy.sunset is not None and now >= policy.sunset:
+            return _RETIRED
+        return FORWARD_LEGACY
+    if mode is Mode.ACTIVE:
+        return FORWARD_NEW
+    if method in SAFE_METHODS:
+        if mode is Mode.SETUP:
+            return FORWARD_NEW
+        return Redirect(policy.legacy_home_location(tenant), 302)
+    if mode is Mode.LEGACY:
+        return _NOT_ENABLED
+    if any(rule.matches(tenant, method, path) for rule in policy.setup_allow):
+        return FORWARD_NEW
+    return _BLOCKED
+
+
+def _status(method: str, policy: Policy) -> int:
+    permanent = policy.redirect_status == 301
+    if method in ("GET", "HEAD"):
+        return policy.redirect_status
+    return 308 if permanent else 307
+
+
+def _fill(template: str, tenant: str) -> str:
+    return template.replace("{tenant}", tenant)
+
+
+def _map_path(rules: tuple[PathRule, ...], tenant: str, path: str) -> str | None:
+    for rule in rules:
+        prefix = _fill(rule.legacy, tenant).rstrip("/")
+        if path == prefix or path.startswith(prefix + "/") or (not prefix and path == "/"):
+            return _fill(rule.new, tenant).rstrip("/") + path[len(prefix) :] or "/"
+    return None
+
+
+def _clean_path(path: str) -> str:
+    """Percent-encode and fold repeated slashes, so the path can never read as a host."""
+    folded = "/" + "/".join(part for part in path.split("/") if part)
+    if path.endswith("/") and folded != "/":
+        folded += "/"
+    return quote(folded, safe=_PATH_SAFE)
+
+
+_RETIRED = Refuse(410, Reason.RETIRED, "The Parent Portal has been retired.")
+_BLOCKED = Refuse(
+    403, Reason.BLOCKED, "The new portal is in read-only preview: changes are not possible yet."
+)
+_NOT_ENABLED = Refuse(403, Reason.NOT_ENABLED, "The new portal is not enabled for this business.")
+_MISCONFIGURED = Refuse(
+    500, Reason.MISCONFIGURED, "This business's portal routing is misconfigured."
+)

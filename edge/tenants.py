@@ -1,0 +1,100 @@
+"""Resolve: Host and path → the front a request came in on, and its tenant. Pure."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+from edge.config import FrontSettings, Settings
+
+TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+# What a path must never hold: it could change the tenant or dodge a rule once a backend
+# normalises it (dot segments, encoded or back slashes, control bytes).
+_UNSAFE_PATH = re.compile(r"(^|/)\.{1,2}(/|$)|%2[fF]|%5[cC]|\\|[\x00-\x1f\x7f]")
+
+
+class Front(StrEnum):
+    LEGACY = "legacy"
+    NEW = "new"
+
+
+def is_tenant_id(value: str) -> bool:
+    return TENANT_ID.match(value) is not None
+
+
+def is_safe_path(path: str) -> bool:
+    """True when the decoded path has no dot segment, encoded/back slash or control byte."""
+    return path.startswith("/") and _UNSAFE_PATH.search(path) is None
+
+
+@dataclass(frozen=True, slots=True)
+class FrontRule:
+    front: Front
+    exact_hosts: frozenset[str]
+    wildcard_suffixes: tuple[str, ...]
+    rule: str
+    header: str
+
+    @classmethod
+    def from_settings(cls, front: Front, settings: FrontSettings) -> FrontRule:
+        return cls(
+            front=front,
+            exact_hosts=frozenset(h for h in settings.hosts if not h.startswith("*.")),
+            wildcard_suffixes=tuple(h[1:] for h in settings.hosts if h.startswith("*.")),
+            rule=settings.tenant,
+            header=settings.tenant_header.lower(),
+        )
+
+    def subdomain_of(self, host: str) -> str | None:
+        """The single label that a wildcard host stands for, or None."""
+        for suffix in self.wildcard_suffixes:
+            if host.endswith(suffix):
+                label = host[: -len(suffix)]
+                if label and "." not in label:
+                    return label
+        return None
+
+    def tenant_of(self, host: str, path: str, header: str | None) -> str | None:
+        """The tenant id by this front's rule, or None when absent or malformed."""
+        if self.rule == "path":
+            candidate = path[1:].partition("/")[0]
+        elif self.rule == "subdomain":
+            candidate = self.subdomain_of(_without_port(host.lower())) or ""
+        else:
+            candidate = (header or "").strip()
+        return candidate if is_tenant_id(candidate) else None
+
+
+class Resolver:
+    """Finds the front of a Host header; each front then finds the tenant by its rule."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.fronts = (
+            FrontRule.from_settings(Front.LEGACY, settings.legacy),
+            FrontRule.from_settings(Front.NEW, settings.new),
+        )
+        self._by_host: dict[str, FrontRule] = {}
+        for rule in self.fronts:
+            self._by_host.update(dict.fromkeys(rule.exact_hosts, rule))
+
+    def front(self, host: str) -> FrontRule | None:
+        """The front for a Host header value (any case, with or without a port)."""
+        host = host.lower()
+        rule = self._by_host.get(host)
+        if rule is not None:
+            return rule
+        name = _without_port(host)
+        rule = self._by_host.get(name)
+        if rule is not None:
+            return rule
+        for candidate in self.fronts:
+            if candidate.subdomain_of(name) is not None:
+                return candidate
+        return None
+
+
+def _without_port(host: str) -> str:
+    if host.startswith("["):
+        return host.partition("]")[0] + "]"
+    return host.rpartition(":")[0] if ":" in host else host
