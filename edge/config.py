@@ -130,7 +130,7 @@ class FrontSettings(_Section):
     def _hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         lowered = tuple(host.lower() for host in value)
         for host in lowered:
-            if not _HOST_RE.match(host):
+            if not _HOST_RE.fullmatch(host):
                 raise ValueError(f"{host!r} is not a host name (wildcards only as '*.domain')")
         return lowered
 

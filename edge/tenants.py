@@ -8,7 +8,7 @@ from enum import StrEnum
 
 from edge.config import FrontSettings, Settings
 
-TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+TENANT_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 # What a path must never hold: it could change the tenant or dodge a rule once a backend
 # normalises it (dot segments, encoded or back slashes, control bytes).
 _UNSAFE_PATH = re.compile(r"(^|/)\.{1,2}(/|$)|%2[fF]|%5[cC]|\\|[\x00-\x1f\x7f]")
@@ -20,7 +20,7 @@ class Front(StrEnum):
 
 
 def is_tenant_id(value: str) -> bool:
-    return TENANT_ID.match(value) is not None
+    return TENANT_ID.fullmatch(value) is not None
 
 
 def is_safe_path(path: str) -> bool:

@@ -1,0 +1,118 @@
+"""Config: a bad file is refused with one line that names the key; env overrides the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge import config
+
+GOOD = """
+[server]
+port = 8080
+[store]
+url = "redis://127.0.0.1:6379/0"
+[legacy]
+hosts = ["parents.example.com"]
+backend = "http://127.0.0.1:9001"
+public_url = "https://parents.example.com"
+[new]
+hosts = ["portal.example.com"]
+backend = "http://127.0.0.1:9002"
+public_url = "https://portal.example.com"
+[policy]
+legacy_sunset = "2027-06-30T22:00:00Z"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "edge.toml"
+    path.write_text(text)
+    return path
+
+
+def test_a_good_file_loads(tmp_path: Path) -> None:
+    settings = config.load(write(tmp_path, GOOD), env={})
+    assert settings.server.port == 8080
+    assert settings.store.prefix == "edge:"
+    assert settings.policy.legacy_sunset is not None
+    assert settings.policy.legacy_sunset.isoformat() == "2027-06-30T22:00:00+00:00"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("port = 8080", "port = 8080\nbogus = 1", "server.bogus: unknown key"),
+        ("port = 8080", 'port = "eighty"', "server.port: Input should be a valid integer"),
+        ("port = 8080", "port = 70000", "server.port: Input should be less than or equal to 65535"),
+        ('url = "redis://127.0.0.1:6379/0"', 'url = "http://x"', "store.url: unsupported scheme 'http'"),
+        ('"2027-06-30T22:00:00Z"', '"next summer"', "policy.legacy_sunset: 'next summer' is not an ISO-8601 instant"),
+        ('"2027-06-30T22:00:00Z"', '"2027-06-30T22:00:00"', "policy.legacy_sunset: must be an instant with a UTC offset"),
+        ('hosts = ["portal.example.com"]', 'hosts = ["parents.example.com"]', "new.hosts: 'parents.example.com' is listed on both fronts"),
+        ('backend = "http://127.0.0.1:9001"', 'backend = "ftp://x"', "legacy.backend: must be an http:// or https:// URL"),
+        ('backend = "http://127.0.0.1:9001"', "", "legacy.backend: is required"),
+        ('hosts = ["portal.example.com"]', 'hosts = ["bad host!"]', "new.hosts: 'bad host!' is not a host name"),
+        ("[policy]", "[policy]\nredirect_status = 303", "policy.redirect_status: Input should be 301 or 302"),
+        ("[policy]", '[policy]\nsetup_allow = [{method = "post", path = "/x"}]', "policy.setup_allow.0.method"),
+        ("[policy]", '[policy]\npath_rules = [{from = "classes", to = "/x"}]', "policy.path_rules.0.from: must be an absolute path"),
+        ("[server]", '[server]\ntrusted_proxies = ["10.0.0.0/33"]', "server.trusted_proxies: '10.0.0.0/33' is not an IP address or CIDR"),
+        ('port = 8080\n[store]\nurl = "redis://127.0.0.1:6379/0"', 'port = 8080\nworkers = 2\n[store]\nurl = "memory://"', "server.workers: memory:// is a single-process store"),
+        ("[policy]", "[admin]\nport = 8080\n[policy]", "admin.port: must differ from server.port"),
+        ("[policy]", '[admin]\ntoken = "short"\n[policy]', "admin.token: must be at least 16 characters"),
+        ("[policy]", "[nonsense]\n[policy]", "nonsense: unknown key"),
+    ],
+)
+def test_a_bad_file_is_refused_naming_the_key(tmp_path: Path, old: str, new: str, message: str) -> None:
+    assert old in GOOD
+    path = write(tmp_path, GOOD.replace(old, new, 1))
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(path, env={})
+    text = str(caught.value)
+    assert "\n" not in text
+    assert f"{path}: {message}" in text
+
+
+def test_not_toml_and_missing_files_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(config.ConfigError, match="not valid TOML"):
+        config.load(write(tmp_path, "[server\nport=1"), env={})
+    with pytest.raises(config.ConfigError, match="no such config file"):
+        config.load(tmp_path / "missing.toml", env={})
+
+
+def test_environment_overrides_the_file(tmp_path: Path) -> None:
+    env = {
+        "EDGE_SERVER__PORT": "9999",
+        "EDGE_STORE__URL": "redis://redis.internal:6380/2",
+        "EDGE_LEGACY__HOSTS": '["a.example.com", "b.example.com"]',
+        "EDGE_POLICY__LEGACY_SUNSET": "2028-01-01T00:00:00+01:00",
+        "EDGE_ADMIN_TOKEN": "a-very-long-admin-token",
+        "EDGE_UNRELATED": "ignored",
+    }
+    settings = config.load(write(tmp_path, GOOD), env=env)
+    assert settings.server.port == 9999
+    assert settings.store.url == "redis://redis.internal:6380/2"
+    assert settings.legacy.hosts == ("a.example.com", "b.example.com")
+    assert settings.policy.legacy_sunset is not None
+    assert settings.policy.legacy_sunset.isoformat() == "2028-01-01T00:00:00+01:00"
+    assert settings.admin.token == "a-very-long-admin-token"
+
+
+def test_a_bad_environment_value_names_the_key(tmp_path: Path) -> None:
+    with pytest.raises(config.ConfigError, match="server.workers: Input should be greater"):
+        config.load(write(tmp_path, GOOD), env={"EDGE_SERVER__WORKERS": "0"})
+
+
+def test_the_config_path_comes_from_edge_config(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD)
+    assert config.load(env={"EDGE_CONFIG": str(path)}).server.port == 8080
+
+
+@pytest.mark.parametrize("name", ["config/edge.toml", "config/demo.toml"])
+def test_the_shipped_configs_are_valid(name: str) -> None:
+    root = Path(__file__).parent.parent
+    config.load(root / name, env={})
+
+
+def test_the_embedded_default_is_the_demo() -> None:
+    assert config.load(env={}).store.url == "memory://"

@@ -1,0 +1,272 @@
+"""The routing matrix of SPEC.md, one row per cell, against the pure decide()."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from edge import config
+from edge.policy import (
+    Forward,
+    Mode,
+    Policy,
+    Reason,
+    Redirect,
+    Refuse,
+    decide,
+    effective_method,
+    is_forward_move,
+)
+from edge.tenants import Front
+
+SUNSET = datetime(2027, 6, 30, 22, 0, tzinfo=UTC)
+BEFORE = datetime(2027, 1, 1, tzinfo=UTC)
+AFTER = datetime(2027, 7, 1, tzinfo=UTC)
+
+BASE = {
+    "legacy": {
+        "hosts": ["parents.example.com"],
+        "backend": "http://legacy.internal:8000",
+        "public_url": "https://parents.example.com",
+    },
+    "new": {
+        "hosts": ["portal.example.com"],
+        "backend": "http://new.internal:8000",
+        "public_url": "https://portal.example.com",
+    },
+    "policy": {
+        "legacy_sunset": "2027-06-30T22:00:00Z",
+        "setup_allow": [
+            {"method": "POST", "path": "/{tenant}/staff/login"},
+            {"method": "POST", "path": "/{tenant}/staff/sso/*"},
+        ],
+        "path_rules": [
+            {"from": "/{tenant}/classes", "to": "/{tenant}/schedule"},
+            {"from": "/{tenant}/account/", "to": "/{tenant}/profile"},
+        ],
+    },
+}
+
+
+def make_policy(**policy: object) -> Policy:
+    raw = {**BASE, "policy": {**BASE["policy"], **policy}}  # type: ignore[dict-item]
+    return Policy.from_settings(config.from_mapping(raw))
+
+
+POLICY = make_policy()
+PERMANENT = make_policy(redirect_status=301)
+
+L, N = Front.LEGACY, Front.NEW
+LEGACY, SETUP, ACTIVE = Mode.LEGACY, Mode.SETUP, Mode.ACTIVE
+TO_NEW_HOME = Redirect("https://portal.example.com/acme/", 302)
+TO_LEGACY_HOME = Redirect("https://parents.example.com/acme/", 302)
+
+MATRIX = [
+    # legacy front, before sunset
+    (L, LEGACY, "GET", BEFORE, Forward(L)),
+    (L, LEGACY, "POST", BEFORE, Forward(L)),
+    (L, SETUP, "GET", BEFORE, Forward(L)),
+    (L, SETUP, "DELETE", BEFORE, Forward(L)),
+    (L, ACTIVE, "GET", BEFORE, TO_NEW_HOME),
+    (L, ACTIVE, "HEAD", BEFORE, TO_NEW_HOME),
+    (L, ACTIVE, "POST", BEFORE, Redirect(TO_NEW_HOME.location, 307)),
+    (L, ACTIVE, "OPTIONS", BEFORE, Redirect(TO_NEW_HOME.location, 307)),
+    # legacy front, after sunset
+    (L, LEGACY, "GET", AFTER, Refuse(410, Reason.RETIRED, "")),
+    (L, SETUP, "POST", AFTER, Refuse(410, Reason.RETIRED, "")),
+    (L, ACTIVE, "GET", AFTER, TO_NEW_HOME),
+    (L, LEGACY, "GET", SUNSET, Refuse(410, Reason.RETIRED, "")),
+    # new front, safe methods
+    (N, LEGACY, "GET", BEFORE, TO_LEGACY_HOME),
+    (N, LEGACY, "HEAD", BEFORE, TO_LEGACY_HOME),
+    (N, LEGACY, "OPTIONS", BEFORE, TO_LEGACY_HOME),
+    (N, SETUP, "GET", BEFORE, Forward(N)),
+    (N, SETUP, "HEAD", BEFORE, Forward(N)),
+    (N, SETUP, "OPTIONS", BEFORE, Forward(N)),
+    (N, ACTIVE, "GET", BEFORE, Forward(N)),
+    (N, ACTIVE, "GET", AFTER, Forward(N)),
+    # new front, other methods
+    (N, LEGACY, "POST", BEFORE, Refuse(403, Reason.NOT_ENABLED, "")),
+    (N, SETUP, "POST", BEFORE, Refuse(403, Reason.BLOCKED, "")),
+    (N, SETUP, "PUT", BEFORE, Refuse(403, Reason.BLOCKED, "")),
+    (N, SETUP, "PATCH", BEFORE, Refuse(403, Reason.BLOCKED, "")),
+    (N, SETUP, "DELETE", BEFORE, Refuse(403, Reason.BLOCKED, "")),
+    (N, SETUP, "get", BEFORE, Refuse(403, Reason.BLOCKED, "")),
+    (N, SETUP, "PROPFIND", BEFORE, Refuse(403, Reason.BLOCKED, "")),
+    (N, SETUP, "TRACE", BEFORE, Refuse(403, Reason.BLOCKED, "")),
+    (N, ACTIVE, "POST", BEFORE, Forward(N)),
+    (N, ACTIVE, "DELETE", AFTER, Forward(N)),
+]
+
+
+def _same(decision: object, expected: object) -> bool:
+    if isinstance(expected, Refuse) and isinstance(decision, Refuse):
+        return (decision.status, decision.reason) == (expected.status, expected.reason)
+    return decision == expected
+
+
+@pytest.mark.parametrize(("front", "mode", "method", "now", "expected"), MATRIX)
+def test_routing_matrix(front: Front, mode: Mode, method: str, now: datetime, expected: object) -> None:
+    decision = decide(front, "acme", mode, method, "/acme/", "", now, POLICY)
+    assert _same(decision, expected), decision
+
+
+@pytest.mark.parametrize("front", [L, N])
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_an_invalid_stored_mode_is_an_error_and_never_a_write(front: Front, method: str) -> None:
+    decision = decide(front, "acme", None, method, "/acme/", "", BEFORE, POLICY)
+    assert isinstance(decision, Refuse)
+    assert decision.reason is Reason.MISCONFIGURED
+
+
+def test_no_sunset_means_the_legacy_portal_keeps_working() -> None:
+    policy = make_policy(legacy_sunset=None)
+    far_future = datetime(2100, 1, 1, tzinfo=UTC)
+    assert decide(L, "acme", LEGACY, "GET", "/acme/", "", far_future, policy) == Forward(L)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "expected"),
+    [
+        ("POST", "/acme/staff/login", Forward(N)),
+        ("POST", "/acme/staff/sso/callback", Forward(N)),
+        ("PUT", "/acme/staff/login", None),
+        ("POST", "/acme/staff/login/", None),
+        ("POST", "/acme/STAFF/login", None),
+        ("POST", "/other/staff/login", None),
+        ("POST", "/acme/staff/sso", None),
+        ("POST", "/acme/checkout", None),
+    ],
+)
+def test_setup_allow_list(method: str, path: str, expected: Forward | None) -> None:
+    decision = decide(N, "acme", SETUP, method, path, "", BEFORE, POLICY)
+    if expected is None:
+        assert isinstance(decision, Refuse)
+        assert decision.reason is Reason.BLOCKED
+    else:
+        assert decision == expected
+
+
+def test_the_allow_list_does_not_open_writes_for_a_tenant_that_is_not_enabled() -> None:
+    decision = decide(N, "acme", LEGACY, "POST", "/acme/staff/login", "", BEFORE, POLICY)
+    assert isinstance(decision, Refuse)
+    assert decision.reason is Reason.NOT_ENABLED
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "location"),
+    [
+        ("/acme/classes", "", "https://portal.example.com/acme/schedule"),
+        ("/acme/classes/42", "", "https://portal.example.com/acme/schedule/42"),
+        ("/acme/classes/42", "week=3&x=a+b", "https://portal.example.com/acme/schedule/42?week=3&x=a+b"),
+        ("/acme/classesX", "", "https://portal.example.com/acme/"),
+        ("/acme/account/", "", "https://portal.example.com/acme/profile/"),
+        ("/acme/account/billing", "", "https://portal.example.com/acme/profile/billing"),
+        ("/acme/", "", "https://portal.example.com/acme/"),
+        ("/acme/unknown/page", "ref=mail", "https://portal.example.com/acme/?ref=mail"),
+        ("/acme/classes//evil.com", "", "https://portal.example.com/acme/schedule/evil.com"),
+        ("/acme/classes/a b<c>", "", "https://portal.example.com/acme/schedule/a%20b%3Cc%3E"),
+        ("/acme/classes/x", "a=<b> c", "https://portal.example.com/acme/schedule/x?a=%3Cb%3E%20c"),
+    ],
+)
+def test_redirects_map_paths_by_the_ordered_rules(path: str, query: str, location: str) -> None:
+    decision = decide(L, "acme", ACTIVE, "GET", path, query, BEFORE, POLICY)
+    assert decision == Redirect(location, 302)
+
+
+@pytest.mark.parametrize(
+    ("method", "status", "policy"),
+    [
+        ("GET", 302, POLICY),
+        ("HEAD", 302, POLICY),
+        ("POST", 307, POLICY),
+        ("PUT", 307, POLICY),
+        ("GET", 301, PERMANENT),
+        ("HEAD", 301, PERMANENT),
+        ("POST", 308, PERMANENT),
+        ("DELETE", 308, PERMANENT),
+    ],
+)
+def test_redirect_status_by_method_and_config(method: str, status: int, policy: Policy) -> None:
+    decision = decide(L, "acme", ACTIVE, method, "/acme/", "", BEFORE, policy)
+    assert isinstance(decision, Redirect)
+    assert decision.status == status
+    assert decision.permanent is (status in (301, 308))
+
+
+def test_the_first_matching_rule_wins() -> None:
+    policy = make_policy(
+        path_rules=[
+            {"from": "/{tenant}/classes/kids", "to": "/{tenant}/juniors"},
+            {"from": "/{tenant}/classes", "to": "/{tenant}/schedule"},
+        ]
+    )
+    kids = decide(L, "acme", ACTIVE, "GET", "/acme/classes/kids/1", "", BEFORE, policy)
+    other = decide(L, "acme", ACTIVE, "GET", "/acme/classes/adults", "", BEFORE, policy)
+    assert kids == Redirect("https://portal.example.com/acme/juniors/1", 302)
+    assert other == Redirect("https://portal.example.com/acme/schedule/adults", 302)
+
+
+def test_subdomain_portals_put_the_tenant_in_the_host_from_config_only() -> None:
+    raw = {
+        **BASE,
+        "legacy": {**BASE["legacy"], "hosts": ["*.parents.example.com"], "tenant": "subdomain",
+                   "public_url": "https://{tenant}.parents.example.com"},
+        "new": {**BASE["new"], "public_url": "https://{tenant}.portal.example.com",
+                "tenant": "subdomain", "hosts": ["*.portal.example.com"]},
+        "policy": {},
+    }
+    policy = Policy.from_settings(config.from_mapping(raw))
+    assert decide(L, "acme", ACTIVE, "GET", "/classes", "", BEFORE, policy) == Redirect(
+        "https://acme.portal.example.com/", 302
+    )
+    assert decide(N, "acme", LEGACY, "GET", "/", "", BEFORE, policy) == Redirect(
+        "https://acme.parents.example.com/", 302
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "overrides", "judged"),
+    [
+        ("GET", [], "GET"),
+        ("GET", ["GET"], "GET"),
+        ("GET", ["HEAD"], "GET"),
+        ("POST", ["GET"], "POST"),
+        ("GET", ["POST"], "POST"),
+        ("GET", ["delete"], "delete"),
+        ("GET", [" PUT "], "PUT"),
+        ("GET", [""], "POST"),
+        ("HEAD", ["GET", "PATCH"], "PATCH"),
+    ],
+)
+def test_a_method_override_that_names_a_write_is_judged_as_that_write(
+    method: str, overrides: list[str], judged: str
+) -> None:
+    assert effective_method(method, overrides) == judged
+
+
+@pytest.mark.parametrize(
+    ("current", "target", "allowed"),
+    [
+        (LEGACY, SETUP, True),
+        (SETUP, ACTIVE, True),
+        (LEGACY, ACTIVE, True),
+        (ACTIVE, ACTIVE, True),
+        (ACTIVE, SETUP, False),
+        (SETUP, LEGACY, False),
+        (ACTIVE, LEGACY, False),
+        (None, LEGACY, True),
+    ],
+)
+def test_moves_go_only_forward(current: Mode | None, target: Mode, allowed: bool) -> None:
+    assert is_forward_move(current, target) is allowed
+
+
+@pytest.mark.parametrize(
+    ("stored", "mode"),
+    [(None, LEGACY), ("legacy", LEGACY), ("setup", SETUP), (b"active", ACTIVE),
+     ("ACTIVE", None), ("", None), ("activ", None), (" setup", None)],
+)
+def test_stored_values(stored: str | bytes | None, mode: Mode | None) -> None:
+    assert Mode.parse(stored) is mode

@@ -1,0 +1,126 @@
+"""Resolve: which front a Host belongs to and which tenant a request is for."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge import config
+from edge.tenants import Front, Resolver, is_safe_path, is_tenant_id
+
+
+def resolver(legacy: dict[str, object] | None = None, new: dict[str, object] | None = None) -> Resolver:
+    raw = {
+        "legacy": {"hosts": ["parents.example.com", "localhost:8080"],
+                   "backend": "http://127.0.0.1:1", "public_url": "https://parents.example.com",
+                   **(legacy or {})},
+        "new": {"hosts": ["portal.example.com"], "backend": "http://127.0.0.1:2",
+                "public_url": "https://portal.example.com", **(new or {})},
+    }
+    return Resolver(config.from_mapping(raw))
+
+
+@pytest.mark.parametrize(
+    ("host", "front"),
+    [
+        ("parents.example.com", Front.LEGACY),
+        ("PARENTS.Example.COM", Front.LEGACY),
+        ("parents.example.com:443", Front.LEGACY),
+        ("localhost:8080", Front.LEGACY),
+        ("portal.example.com", Front.NEW),
+        ("portal.example.com:8443", Front.NEW),
+        ("evil.example.com", None),
+        ("", None),
+        ("parents.example.com.evil.com", None),
+        ("localhost", None),
+    ],
+)
+def test_front_by_host(host: str, front: Front | None) -> None:
+    found = resolver().front(host)
+    assert (found.front if found else None) is front
+
+
+@pytest.mark.parametrize(
+    ("path", "tenant"),
+    [
+        ("/acme-gym/classes", "acme-gym"),
+        ("/acme-gym", "acme-gym"),
+        ("/acme-gym/", "acme-gym"),
+        ("/a", "a"),
+        ("/0pool", "0pool"),
+        ("/", None),
+        ("//acme-gym", None),
+        ("/Acme-Gym/classes", None),
+        ("/-acme/", None),
+        ("/acme_gym/", None),
+        ("/acme.gym/", None),
+        ("/" + "a" * 63 + "/", "a" * 63),
+        ("/" + "a" * 64 + "/", None),
+        ("/acme%2Dgym/", None),
+    ],
+)
+def test_tenant_from_the_first_path_segment(path: str, tenant: str | None) -> None:
+    front = resolver().front("parents.example.com")
+    assert front is not None
+    assert front.tenant_of("parents.example.com", path, None) == tenant
+
+
+@pytest.mark.parametrize(
+    ("host", "tenant"),
+    [
+        ("acme.portal.example.com", "acme"),
+        ("acme.portal.example.com:8443", "acme"),
+        ("ACME.portal.example.com", "acme"),
+        ("a.b.portal.example.com", None),
+        ("under_score.portal.example.com", None),
+    ],
+)
+def test_tenant_from_a_subdomain(host: str, tenant: str | None) -> None:
+    found = resolver(new={"hosts": ["*.portal.example.com"], "tenant": "subdomain",
+                          "public_url": "https://{tenant}.portal.example.com"})
+    front = found.front(host)
+    if tenant is None and front is None:
+        return
+    assert front is not None and front.front is Front.NEW
+    assert front.tenant_of(host, "/anything", None) == tenant
+
+
+@pytest.mark.parametrize(("header", "tenant"), [("acme", "acme"), (" acme ", "acme"),
+                                                 ("ACME", None), ("", None), (None, None)])
+def test_tenant_from_a_header(header: str | None, tenant: str | None) -> None:
+    front = resolver(new={"tenant": "header", "tenant_header": "X-Business"}).front("portal.example.com")
+    assert front is not None
+    assert front.header == "x-business"
+    assert front.tenant_of("portal.example.com", "/x", header) == tenant
+
+
+@pytest.mark.parametrize(
+    ("path", "safe"),
+    [
+        ("/acme/classes", True),
+        ("/acme/classes/", True),
+        ("/acme/a.b/c..d", True),
+        ("/acme/../other/x", False),
+        ("/acme/./x", False),
+        ("/acme/..", False),
+        ("/..", False),
+        ("/acme/x%2Fy", False),
+        ("/acme/x%2fy", False),
+        ("/acme/x%5Cy", False),
+        ("/acme\\..\\other", False),
+        ("/acme/\x00", False),
+        ("/acme/\r\n", False),
+        ("acme/x", False),
+    ],
+)
+def test_paths_that_could_change_the_tenant_are_not_safe(path: str, safe: bool) -> None:
+    assert is_safe_path(path) is safe
+
+
+@pytest.mark.parametrize("value", ["a", "acme-gym", "0", "a-" * 31 + "a"])
+def test_valid_tenant_ids(value: str) -> None:
+    assert is_tenant_id(value)
+
+
+@pytest.mark.parametrize("value", ["", "-a", "A", "a_b", "a.b", "a/b", "a" * 64, "ä", "a\n"])
+def test_invalid_tenant_ids(value: str) -> None:
+    assert not is_tenant_id(value)
