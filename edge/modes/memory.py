@@ -1,0 +1,85 @@
+"""The embedded single-process store (``memory://``), for the demo and for tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+
+from edge.modes.base import (
+    DEFAULT_MODE,
+    HISTORY_LIMIT,
+    Change,
+    ModeEvent,
+    ModeStore,
+    OnSubscribed,
+    Outcome,
+    backward_from,
+)
+from edge.policy import Mode
+
+
+class MemoryStore(ModeStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self._modes: dict[str, str] = {}
+        self._history: dict[str, deque[Change]] = {}
+        self._subscribers: set[asyncio.Queue[ModeEvent | None]] = set()
+
+    async def get(self, tenant: str) -> str | None:
+        return self._modes.get(tenant)
+
+    async def get_many(self, tenants: Sequence[str]) -> list[str | None]:
+        return [self._modes.get(tenant) for tenant in tenants]
+
+    async def history(self, tenant: str, limit: int = 100) -> list[Change]:
+        return list(self._history.get(tenant, ()))[: max(limit, 0)]
+
+    async def modes(self) -> dict[str, str]:
+        return dict(self._modes)
+
+    def set_raw(self, tenant: str, value: str | None) -> None:
+        """What a raw ``redis-cli SET`` (or ``DEL`` for None) is to Redis: no audit, no event."""
+        if value is None:
+            self._modes.pop(tenant, None)
+        else:
+            self._modes[tenant] = value
+
+    async def events(self, on_subscribed: OnSubscribed | None = None) -> AsyncIterator[ModeEvent]:
+        queue: asyncio.Queue[ModeEvent | None] = asyncio.Queue()
+        self._subscribers.add(queue)
+        try:
+            if on_subscribed is not None:
+                await on_subscribed()
+            while (event := await queue.get()) is not None:
+                yield event
+        finally:
+            self._subscribers.discard(queue)
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        for queue in self._subscribers:
+            queue.put_nowait(None)
+
+    async def _compare_and_set(
+        self, tenant: str, target: Mode, force: bool
+    ) -> tuple[Outcome, str | None, datetime]:
+        # No await between the read and the write: atomic within the event loop.
+        now = datetime.now(UTC)
+        previous = self._modes.get(tenant)
+        current = Mode.parse(previous) if previous is not None else DEFAULT_MODE
+        if current is target:
+            return Outcome.SAME, previous, now
+        if not force and current in backward_from(target):
+            return Outcome.REFUSED, previous, now
+        self._modes[tenant] = target.value
+        return Outcome.CHANGED, previous, now
+
+    async def _record(self, change: Change) -> None:
+        self._history.setdefault(change.tenant, deque(maxlen=HISTORY_LIMIT)).appendleft(change)
+        event = ModeEvent(change.tenant, change.mode)
+        for queue in self._subscribers:
+            queue.put_nowait(event)

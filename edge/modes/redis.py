@@ -1,0 +1,218 @@
+"""The Redis store: plain string keys, one atomic Lua compare-and-set, PUBLISH for events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
+from typing import Any, Self
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.maint_notifications import MaintNotificationsConfig
+
+from edge.modes.base import (
+    DEFAULT_MODE,
+    HISTORY_LIMIT,
+    Change,
+    ModeEvent,
+    ModeStore,
+    OnSubscribed,
+    Outcome,
+    StoreUnavailable,
+    backward_from,
+    decode_event,
+    decode_history,
+    encode_event,
+)
+from edge.policy import Mode
+from edge.tenants import is_tenant_id
+
+CHUNK = 500
+
+# KEYS[1]: the mode key. ARGV[1]: the target mode; ARGV[2]: "1" to force; ARGV[3]: what a
+# missing key means; ARGV[4..]: the modes from which the target is a backward move.
+# Replies {outcome, raw previous value or nil, seconds, microseconds}: the outcome numbers
+# are base.Outcome, the time is Redis's own at the swap, so that audit entries written by
+# different instances order by it. Single-key on purpose, so that it runs on Redis Cluster.
+COMPARE_AND_SET = """
+local now = redis.call('TIME')
+local previous = redis.call('GET', KEYS[1])
+local current = previous or ARGV[3]
+if current == ARGV[1] then
+  return {0, previous, now[1], now[2]}
+end
+if ARGV[2] ~= '1' then
+  for i = 4, #ARGV do
+    if current == ARGV[i] then
+      return {2, previous, now[1], now[2]}
+    end
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return {1, previous, now[1], now[2]}
+"""
+
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+
+
+def client_options(timeout: float) -> dict[str, Any]:
+    """Redis client settings for a store: decoded replies, the store timeout, no retries.
+
+    No retries: a retried EVALSHA whose first reply was lost would report "no change" for a
+    change it made, and a subscription must fail loudly rather than silently reconnect
+    after missing events. The pool replaces a connection the server has closed, but only
+    with maintenance notifications off: redis-py 8.1 skips that check when they are on
+    (by default with RESP3; redis/redis-py#4128, fixed by #4260).
+    """
+    return {
+        "decode_responses": True,
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 0),
+        "maint_notifications_config": MaintNotificationsConfig(enabled=False),
+    }
+
+
+class RedisStore(ModeStore):
+    def __init__(self, client: Redis, *, prefix: str = "edge:", timeout: float = 0.5) -> None:
+        super().__init__()
+        self._client = client
+        self._prefix = prefix
+        self._timeout = timeout
+        self._channel = f"{prefix}events"
+        self._closed = False
+        self._compare_and_set_script = client.register_script(COMPARE_AND_SET)
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str = "edge:", timeout: float = 0.5) -> Self:
+        """A store on ``redis://``, ``rediss://`` or ``unix://``."""
+        return cls(Redis.from_url(url, **client_options(timeout)), prefix=prefix, timeout=timeout)
+
+    def _mode_key(self, tenant: str) -> str:
+        return f"{self._prefix}mode:{tenant}"
+
+    def _history_key(self, tenant: str) -> str:
+        return f"{self._prefix}history:{tenant}"
+
+    @contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except (RedisError, OSError, TimeoutError) as exc:
+            detail = str(exc) or type(exc).__name__
+            raise StoreUnavailable(f"redis {what} failed: {detail}") from exc
+
+    async def _call(self, what: str, operation: Awaitable[Any]) -> Any:
+        """Await one Redis operation within the store timeout; failures → StoreUnavailable."""
+        with self._errors(what):
+            async with asyncio.timeout(self._timeout):
+                return await operation
+
+    async def get(self, tenant: str) -> str | None:
+        value: str | None = await self._call("GET", self._client.get(self._mode_key(tenant)))
+        return value
+
+    async def get_many(self, tenants: Sequence[str]) -> list[str | None]:
+        values: list[str | None] = []
+        for start in range(0, len(tenants), CHUNK):
+            keys = [self._mode_key(tenant) for tenant in tenants[start : start + CHUNK]]
+            values.extend(await self._call("MGET", self._client.mget(keys)))
+        return values
+
+    async def history(self, tenant: str, limit: int = 100) -> list[Change]:
+        if limit <= 0:
+            return []
+        entries = await self._call(
+            "LRANGE", self._client.lrange(self._history_key(tenant), 0, limit - 1)
+        )
+        # Two instances' audit writes may land out of order; the Redis time of each swap may not.
+        changes = decode_history(tenant, entries)
+        return sorted(changes, key=lambda change: change.at, reverse=True)
+
+    async def modes(self) -> dict[str, str]:
+        pattern = _GLOB_SPECIAL.sub(r"\\\1", self._mode_key("")) + "*"
+        skip = len(self._mode_key(""))
+        found: dict[str, str] = {}
+        cursor = 0
+        while True:
+            cursor, keys = await self._call(
+                "SCAN", self._client.scan(cursor, match=pattern, count=1000)
+            )
+            tenants = [key[skip:] for key in keys if is_tenant_id(key[skip:])]
+            values = await self.get_many(tenants)
+            found.update((t, v) for t, v in zip(tenants, values, strict=True) if v is not None)
+            if cursor == 0:
+                return found
+
+    async def events(self, on_subscribed: OnSubscribed | None = None) -> AsyncIterator[ModeEvent]:
+        pubsub = self._client.pubsub()
+        try:
+            await self._subscribe(pubsub)
+            if on_subscribed is not None:
+                await on_subscribed()
+            while True:
+                try:
+                    message = await pubsub.get_message(timeout=None)
+                except (RedisError, OSError) as exc:
+                    if self._closed:
+                        return
+                    raise StoreUnavailable(f"redis subscription lost: {exc}") from exc
+                if message is not None and message["type"] == "message":
+                    event = decode_event(message["data"])
+                    if event is not None:
+                        yield event
+        finally:
+            with suppress(RedisError, OSError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _subscribe(self, pubsub: PubSub) -> None:
+        """Subscribe and wait for the confirmation, so no later PUBLISH can be missed."""
+
+        async def confirmed() -> None:
+            await pubsub.subscribe(self._channel)
+            while True:
+                message = await pubsub.get_message(timeout=self._timeout)
+                if message is not None and message["type"] == "subscribe":
+                    return
+
+        await self._call("SUBSCRIBE", confirmed())
+
+    async def ping(self) -> None:
+        await self._call("PING", self._client.ping())
+
+    async def close(self) -> None:
+        self._closed = True
+        await self._client.aclose()
+
+    async def _compare_and_set(
+        self, tenant: str, target: Mode, force: bool
+    ) -> tuple[Outcome, str | None, datetime]:
+        backward = [mode.value for mode in backward_from(target)]
+        args = [target.value, "1" if force else "0", DEFAULT_MODE.value, *backward]
+        reply = await self._call(
+            "EVALSHA", self._compare_and_set_script(keys=[self._mode_key(tenant)], args=args)
+        )
+        outcome, previous, seconds, micros = reply
+        at = datetime.fromtimestamp(int(seconds), UTC).replace(microsecond=int(micros))
+        return Outcome(outcome), previous, at
+
+    async def _record(self, change: Change) -> None:
+        history_key = self._history_key(change.tenant)
+        pipe = self._client.pipeline(transaction=False)
+        pipe.lpush(history_key, json.dumps(change.to_json()))
+        pipe.ltrim(history_key, 0, HISTORY_LIMIT - 1)
+        pipe.publish(self._channel, encode_event(change))
+        try:
+            await self._call("audit and PUBLISH", pipe.execute())
+        except StoreUnavailable as exc:
+            raise StoreUnavailable(
+                f"{change.tenant} is now {change.mode.value}, but {exc}: "
+                "the audit entry or the event may be missing"
+            ) from exc
