@@ -30,10 +30,12 @@ from pydantic import (
 
 ENV_PREFIX = "EDGE_"
 ENV_CONFIG = "EDGE_CONFIG"
-ENV_ADMIN_TOKEN = "EDGE_ADMIN_TOKEN"
+ENV_ADMIN_TOKEN = "EDGE_ADMIN_TOKEN"  # noqa: S105 (a variable name)
 DEFAULT_CONFIG = Path(__file__).with_name("demo.toml")
 
-_HOST_RE = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]{0,62})(\.[a-z0-9]([a-z0-9-]{0,62}))*(:\d{1,5})?$")
+_HOST_RE = re.compile(
+    r"^(\*\.)?[a-z0-9]([a-z0-9-]{0,62})(\.[a-z0-9]([a-z0-9-]{0,62}))*(:\d{1,5})?$"
+)
 _TENANT_PLACEHOLDER = "{tenant}"
 
 
@@ -186,6 +188,9 @@ class UpstreamSettings(_Section):
     read_timeout: float = Field(30.0, gt=0)
     pool_size: int = Field(512, ge=1)
     pool_size_per_host: int = Field(0, ge=0)
+    # Idle pooled connections are dropped before the backend's own idle timeout (uvicorn: 5 s),
+    # so a request never goes out on a connection the backend is closing.
+    keepalive_timeout: float = Field(4.0, gt=0)
 
 
 class AdminSettings(_Section):
@@ -232,7 +237,9 @@ def _keyed(key: str, problem: str) -> _KeyedError:
     return _KeyedError(key, problem)
 
 
-def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+def load(
+    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
     """Read, merge and validate; raise ConfigError naming the key on any problem."""
     env = os.environ if env is None else env
     source = Path(path or env.get(ENV_CONFIG) or DEFAULT_CONFIG)
@@ -269,12 +276,14 @@ def _first_problem(exc: ValidationError) -> str:
 
 
 def _with_env(raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
-    merged: dict[str, Any] = {name: dict(section) if isinstance(section, Mapping) else section
-                              for name, section in raw.items()}
+    merged: dict[str, Any] = {
+        name: dict(section) if isinstance(section, Mapping) else section
+        for name, section in raw.items()
+    }
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
-        section, _, key = name[len(ENV_PREFIX):].lower().partition("__")
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
         target = merged.setdefault(section, {})
         if isinstance(target, dict):
             target[key] = _env_value(value)

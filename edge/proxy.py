@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import quote_from_bytes
@@ -13,6 +13,7 @@ from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
 from multidict import CIMultiDict
 from yarl import URL
 
+from edge.asgi import Receive, Scope, Send
 from edge.config import UpstreamSettings
 from edge.headers import (
     ClientView,
@@ -21,11 +22,7 @@ from edge.headers import (
     trust_checker,
     upstream_headers,
 )
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+from edge.responses import send_response
 
 CLIENT_CLOSED = 499  # nginx's status for "the client went away before the answer"
 _GONE = "client disconnected"
@@ -180,7 +177,9 @@ class Forwarder:
         upstream = self._upstream
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(
-                limit=upstream.pool_size, limit_per_host=upstream.pool_size_per_host
+                limit=upstream.pool_size,
+                limit_per_host=upstream.pool_size_per_host,
+                keepalive_timeout=upstream.keepalive_timeout,
             ),
             timeout=aiohttp.ClientTimeout(
                 total=None,
@@ -305,16 +304,7 @@ _MESSAGES = {
 
 
 async def _answer(send: Send, status: int, request_id: str) -> None:
-    body = _MESSAGES[status]
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"text/plain; charset=utf-8"),
-                (b"content-length", str(len(body)).encode()),
-                (b"x-request-id", request_id.encode("latin-1")),
-            ],
-        }
+    request_id_header = [(b"x-request-id", request_id.encode("latin-1"))]
+    await send_response(
+        send, status, _MESSAGES[status], b"text/plain; charset=utf-8", request_id_header
     )
-    await send({"type": "http.response.body", "body": body})

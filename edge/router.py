@@ -1,0 +1,132 @@
+"""The public listener: resolve, look the mode up, decide, then forward, redirect or refuse."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from edge.asgi import Receive, Scope, Send
+from edge.config import Settings
+from edge.modes import MISSING, ModeCache, StoreUnavailable
+from edge.policy import METHOD_OVERRIDE_HEADERS, Forward, Mode, Policy, Redirect, decide
+from edge.policy import effective_method as judged_method
+from edge.proxy import Forwarder
+from edge.responses import send_redirect, send_refusal, wants_json
+from edge.tenants import Front, Resolver, is_safe_path
+
+_OVERRIDES = frozenset(name.encode() for name in METHOD_OVERRIDE_HEADERS)
+_RETRY_AFTER = b"2"
+
+
+class Router:
+    """Raw ASGI on purpose: this is every customer request, so no framework objects."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        cache: ModeCache,
+        forwarder: Forwarder,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.resolver = Resolver(settings)
+        self.policy = Policy.from_settings(settings)
+        self.cache = cache
+        self.forwarder = forwarder
+        self.clock = clock
+        self.backends = {Front.LEGACY: settings.legacy.backend, Front.NEW: settings.new.backend}
+        self.tenant_headers = frozenset(
+            rule.header.encode() for rule in self.resolver.fronts if rule.rule == "header"
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        host = b""
+        accept = b""
+        hosts = 0
+        overrides: list[str] = []
+        tenant_headers: dict[bytes, bytes] = {}
+        for name, value in scope["headers"]:
+            if name == b"host":
+                host = value
+                hosts += 1
+            elif name == b"accept":
+                accept = value
+            elif name in _OVERRIDES:
+                overrides.append(value.decode("latin-1"))
+            elif name in self.tenant_headers:
+                tenant_headers[name] = value
+        view = self.forwarder.client_view(scope)
+        as_json = wants_json(accept)
+        head_only = scope["method"] == "HEAD"
+        own_headers = [(b"x-request-id", view.request_id.encode())]
+
+        async def refuse(
+            status: int,
+            message: str,
+            tenant: str | None = None,
+            mode: str | None = None,
+            extra: tuple[tuple[bytes, bytes], ...] = (),
+        ) -> None:
+            await send_refusal(
+                send,
+                status,
+                message,
+                tenant=tenant,
+                mode=mode,
+                as_json=as_json,
+                headers=[*own_headers, *extra],
+                head_only=head_only,
+            )
+
+        if hosts != 1:
+            return await refuse(400, "The request must carry exactly one Host header.")
+        front = self.resolver.front(host.decode("latin-1"))
+        if front is None:
+            return await refuse(421, "This site is not served here.")
+        path: str = scope["path"]
+        if not is_safe_path(path):
+            return await refuse(400, "The request path is not acceptable.")
+        header = tenant_headers.get(front.header.encode())
+        tenant = front.tenant_of(
+            host.decode("latin-1"), path, header.decode("latin-1") if header else None
+        )
+        if tenant is None:
+            return await refuse(404, "There is no such page.")
+
+        mode = self.cache.cached(tenant)
+        if mode is MISSING:
+            try:
+                mode = await self.cache.load(tenant)
+            except StoreUnavailable:
+                return await refuse(
+                    503,
+                    "Routing is briefly unavailable; please retry.",
+                    tenant,
+                    extra=((b"retry-after", _RETRY_AFTER),),
+                )
+        assert mode is None or isinstance(mode, Mode)
+        mode_label = mode.value if mode is not None else "invalid"
+        method = judged_method(scope["method"], overrides) if overrides else scope["method"]
+        query = scope["query_string"].decode("latin-1")
+        decision = decide(front.front, tenant, mode, method, path, query, self.clock(), self.policy)
+
+        if isinstance(decision, Forward):
+            edge_headers = [
+                (b"x-edge-tenant", tenant.encode()),
+                (b"x-edge-mode", mode_label.encode()),
+            ]
+            await self.forwarder.forward(
+                scope, receive, send, self.backends[decision.front], edge_headers, view
+            )
+        elif isinstance(decision, Redirect):
+            await send_redirect(
+                send,
+                decision.location,
+                decision.status,
+                permanent=decision.permanent,
+                headers=[*own_headers, (b"x-edge-mode", mode_label.encode())],
+                head_only=head_only,
+            )
+        else:
+            await refuse(decision.status, decision.message, tenant, mode_label)
