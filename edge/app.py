@@ -1,0 +1,75 @@
+"""Composition: one process's store, cache, forwarder, router and admin app, behind one ASGI app.
+
+A single uvicorn server listens on every socket (public, admin, and the demo portals); the
+app sends each connection to the app that owns the local port it arrived on, so the admin API
+can never be reached through the public listener.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from edge import config
+from edge.admin.api import AdminApi
+from edge.asgi import ASGIApp, Receive, Scope, Send
+from edge.config import Settings
+from edge.modes import ModeCache, ModeStore, open_store
+from edge.proxy import Forwarder
+from edge.router import Router
+
+log = logging.getLogger("edge")
+
+
+class EdgeApp:
+    def __init__(
+        self,
+        settings: Settings,
+        store: ModeStore | None = None,
+        side_apps: Mapping[int, ASGIApp] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store or open_store(settings.store)
+        self.cache = ModeCache(
+            self.store,
+            resync_interval=settings.store.resync_interval,
+            max_size=settings.store.cache_size,
+        )
+        self.forwarder = Forwarder(settings.upstream, settings.server.trusted_proxies)
+        self.router = Router(settings, self.cache, self.forwarder)
+        self.admin = AdminApi(self.store, self.cache, settings.admin.token).app()
+        self.by_port: dict[int, ASGIApp] = {**(side_apps or {})}
+        self.by_port[settings.admin.port] = self.admin
+        self.by_port[settings.server.port] = self.router
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.lifespan(receive, send)
+            return
+        server = scope.get("server")
+        app = self.by_port.get(server[1]) if server else None
+        await (app or self.router)(scope, receive, send)
+
+    async def lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.forwarder.start()
+                    await self.cache.start()
+                except Exception as exc:
+                    log.exception("edge could not start")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.cache.stop()
+                await self.forwarder.close()
+                await self.store.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def from_environment() -> EdgeApp:
+    """The app factory each worker process calls: config from EDGE_CONFIG and EDGE_* variables."""
+    return EdgeApp(config.load())

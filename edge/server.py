@@ -1,0 +1,92 @@
+"""Run edge under uvicorn: bind the listeners, then serve in one process or several workers."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import uvicorn
+from uvicorn.supervisors import Multiprocess
+
+from edge.asgi import ASGIApp
+from edge.config import Settings
+from edge.modes import ModeStore
+
+
+@dataclass(frozen=True)
+class Listener:
+    host: str
+    port: int
+
+
+def bind(listener: Listener) -> socket.socket:
+    family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((listener.host, listener.port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen on {listener.host}:{listener.port}: {exc.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def with_bound_ports(settings: Settings, public: socket.socket, admin: socket.socket) -> Settings:
+    """Settings whose ports are the ones really bound (a configured port 0 picks a free one)."""
+    return settings.model_copy(
+        update={
+            "server": settings.server.model_copy(update={"port": public.getsockname()[1]}),
+            "admin": settings.admin.model_copy(update={"port": admin.getsockname()[1]}),
+        }
+    )
+
+
+def uvicorn_config(settings: Settings, app: ASGIApp | str) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        factory=isinstance(app, str),
+        workers=settings.server.workers,
+        loop="uvloop",
+        http="httptools",
+        ws="none",
+        lifespan="on",
+        # edge forwards the backend's own Date and Server headers and sets Date on its own
+        # answers; client forwarding headers are judged by edge, never rewritten by uvicorn.
+        server_header=False,
+        date_header=False,
+        proxy_headers=False,
+        access_log=False,
+        log_level=settings.server.log_level,
+        timeout_graceful_shutdown=round(settings.server.graceful_timeout),
+        backlog=2048,
+    )
+
+
+def serve(
+    settings: Settings,
+    store: ModeStore | None = None,
+    side_listeners: Mapping[Listener, ASGIApp] | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM; in-flight requests get the graceful timeout to finish."""
+    from edge.app import EdgeApp
+
+    logging.basicConfig(level=settings.server.log_level.upper(), format="%(message)s")
+    public = bind(Listener(settings.server.host, settings.server.port))
+    admin = bind(Listener(settings.admin.host, settings.admin.port))
+    side = {bind(listener): app for listener, app in (side_listeners or {}).items()}
+    settings = with_bound_ports(settings, public, admin)
+    sockets = [public, admin, *side]
+    if settings.server.workers == 1:
+        side_apps = {sock.getsockname()[1]: app for sock, app in side.items()}
+        app = EdgeApp(settings, store=store, side_apps=side_apps)
+        uvicorn.Server(uvicorn_config(settings, app)).run(sockets=sockets)
+        return
+    # Workers are fresh processes: they read the config from the environment, so pin the
+    # ports that were really bound there.
+    os.environ["EDGE_SERVER__PORT"] = str(settings.server.port)
+    os.environ["EDGE_ADMIN__PORT"] = str(settings.admin.port)
+    Multiprocess(uvicorn_config(settings, "edge.app:from_environment"), sockets).run()
