@@ -1,0 +1,251 @@
+"""The `edge` command: serve, demo, check-config and the tenant operations."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+from edge import config
+from edge.config import Settings
+from edge.modes import Change, ChangeRefused, StoreUnavailable, open_store
+from edge.policy import Mode
+
+EXIT_REFUSED = 1
+EXIT_CONFIG = 2
+
+
+class TenantOps(Protocol):
+    """What the tenant commands need: a ModeStore, or the admin API of a running edge."""
+
+    async def get(self, tenant: str) -> str | None: ...
+    async def modes(self) -> dict[str, str]: ...
+    async def history(self, tenant: str, limit: int = 100) -> list[Change]: ...
+    async def set_mode(
+        self, tenant: str, mode: Mode, *, actor: str, force: bool = False, via: str = "cli"
+    ) -> Change: ...
+    async def close(self) -> None: ...
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        settings = config.load(args.config)
+    except config.ConfigError as exc:
+        print(f"edge: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    command: int = args.run(args, settings)
+    return command
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="PATH",
+        default=None,
+        help="the TOML config file (default: $EDGE_CONFIG, else the built-in demo config)",
+    )
+    top = argparse.ArgumentParser(
+        prog="edge", description="The edge router for the portal migration.", parents=[common]
+    )
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(
+        name: str, help: str, parent: argparse._SubParsersAction[argparse.ArgumentParser] = commands
+    ) -> argparse.ArgumentParser:
+        return parent.add_parser(name, help=help, description=help, parents=[common])
+
+    command("serve", "run the router").set_defaults(run=cmd_serve)
+    command("demo", "run the router with two demo portals and the embedded store").set_defaults(
+        run=cmd_demo
+    )
+    command("check-config", "validate a config file and say what it sets up").set_defaults(
+        run=cmd_check_config
+    )
+    tenant = command("tenant", "see and move tenants").add_subparsers(
+        dest="tenant_command", required=True, metavar="ACTION"
+    )
+    get = command("get", "show a tenant's mode", tenant)
+    get.add_argument("tenant")
+    get.set_defaults(run=cmd_tenant_get)
+    move = command("set", "move a tenant to a mode (forward only unless --force)", tenant)
+    move.add_argument("tenant")
+    move.add_argument("mode", help="legacy, setup or active")
+    move.add_argument("--force", action="store_true", help="allow a move backwards (a rollback)")
+    move.add_argument("--actor", default=default_actor(), help="who is making the change")
+    move.set_defaults(run=cmd_tenant_set)
+    listing = command("list", "list the tenants that have a mode set", tenant)
+    listing.add_argument("--mode", choices=[m.value for m in Mode], help="only this mode")
+    listing.set_defaults(run=cmd_tenant_list)
+    history = command("history", "show a tenant's audited changes, newest first", tenant)
+    history.add_argument("tenant")
+    history.set_defaults(run=cmd_tenant_history)
+    return top
+
+
+def default_actor() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from edge.server import serve
+
+    if args.config:
+        # Worker processes read their config from the environment.
+        os.environ[config.ENV_CONFIG] = str(Path(args.config).resolve())
+    try:
+        serve(settings)
+    except OSError as exc:
+        print(f"edge: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from edge.demo_runner import run_demo
+
+    return run_demo(settings)
+
+
+def cmd_check_config(args: argparse.Namespace, settings: Settings) -> int:
+    source = args.config or os.environ.get(config.ENV_CONFIG) or config.DEFAULT_CONFIG
+    sunset = settings.policy.legacy_sunset
+    print(f"{source}: ok")
+    print(f"  legacy front {', '.join(settings.legacy.hosts)} → {settings.legacy.backend}")
+    print(f"  new front    {', '.join(settings.new.hosts)} → {settings.new.backend}")
+    print(f"  store        {settings.store.url} (prefix {settings.store.prefix!r})")
+    print(f"  sunset       {sunset.isoformat() if sunset else 'none'}")
+    print(
+        f"  listening    {settings.server.host}:{settings.server.port}, "
+        f"admin {settings.admin.host}:{settings.admin.port}"
+    )
+    return 0
+
+
+def tenant_ops(settings: Settings) -> TenantOps:
+    """The store itself, or, for the embedded store, the admin API of the edge that holds it."""
+    if settings.store.embedded:
+        from edge.admin.client import AdminClient
+
+        admin = settings.admin
+        return AdminClient(f"http://{admin.host}:{admin.port}", admin.token)
+    return open_store(settings.store)
+
+
+def run_tenant_command(settings: Settings, action: TenantAction) -> int:
+    async def run() -> int:
+        ops = tenant_ops(settings)
+        try:
+            return await action(ops)
+        finally:
+            await ops.close()
+
+    try:
+        return asyncio.run(run())
+    except ChangeRefused as exc:
+        print(f"edge: refused: {exc}", file=sys.stderr)
+    except StoreUnavailable as exc:
+        print(f"edge: the mode store cannot be reached: {exc}", file=sys.stderr)
+    return EXIT_REFUSED
+
+
+class TenantAction(Protocol):
+    async def __call__(self, ops: TenantOps) -> int: ...
+
+
+def _mode_label(raw: str | None) -> str:
+    mode = Mode.parse(raw)
+    return mode.value if mode else f"invalid (stored {raw!r})"
+
+
+def cmd_tenant_get(args: argparse.Namespace, settings: Settings) -> int:
+    if (problem := _bad_tenant(args.tenant)) is not None:
+        return problem
+
+    async def action(ops: TenantOps) -> int:
+        print(f"{args.tenant} {_mode_label(await ops.get(args.tenant))}")
+        return 0
+
+    return run_tenant_command(settings, action)
+
+
+def cmd_tenant_set(args: argparse.Namespace, settings: Settings) -> int:
+    if (problem := _bad_tenant(args.tenant)) is not None:
+        return problem
+    mode = Mode.parse(args.mode)
+    if mode is None:
+        print(
+            f"edge: refused: {args.mode!r} is not a mode: use legacy, setup or active",
+            file=sys.stderr,
+        )
+        return EXIT_REFUSED
+
+    async def action(ops: TenantOps) -> int:
+        change = await ops.set_mode(args.tenant, mode, actor=args.actor, force=args.force)
+        if change.changed:
+            forced = " (forced)" if change.forced else ""
+            print(
+                f"{args.tenant}: {_mode_label(change.previous)} → {mode}{forced}, by {change.actor}"
+            )
+        else:
+            print(f"{args.tenant}: already {mode}, nothing changed")
+        return 0
+
+    return run_tenant_command(settings, action)
+
+
+def cmd_tenant_list(args: argparse.Namespace, settings: Settings) -> int:
+    async def action(ops: TenantOps) -> int:
+        modes = await ops.modes()
+        shown = sorted(t for t, raw in modes.items() if args.mode is None or raw == args.mode)
+        width = max((len(t) for t in shown), default=6)
+        for tenant in shown:
+            print(f"{tenant:<{width}}  {_mode_label(modes[tenant])}")
+        if not shown:
+            print("no tenants have a mode set: every tenant is legacy", file=sys.stderr)
+        return 0
+
+    return run_tenant_command(settings, action)
+
+
+def cmd_tenant_history(args: argparse.Namespace, settings: Settings) -> int:
+    if (problem := _bad_tenant(args.tenant)) is not None:
+        return problem
+
+    async def action(ops: TenantOps) -> int:
+        changes = await ops.history(args.tenant)
+        for change in changes:
+            forced = ", forced" if change.forced else ""
+            print(
+                f"{change.at.isoformat()}  {_mode_label(change.previous)} → {change.mode}  "
+                f"by {change.actor} ({change.via}{forced})"
+            )
+        if not changes:
+            print(f"{args.tenant} has no recorded changes", file=sys.stderr)
+        return 0
+
+    return run_tenant_command(settings, action)
+
+
+def _bad_tenant(tenant: str) -> int | None:
+    from edge.tenants import is_tenant_id
+
+    if is_tenant_id(tenant):
+        return None
+    print(
+        f"edge: refused: {tenant!r} is not a tenant id "
+        "(lower-case letters, digits and '-', at most 63, not starting with '-')",
+        file=sys.stderr,
+    )
+    return EXIT_REFUSED
