@@ -10,7 +10,6 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +61,21 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir, "--loglevel", "warning"],
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+                "--loglevel",
+                "warning",
+            ],
             stdout=subprocess.DEVNULL,
         )
         wait_for_port(self.port)
@@ -88,16 +100,26 @@ class RedisServer:
 
 
 class ServerThread:
-    """A real uvicorn server on loopback, in a thread with its own event loop."""
+    """A real uvicorn server on loopback, in a thread with its own event loop.
 
-    def __init__(self, app: Any, **config: Any) -> None:
-        self.socket = bound_socket()
-        self.port = int(self.socket.getsockname()[1])
-        options: dict[str, Any] = {"log_level": "warning", "lifespan": "auto"}
-        options.update(config)
-        self.server = uvicorn.Server(uvicorn.Config(app, **options))
+    Give it an app (and uvicorn options), or a ready uvicorn.Config and the sockets to serve.
+    """
+
+    def __init__(
+        self,
+        app: Any = None,
+        *,
+        config: uvicorn.Config | None = None,
+        sockets: list[socket.socket] | None = None,
+        **options: Any,
+    ) -> None:
+        self.sockets = sockets or [bound_socket()]
+        self.port = int(self.sockets[0].getsockname()[1])
+        if config is None:
+            config = uvicorn.Config(app, **{"log_level": "warning", "lifespan": "auto", **options})
+        self.server = uvicorn.Server(config)
         self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True
+            target=self.server.run, kwargs={"sockets": self.sockets}, daemon=True
         )
 
     @property
@@ -116,7 +138,8 @@ class ServerThread:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(10)
-        self.socket.close()
+        for sock in self.sockets:
+            sock.close()
 
 
 def data_file(name: str) -> Path:

@@ -107,7 +107,9 @@ def _same(decision: object, expected: object) -> bool:
 
 
 @pytest.mark.parametrize(("front", "mode", "method", "now", "expected"), MATRIX)
-def test_routing_matrix(front: Front, mode: Mode, method: str, now: datetime, expected: object) -> None:
+def test_routing_matrix(
+    front: Front, mode: Mode, method: str, now: datetime, expected: object
+) -> None:
     decision = decide(front, "acme", mode, method, "/acme/", "", now, POLICY)
     assert _same(decision, expected), decision
 
@@ -159,7 +161,11 @@ def test_the_allow_list_does_not_open_writes_for_a_tenant_that_is_not_enabled() 
     [
         ("/acme/classes", "", "https://portal.example.com/acme/schedule"),
         ("/acme/classes/42", "", "https://portal.example.com/acme/schedule/42"),
-        ("/acme/classes/42", "week=3&x=a+b", "https://portal.example.com/acme/schedule/42?week=3&x=a+b"),
+        (
+            "/acme/classes/42",
+            "week=3&x=a+b",
+            "https://portal.example.com/acme/schedule/42?week=3&x=a+b",
+        ),
         ("/acme/classesX", "", "https://portal.example.com/acme/"),
         ("/acme/account/", "", "https://portal.example.com/acme/profile/"),
         ("/acme/account/billing", "", "https://portal.example.com/acme/profile/billing"),
@@ -211,10 +217,18 @@ def test_the_first_matching_rule_wins() -> None:
 def test_subdomain_portals_put_the_tenant_in_the_host_from_config_only() -> None:
     raw = {
         **BASE,
-        "legacy": {**BASE["legacy"], "hosts": ["*.parents.example.com"], "tenant": "subdomain",
-                   "public_url": "https://{tenant}.parents.example.com"},
-        "new": {**BASE["new"], "public_url": "https://{tenant}.portal.example.com",
-                "tenant": "subdomain", "hosts": ["*.portal.example.com"]},
+        "legacy": {
+            **BASE["legacy"],
+            "hosts": ["*.parents.example.com"],
+            "tenant": "subdomain",
+            "public_url": "https://{tenant}.parents.example.com",
+        },
+        "new": {
+            **BASE["new"],
+            "public_url": "https://{tenant}.portal.example.com",
+            "tenant": "subdomain",
+            "hosts": ["*.portal.example.com"],
+        },
         "policy": {},
     }
     policy = Policy.from_settings(config.from_mapping(raw))
@@ -265,8 +279,16 @@ def test_moves_go_only_forward(current: Mode | None, target: Mode, allowed: bool
 
 @pytest.mark.parametrize(
     ("stored", "mode"),
-    [(None, LEGACY), ("legacy", LEGACY), ("setup", SETUP), (b"active", ACTIVE),
-     ("ACTIVE", None), ("", None), ("activ", None), (" setup", None)],
+    [
+        (None, LEGACY),
+        ("legacy", LEGACY),
+        ("setup", SETUP),
+        (b"active", ACTIVE),
+        ("ACTIVE", None),
+        ("", None),
+        ("activ", None),
+        (" setup", None),
+    ],
 )
 def test_stored_values(stored: str | bytes | None, mode: Mode | None) -> None:
     assert Mode.parse(stored) is mode

@@ -8,13 +8,22 @@ from edge import config
 from edge.tenants import Front, Resolver, is_safe_path, is_tenant_id
 
 
-def resolver(legacy: dict[str, object] | None = None, new: dict[str, object] | None = None) -> Resolver:
+def resolver(
+    legacy: dict[str, object] | None = None, new: dict[str, object] | None = None
+) -> Resolver:
     raw = {
-        "legacy": {"hosts": ["parents.example.com", "localhost:8080"],
-                   "backend": "http://127.0.0.1:1", "public_url": "https://parents.example.com",
-                   **(legacy or {})},
-        "new": {"hosts": ["portal.example.com"], "backend": "http://127.0.0.1:2",
-                "public_url": "https://portal.example.com", **(new or {})},
+        "legacy": {
+            "hosts": ["parents.example.com", "localhost:8080"],
+            "backend": "http://127.0.0.1:1",
+            "public_url": "https://parents.example.com",
+            **(legacy or {}),
+        },
+        "new": {
+            "hosts": ["portal.example.com"],
+            "backend": "http://127.0.0.1:2",
+            "public_url": "https://portal.example.com",
+            **(new or {}),
+        },
     }
     return Resolver(config.from_mapping(raw))
 
@@ -75,8 +84,13 @@ def test_tenant_from_the_first_path_segment(path: str, tenant: str | None) -> No
     ],
 )
 def test_tenant_from_a_subdomain(host: str, tenant: str | None) -> None:
-    found = resolver(new={"hosts": ["*.portal.example.com"], "tenant": "subdomain",
-                          "public_url": "https://{tenant}.portal.example.com"})
+    found = resolver(
+        new={
+            "hosts": ["*.portal.example.com"],
+            "tenant": "subdomain",
+            "public_url": "https://{tenant}.portal.example.com",
+        }
+    )
     front = found.front(host)
     if tenant is None and front is None:
         return
@@ -84,10 +98,14 @@ def test_tenant_from_a_subdomain(host: str, tenant: str | None) -> None:
     assert front.tenant_of(host, "/anything", None) == tenant
 
 
-@pytest.mark.parametrize(("header", "tenant"), [("acme", "acme"), (" acme ", "acme"),
-                                                 ("ACME", None), ("", None), (None, None)])
+@pytest.mark.parametrize(
+    ("header", "tenant"),
+    [("acme", "acme"), (" acme ", "acme"), ("ACME", None), ("", None), (None, None)],
+)
 def test_tenant_from_a_header(header: str | None, tenant: str | None) -> None:
-    front = resolver(new={"tenant": "header", "tenant_header": "X-Business"}).front("portal.example.com")
+    front = resolver(new={"tenant": "header", "tenant_header": "X-Business"}).front(
+        "portal.example.com"
+    )
     assert front is not None
     assert front.header == "x-business"
     assert front.tenant_of("portal.example.com", "/x", header) == tenant
