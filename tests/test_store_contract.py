@@ -7,6 +7,7 @@ import itertools
 import random
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -150,6 +151,63 @@ async def test_modes_lists_every_tenant_with_a_key(store: ModeStore) -> None:
     assert await store.modes() == {tenant: "setup" for tenant in tenants[::2]}
     values = await store.get_many(tenants)
     assert values == ["setup" if n % 2 == 0 else None for n in range(1200)]
+
+
+async def _all_pages(store: ModeStore, **filters: Any) -> list[list[tuple[str, str]]]:
+    pages, cursor = [], ""
+    while True:
+        page = await store.page(cursor, **filters)
+        pages.append(page.tenants)
+        if page.cursor is None:
+            return pages
+        cursor = page.cursor
+
+
+async def test_pages_walk_every_tenant_with_a_key(store: ModeStore) -> None:
+    modes = [Mode.SETUP, Mode.ACTIVE]
+    for n in range(300):
+        await store.set_mode(f"gym-{n}", modes[n % 2], actor="ana")
+
+    pages = await _all_pages(store, limit=40)
+
+    # SCAN may repeat a key while Redis rehashes; it never leaves one out.
+    assert dict(row for page in pages for row in page) == await store.modes()
+    assert len(pages) >= 300 // 60
+
+
+async def test_pages_filter_by_substring_and_mode(store: ModeStore, raw_set: RawSet) -> None:
+    for n in range(2000):
+        await store.set_mode(f"gym-{n}", Mode.SETUP, actor="ana")
+    await store.set_mode("swim-north", Mode.ACTIVE, actor="ana")
+    await store.set_mode("swim-south", Mode.SETUP, actor="ana")
+    raw_set("swim-east", "ACTIVE")
+
+    def found(pages: list[list[tuple[str, str]]]) -> dict[str, str]:
+        return dict(row for page in pages for row in page)
+
+    assert found(await _all_pages(store, contains="swim", limit=10)) == {
+        "swim-north": "active",
+        "swim-south": "setup",
+        "swim-east": "ACTIVE",
+    }
+    assert found(await _all_pages(store, mode="active", limit=10)) == {"swim-north": "active"}
+    assert found(await _all_pages(store, contains="swim", mode="setup")) == {"swim-south": "setup"}
+    assert found(await _all_pages(store, contains="*")) == {}
+
+
+@pytest.mark.parametrize("cursor", ["no pe", "-1", "1.5", "²", "Acme"])
+async def test_a_cursor_the_store_never_gave_is_refused(store: ModeStore, cursor: str) -> None:
+    with pytest.raises(ValueError, match="is not a cursor"):
+        await store.page(cursor)
+
+
+async def test_a_cursor_beyond_what_redis_scans_is_refused_not_sent(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    store = open_store(StoreSettings(url=redis_server.url, prefix=prefix))
+    with pytest.raises(ValueError, match="is not a cursor"):
+        await store.page(str(2**64))
+    await store.close()
 
 
 async def test_history_is_newest_first_limited_and_capped(store: ModeStore) -> None:

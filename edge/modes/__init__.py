@@ -1,6 +1,13 @@
 """The mode store (Redis or embedded) and the per-process mode cache in front of it."""
 
-from edge.modes.base import Change, ChangeRefused, ModeEvent, ModeStore, StoreUnavailable
+from edge.modes.base import (
+    Change,
+    ChangeRefused,
+    ModeEvent,
+    ModeStore,
+    StoreUnavailable,
+    TenantPage,
+)
 from edge.modes.cache import MISSING, CacheStats, ModeCache
 from edge.modes.factory import open_store
 from edge.modes.memory import MemoryStore
@@ -17,5 +24,6 @@ __all__ = [
     "ModeStore",
     "RedisStore",
     "StoreUnavailable",
+    "TenantPage",
     "open_store",
 ]

@@ -85,6 +85,14 @@ class Change:
 
 
 @dataclass(frozen=True)
+class TenantPage:
+    """One page of the tenants that have a key, and the cursor of the next page."""
+
+    tenants: list[tuple[str, str]]  # (tenant, raw stored value)
+    cursor: str | None  # None: there is no next page
+
+
+@dataclass(frozen=True)
 class ModeEvent:
     """A change announced to every instance; ``mode`` None means the value was not a mode."""
 
@@ -159,6 +167,17 @@ class ModeStore(ABC):
     @abstractmethod
     async def modes(self) -> dict[str, str]:
         """Every tenant that has a key → its raw value."""
+
+    @abstractmethod
+    async def page(
+        self, cursor: str = "", *, contains: str = "", mode: str | None = None, limit: int = 100
+    ) -> TenantPage:
+        """About ``limit`` tenants with a key, from ``cursor`` ("" for the first page) on.
+
+        Only ids containing ``contains`` and, when given, stored values equal to ``mode``.
+        The work per call is bounded, so a page may hold fewer (or a few more) than
+        ``limit`` and still have a next one. Raises ValueError for a cursor it never gave.
+        """
 
     @abstractmethod
     def events(self, on_subscribed: OnSubscribed | None = None) -> AsyncIterator[ModeEvent]:

@@ -15,9 +15,11 @@ from edge.modes.base import (
     ModeStore,
     OnSubscribed,
     Outcome,
+    TenantPage,
     backward_from,
 )
 from edge.policy import Mode
+from edge.tenants import is_tenant_id
 
 
 class MemoryStore(ModeStore):
@@ -35,6 +37,20 @@ class MemoryStore(ModeStore):
 
     async def history(self, tenant: str, limit: int = 100) -> list[Change]:
         return list(self._history.get(tenant, ()))[: max(limit, 0)]
+
+    async def page(
+        self, cursor: str = "", *, contains: str = "", mode: str | None = None, limit: int = 100
+    ) -> TenantPage:
+        # The cursor is the last tenant of the previous page: pages come in tenant order.
+        if cursor and not is_tenant_id(cursor):
+            raise ValueError(f"{cursor!r} is not a cursor of this store")
+        matching = sorted(
+            (tenant, value)
+            for tenant, value in self._modes.items()
+            if tenant > cursor and contains in tenant and (mode is None or value == mode)
+        )
+        tenants = matching[: max(limit, 1)]
+        return TenantPage(tenants, tenants[-1][0] if len(matching) > len(tenants) else None)
 
     async def modes(self) -> dict[str, str]:
         return dict(self._modes)

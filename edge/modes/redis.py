@@ -26,6 +26,7 @@ from edge.modes.base import (
     OnSubscribed,
     Outcome,
     StoreUnavailable,
+    TenantPage,
     backward_from,
     decode_event,
     decode_history,
@@ -35,6 +36,10 @@ from edge.policy import Mode
 from edge.tenants import is_tenant_id
 
 CHUNK = 500
+# One page of tenants costs at most this many SCAN calls, each asking for more keys than the
+# last while few match, up to SCAN_COUNT_MAX: a rare match still finds its page quickly.
+PAGE_SCANS = 16
+SCAN_COUNT_MAX = 10_000
 
 # KEYS[1]: the mode key. ARGV[1]: the target mode; ARGV[2]: "1" to force; ARGV[3]: what a
 # missing key means; ARGV[4..]: the modes from which the target is a backward move.
@@ -60,6 +65,10 @@ return {1, previous, now[1], now[2]}
 """
 
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+
+
+def _glob_escape(text: str) -> str:
+    return _GLOB_SPECIAL.sub(r"\\\1", text)
 
 
 def client_options(timeout: float) -> dict[str, Any]:
@@ -97,6 +106,10 @@ class RedisStore(ModeStore):
 
     def _mode_key(self, tenant: str) -> str:
         return f"{self._prefix}mode:{tenant}"
+
+    def _mode_pattern(self, tenant_glob: str) -> str:
+        """A SCAN pattern for mode keys: the prefix escaped, ``tenant_glob`` as given."""
+        return _glob_escape(self._mode_key("")) + tenant_glob
 
     def _history_key(self, tenant: str) -> str:
         return f"{self._prefix}history:{tenant}"
@@ -136,8 +149,35 @@ class RedisStore(ModeStore):
         changes = decode_history(tenant, entries)
         return sorted(changes, key=lambda change: change.at, reverse=True)
 
+    async def page(
+        self, cursor: str = "", *, contains: str = "", mode: str | None = None, limit: int = 100
+    ) -> TenantPage:
+        if cursor and not (cursor.isascii() and cursor.isdigit() and int(cursor) < 2**64):
+            raise ValueError(f"{cursor!r} is not a cursor of this store")
+        position = int(cursor or 0)
+        pattern = self._mode_pattern(f"*{_glob_escape(contains)}*" if contains else "*")
+        skip = len(self._mode_key(""))
+        count = max(limit, 10)
+        found: list[tuple[str, str]] = []
+        for _ in range(PAGE_SCANS):
+            position, keys = await self._call(
+                "SCAN", self._client.scan(position, match=pattern, count=count)
+            )
+            tenants = [key[skip:] for key in keys if is_tenant_id(key[skip:])]
+            values = await self.get_many(tenants)
+            found.extend(
+                (tenant, value)
+                for tenant, value in zip(tenants, values, strict=True)
+                if value is not None and (mode is None or value == mode)
+            )
+            if position == 0 or len(found) >= limit:
+                break
+            if len(found) < limit // 2:
+                count = min(count * 4, SCAN_COUNT_MAX)
+        return TenantPage(found, str(position) if position else None)
+
     async def modes(self) -> dict[str, str]:
-        pattern = _GLOB_SPECIAL.sub(r"\\\1", self._mode_key("")) + "*"
+        pattern = self._mode_pattern("*")
         skip = len(self._mode_key(""))
         found: dict[str, str] = {}
         cursor = 0
