@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 from edge import config
 from edge.admin.api import AdminApi
+from edge.admin.dashboard import Dashboard
 from edge.asgi import ASGIApp, Receive, Scope, Send
 from edge.config import Settings
 from edge.modes import ModeCache, ModeStore, open_store
@@ -38,6 +39,7 @@ class EdgeApp:
         self.forwarder = Forwarder(settings.upstream, settings.server.trusted_proxies)
         self.router = Router(settings, self.cache, self.forwarder)
         self.admin = AdminApi(self.store, self.cache, settings.admin.token).app()
+        self.admin = Dashboard(settings, self.store).around(self.admin)
         self.by_port: dict[int, ASGIApp] = {**(side_apps or {})}
         self.by_port[settings.admin.port] = self.admin
         self.by_port[settings.server.port] = self.router

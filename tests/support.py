@@ -10,6 +10,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,15 @@ class ServerThread:
         self.thread.join(10)
         for sock in self.sockets:
             sock.close()
+
+
+def eventually(check: Callable[[], bool], within: float = 5.0) -> None:
+    """Wait until ``check()`` is true, failing after a generous ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {within} s")
+        time.sleep(0.02)
 
 
 def data_file(name: str) -> Path:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from tests.stack import ADMIN_TOKEN, LEGACY_HOST, NEW_HOST, Stack, stack
-from tests.support import RedisServer
+from tests.support import RedisServer, eventually
 
 LEGACY = {"Host": LEGACY_HOST}
 NEW = {"Host": NEW_HOST}
@@ -22,14 +21,6 @@ def edge(redis_server: RedisServer, prefix: str) -> Iterator[Stack]:
     redis_server.cli("SET", f"{prefix}mode:dance", "active")
     with stack(redis_server.url, prefix) as running:
         yield running
-
-
-def eventually(check: Callable[[], bool], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {within} s")
-        time.sleep(0.02)
 
 
 def test_a_legacy_tenant_reaches_the_legacy_portal_with_path_and_query_unchanged(

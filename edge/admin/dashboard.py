@@ -1,0 +1,391 @@
+"""The dashboard: server-rendered pages on the admin listener to watch and move tenants.
+
+Log in with the admin token; every page needs the session it gives, and every form that
+changes something carries the session's CSRF token. With no token configured the pages are
+read-only and need no login (the admin API's reads need none either). A move goes through
+``store.set_mode`` like any other: forward-only unless forced, audited and published.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from starlette.applications import Starlette
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.templating import Jinja2Templates
+
+from edge.admin.sessions import Session, Sessions
+from edge.admin.wording import describe_move, sunset_distance, what_customers_see
+from edge.asgi import ASGIApp
+from edge.config import Settings
+from edge.modes import ChangeRefused, ModeStore, StoreUnavailable
+from edge.policy import Mode, Policy
+from edge.tenants import TENANT_ID, is_tenant_id
+
+PAGE_SIZE = 50
+HISTORY_SHOWN = 50
+# A count of tenants per mode reads every key: reuse it for a few seconds while paging.
+COUNTS_MAX_AGE = 5.0
+NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._@-")
+SEARCH_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+TEMPLATES = Path(__file__).with_name("templates")
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+class LoginNeeded(Exception):
+    """The request has no valid session: send the browser to the login form."""
+
+
+class PageError(Exception):
+    """A request the dashboard refuses; the page says why and that nothing changed."""
+
+    def __init__(self, status: int, title: str, message: str, back: str = "/") -> None:
+        super().__init__(message)
+        self.status, self.title, self.message, self.back = status, title, message, back
+
+
+@dataclass(frozen=True)
+class ModeCounts:
+    counts: dict[str, int]
+    at: datetime
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+class Dashboard:
+    def __init__(
+        self,
+        settings: Settings,
+        store: ModeStore,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.store = store
+        self.policy = Policy.from_settings(settings)
+        self.prefix = settings.store.prefix
+        self.sessions = Sessions(settings.admin.token) if settings.admin.token else None
+        self.clock = clock
+        env = Environment(
+            loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined
+        )
+        env.filters["when"] = _when
+        env.filters["mode_name"] = _mode_name
+        self.templates = Jinja2Templates(env=env)
+        self._counts: tuple[float, ModeCounts] | None = None
+
+    def around(self, api: ASGIApp) -> Starlette:
+        """The admin app: the dashboard's pages, and every other path to ``api``."""
+        return Starlette(
+            routes=[
+                Route("/", self.tenants, methods=["GET"]),
+                Route("/login", self.login_form, methods=["GET"]),
+                Route("/login", self.login, methods=["POST"]),
+                Route("/logout", self.logout, methods=["POST"]),
+                Route("/tenants/{tenant}", self.tenant, methods=["GET"]),
+                Route("/tenants/{tenant}/move", self.confirm, methods=["GET"]),
+                Route("/tenants/{tenant}/move", self.move, methods=["POST"]),
+                Mount("", app=api),
+            ],
+            exception_handlers={
+                LoginNeeded: self._login_needed,
+                PageError: self._page_error,
+                StoreUnavailable: self._store_unavailable,
+            },
+        )
+
+    # Pages
+
+    async def tenants(self, request: Request) -> Response:
+        session = self._viewer(request)
+        query = request.query_params
+        search = query.get("q", "").strip().lower()
+        mode = query.get("mode", "")
+        cursor = query.get("cursor", "")
+        problem = None
+        if len(search) > 63 or not set(search) <= SEARCH_CHARS:
+            problem = "Search by part of a tenant id: lowercase letters, digits and '-'."
+        elif mode and Mode.parse(mode) is None:
+            problem = "Pick a mode from the list."
+        rows: list[tuple[str, Mode | None, str]] = []
+        next_cursor = None
+        if problem is None:
+            try:
+                page = await self.store.page(
+                    cursor, contains=search, mode=mode or None, limit=PAGE_SIZE
+                )
+            except ValueError:
+                problem = "That page link is out of date: start again from the first page."
+            else:
+                rows = [(t, Mode.parse(raw), raw) for t, raw in sorted(dict(page.tenants).items())]
+                next_cursor = page.cursor
+        shown = {tenant for tenant, _, _ in rows}
+        context = {
+            "search": search,
+            "mode": mode,
+            "problem": problem,
+            "rows": rows,
+            "first_page": not cursor,
+            "next_url": (
+                "/?" + urlencode({"q": search, "mode": mode, "cursor": next_cursor})
+                if next_cursor
+                else None
+            ),
+            "open_tenant": search if is_tenant_id(search) and search not in shown else None,
+            "counts": await self._mode_counts(),
+            "sunset": self.policy.sunset,
+            "sunset_distance": (
+                sunset_distance(self.policy.sunset, self.clock()) if self.policy.sunset else None
+            ),
+        }
+        return self._render(request, session, "tenants.html", context)
+
+    async def tenant(self, request: Request) -> Response:
+        session = self._viewer(request)
+        tenant = self._tenant_of(request)
+        raw = await self.store.get(tenant)
+        mode = Mode.parse(raw)
+        context = {
+            "tenant": tenant,
+            "mode": mode,
+            "raw": raw,
+            "key": f"{self.prefix}mode:{tenant}",
+            "moved": request.query_params.get("moved") == "1",
+            "sees": what_customers_see(tenant, mode, self.policy, self.clock()),
+            "targets": [m for m in Mode if m is not mode],
+            "rollback_to": {
+                m
+                for m in Mode
+                if describe_move(tenant, mode, m, self.policy, self.clock()).rollback
+            },
+            "history": await self.store.history(tenant, limit=HISTORY_SHOWN),
+            "legacy_home": self.policy.legacy_home_location(tenant),
+            "new_home": self.policy.new_home_location(tenant),
+        }
+        return self._render(request, session, "tenant.html", context)
+
+    async def confirm(self, request: Request) -> Response:
+        session = self._changer(request)
+        tenant = self._tenant_of(request)
+        target = self._target(request.query_params.get("to", ""), tenant)
+        current = Mode.parse(raw := await self.store.get(tenant))
+        if current is target:
+            raise PageError(
+                409, "Nothing to change", f"{tenant} is already {target}.", f"/tenants/{tenant}"
+            )
+        now = self.clock()
+        context = {
+            "tenant": tenant,
+            "current": current,
+            "raw": raw,
+            "target": target,
+            "move": describe_move(tenant, current, target, self.policy, now),
+            "sees": what_customers_see(tenant, target, self.policy, now),
+        }
+        return self._render(request, session, "confirm.html", context)
+
+    async def move(self, request: Request) -> Response:
+        form = await request.form()
+        session = self._changer(request, form)
+        tenant = self._tenant_of(request)
+        target = self._target(_field(form, "to"), tenant)
+        back = f"/tenants/{tenant}"
+        seen = _field(form, "from")
+        raw = await self.store.get(tenant)
+        if seen != (raw or ""):
+            raise PageError(
+                409,
+                "Changed meanwhile",
+                f"{tenant} changed while you were confirming (it is now "
+                f"{raw or Mode.LEGACY}). Nothing was changed: look again before moving it.",
+                back,
+            )
+        try:
+            await self.store.set_mode(
+                tenant,
+                target,
+                actor=f"dashboard:{session.who}",
+                force=_field(form, "force") == "yes",
+                via="dashboard",
+            )
+        except ChangeRefused as refused:
+            raise PageError(
+                409, "Change refused", f"{refused}. Nothing was changed.", back
+            ) from None
+        self._counts = None
+        return RedirectResponse(f"{back}?moved=1", status_code=303)
+
+    # Logging in and out
+
+    async def login_form(self, request: Request) -> Response:
+        if self.sessions is None or self.sessions.read(request) is not None:
+            return RedirectResponse("/", status_code=303)
+        return self._login_page(request, _local(request.query_params.get("next", "")))
+
+    async def login(self, request: Request) -> Response:
+        if self.sessions is None:
+            return RedirectResponse("/", status_code=303)
+        form = await request.form()
+        after = _local(_field(form, "next"))
+        who = _field(form, "name").strip()
+        if not self.sessions.is_token(_field(form, "token")):
+            return self._login_page(request, after, who, "That is not the admin token.", 401)
+        if not 0 < len(who) <= 64 or not set(who) <= NAME_CHARS:
+            problem = "Give your name (letters, digits and . _ @ -): the audit log records it."
+            return self._login_page(request, after, who, problem, 400)
+        response = RedirectResponse(after, status_code=303)
+        self.sessions.start(response, who, secure=request.url.scheme == "https")
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        self._changer(request, await request.form())
+        response = RedirectResponse("/login", status_code=303)
+        Sessions.end(response)
+        return response
+
+    # Helpers
+
+    def _viewer(self, request: Request) -> Session | None:
+        """Who is looking; None when no token is configured (read-only, no login)."""
+        if self.sessions is None:
+            return None
+        session = self.sessions.read(request)
+        if session is None:
+            raise LoginNeeded
+        return session
+
+    def _changer(self, request: Request, form: FormData | None = None) -> Session:
+        """The session of someone allowed to change things; with ``form``, its CSRF checked."""
+        session = self._viewer(request)
+        if session is None:
+            raise PageError(
+                403,
+                "Read-only",
+                "No admin token is configured ([admin].token or EDGE_ADMIN_TOKEN), "
+                "so the dashboard allows no changes.",
+            )
+        if form is not None and not session.accepts(_field(form, "csrf")):
+            raise PageError(
+                403,
+                "Form expired",
+                "The form's security token is missing or out of date. Nothing was changed: "
+                "reload the page and try again.",
+                request.url.path.removesuffix("/move"),
+            )
+        return session
+
+    def _tenant_of(self, request: Request) -> str:
+        tenant: str = request.path_params["tenant"]
+        if not is_tenant_id(tenant):
+            raise PageError(
+                404, "No such tenant", f"{tenant!r} is not a tenant id ({TENANT_ID.pattern})."
+            )
+        return tenant
+
+    def _target(self, value: str, tenant: str) -> Mode:
+        target = Mode.parse(value) if value else None
+        if target is None:
+            raise PageError(400, "Unknown mode", f"{value!r} is not a mode.", f"/tenants/{tenant}")
+        return target
+
+    async def _mode_counts(self) -> ModeCounts:
+        cached = self._counts
+        if cached is not None and time.monotonic() - cached[0] < COUNTS_MAX_AGE:
+            return cached[1]
+        stored = await self.store.modes()
+        tally = Counter(value if Mode.parse(value) else "invalid" for value in stored.values())
+        counts = ModeCounts(
+            {**{mode.value: tally[mode.value] for mode in Mode}, "invalid": tally["invalid"]},
+            self.clock(),
+        )
+        self._counts = (time.monotonic(), counts)
+        return counts
+
+    def _render(
+        self,
+        request: Request,
+        session: Session | None,
+        template: str,
+        context: dict[str, Any],
+        status: int = 200,
+    ) -> Response:
+        common = {
+            "session": session,
+            "read_only": self.sessions is None,
+            "now": self.clock(),
+        }
+        return self.templates.TemplateResponse(
+            request, template, {**common, **context}, status_code=status, headers=PAGE_HEADERS
+        )
+
+    def _login_page(
+        self, request: Request, after: str, who: str = "", problem: str = "", status: int = 200
+    ) -> Response:
+        context = {"next": after, "who": who, "problem": problem}
+        return self._render(request, None, "login.html", context, status)
+
+    async def _login_needed(self, request: Request, exc: Exception) -> Response:
+        after = request.url.path if request.method == "GET" else "/"
+        if request.url.query and request.method == "GET":
+            after += "?" + request.url.query
+        return RedirectResponse("/login?" + urlencode({"next": after}), status_code=303)
+
+    async def _page_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, PageError)
+        session = self.sessions.read(request) if self.sessions else None
+        context = {"title": exc.title, "message": exc.message, "back": exc.back}
+        return self._render(request, session, "message.html", context, exc.status)
+
+    async def _store_unavailable(self, request: Request, exc: Exception) -> Response:
+        session = self.sessions.read(request) if self.sessions else None
+        context = {
+            "title": "The mode store cannot be reached",
+            "message": f"{exc}. Reload in a moment to see the current state.",
+            "back": request.url.path,
+        }
+        return self._render(request, session, "message.html", context, 503)
+
+
+def _field(form: FormData, name: str) -> str:
+    value = form.get(name)
+    return value if isinstance(value, str) else ""
+
+
+def _local(path: str) -> str:
+    """``path`` when it stays on this site, else the tenants page (no open redirect)."""
+    if (
+        path.startswith("/")
+        and not path.startswith(("//", "/\\"))
+        and path.isascii()
+        and path.isprintable()
+    ):
+        return path
+    return "/"
+
+
+def _mode_name(raw: str | None) -> str:
+    """A stored value as the dashboard names it: its mode, or "invalid"."""
+    return Mode.parse(raw) or "invalid"
+
+
+def _when(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
