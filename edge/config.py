@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -68,9 +69,24 @@ def _path_template(value: str) -> str:
     return value
 
 
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _seconds(value: Any) -> Any:
+    """A duration as seconds: a number, or a string such as "90s", "15m", "24h", "7d"."""
+    if isinstance(value, str):
+        match = _DURATION_RE.fullmatch(value.strip())
+        if match is None:
+            raise ValueError(f"{value!r} is not a duration: use seconds or e.g. 90s, 15m, 24h, 7d")
+        return float(match[1]) * _DURATION_UNITS[match[2]]
+    return value
+
+
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
 PublicUrl = Annotated[str, AfterValidator(_public_url)]
 PathTemplate = Annotated[str, AfterValidator(_path_template)]
+Seconds = Annotated[float, BeforeValidator(_seconds), Field(gt=0)]
 
 
 class ServerSettings(_Section):
@@ -99,6 +115,8 @@ class StoreSettings(_Section):
     resync_interval: float = Field(2.0, gt=0, le=3600)
     timeout: float = Field(0.5, gt=0, le=60)
     cache_size: int = Field(1_000_000, ge=1)
+    # Seconds between writes of this process's traffic counts (deep links, watch) to the store.
+    flush_interval: float = Field(5.0, gt=0, le=3600)
 
     @field_validator("url")
     @classmethod
@@ -169,6 +187,15 @@ class PolicySettings(_Section):
     redirect_status: Literal[301, 302] = 302
     setup_allow: tuple[AllowRule, ...] = ()
     path_rules: tuple[PathRule, ...] = ()
+    # Safe activation: see README, "Safe activation".
+    private_preview: bool = False
+    preview_ttl: Seconds = 7 * 86400
+    deep_links: int = Field(500, ge=1, le=100_000)
+    activation_coverage: float = Field(0.95, ge=0, le=1)
+    readiness_rate: float = Field(20.0, gt=0, le=10_000)
+    readiness_concurrency: int = Field(4, ge=1, le=256)
+    watch_window: Seconds = 24 * 3600
+    watch_rise: float = Field(0.02, gt=0, le=1)
 
     @field_validator("legacy_sunset", mode="before")
     @classmethod
@@ -197,12 +224,20 @@ class AdminSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(9090, ge=0, le=65535)
     token: str = ""
+    preview_secret: str = ""  # signs private preview links; the token when empty
 
     @field_validator("token")
     @classmethod
     def _token(cls, value: str) -> str:
         if value and len(value) < 16:
             raise ValueError("must be at least 16 characters (or empty to allow no changes)")
+        return value
+
+    @field_validator("preview_secret")
+    @classmethod
+    def _preview_secret(cls, value: str) -> str:
+        if value and len(value) < 16:
+            raise ValueError("must be at least 16 characters")
         return value
 
 
@@ -224,6 +259,12 @@ class Settings(_Section):
             raise _keyed("server.workers", "memory:// is a single-process store: use 1 worker")
         if self.admin.port and self.admin.port == self.server.port:
             raise _keyed("admin.port", "must differ from server.port")
+        if self.policy.private_preview and not (self.admin.preview_secret or self.admin.token):
+            raise _keyed(
+                "admin.preview_secret",
+                "policy.private_preview needs a secret to sign preview links: "
+                "set admin.preview_secret (or admin.token)",
+            )
         return self
 
 

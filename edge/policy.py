@@ -113,6 +113,7 @@ class Policy:
     new_home: str
     legacy_url: str
     legacy_home: str
+    private_preview: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -126,13 +127,20 @@ class Policy:
             new_home=settings.new.home_template,
             legacy_url=settings.legacy.public_url,
             legacy_home=settings.legacy.home_template,
+            private_preview=policy.private_preview,
         )
+
+    def new_path(self, tenant: str, path: str) -> str:
+        """Where a legacy path maps on the new portal (first matching rule, else home), encoded."""
+        return _clean_path(_map_path(self.path_rules, tenant, path) or _fill(self.new_home, tenant))
 
     def new_location(self, tenant: str, path: str, query: str) -> str:
         """Where a legacy URL lives on the new portal, built from configuration only."""
-        mapped = _map_path(self.path_rules, tenant, path) or _fill(self.new_home, tenant)
-        location = _fill(self.new_url, tenant) + _clean_path(mapped)
-        return f"{location}?{quote(query, safe=_QUERY_SAFE)}" if query else location
+        return _with_query(_fill(self.new_url, tenant) + self.new_path(tenant, path), query)
+
+    def new_page(self, tenant: str, path: str, query: str = "") -> str:
+        """The new-portal URL of a (decoded) new-portal path, built from configuration only."""
+        return _with_query(_fill(self.new_url, tenant) + _clean_path(path), query)
 
     def legacy_home_location(self, tenant: str) -> str:
         return _fill(self.legacy_url, tenant) + _fill(self.legacy_home, tenant)
@@ -156,8 +164,14 @@ def decide(
     query: str,
     now: datetime,
     policy: Policy,
+    *,
+    preview_holder: bool = False,
 ) -> Decision:
-    """The routing matrix of SPEC.md. ``mode`` None means the stored value was not a mode."""
+    """The routing matrix of SPEC.md. ``mode`` None means the stored value was not a mode.
+
+    ``preview_holder``: the request carries a valid preview cookie for this tenant; with
+    ``private_preview`` only such requests see a setup tenant's preview.
+    """
     if mode is None:
         return _MISCONFIGURED
     if front is Front.LEGACY:
@@ -169,7 +183,7 @@ def decide(
     if mode is Mode.ACTIVE:
         return FORWARD_NEW
     if method in SAFE_METHODS:
-        if mode is Mode.SETUP:
+        if mode is Mode.SETUP and (preview_holder or not policy.private_preview):
             return FORWARD_NEW
         return Redirect(policy.legacy_home_location(tenant), 302)
     if mode is Mode.LEGACY:
@@ -196,6 +210,10 @@ def _map_path(rules: tuple[PathRule, ...], tenant: str, path: str) -> str | None
         if path == prefix or path.startswith(prefix + "/") or (not prefix and path == "/"):
             return _fill(rule.new, tenant).rstrip("/") + path[len(prefix) :] or "/"
     return None
+
+
+def _with_query(location: str, query: str) -> str:
+    return f"{location}?{quote(query, safe=_QUERY_SAFE)}" if query else location
 
 
 def _clean_path(path: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -179,6 +180,40 @@ def test_the_allow_list_does_not_open_writes_for_a_tenant_that_is_not_enabled() 
 def test_redirects_map_paths_by_the_ordered_rules(path: str, query: str, location: str) -> None:
     decision = decide(L, "acme", ACTIVE, "GET", path, query, BEFORE, POLICY)
     assert decision == Redirect(location, 302)
+
+
+PRIVATE = replace(POLICY, private_preview=True)
+
+PRIVATE_PREVIEW = [
+    # (front, mode, method, path, holds a valid preview cookie, expected)
+    (N, SETUP, "GET", "/acme/", True, Forward(N)),
+    (N, SETUP, "HEAD", "/acme/classes", True, Forward(N)),
+    (N, SETUP, "GET", "/acme/", False, TO_LEGACY_HOME),
+    (N, SETUP, "OPTIONS", "/acme/", False, TO_LEGACY_HOME),
+    (N, SETUP, "POST", "/acme/checkout", True, Refuse(403, Reason.BLOCKED, "")),
+    (N, SETUP, "POST", "/acme/checkout", False, Refuse(403, Reason.BLOCKED, "")),
+    (N, SETUP, "POST", "/acme/staff/login", False, Forward(N)),
+    (N, LEGACY, "GET", "/acme/", True, TO_LEGACY_HOME),
+    (N, LEGACY, "POST", "/acme/", True, Refuse(403, Reason.NOT_ENABLED, "")),
+    (N, ACTIVE, "GET", "/acme/", False, Forward(N)),
+    (N, ACTIVE, "POST", "/acme/checkout", False, Forward(N)),
+    (L, SETUP, "GET", "/acme/", False, Forward(L)),
+    (L, ACTIVE, "GET", "/acme/", False, TO_NEW_HOME),
+]
+
+
+@pytest.mark.parametrize(("front", "mode", "method", "path", "holder", "expected"), PRIVATE_PREVIEW)
+def test_a_private_preview_is_served_only_to_preview_holders(
+    front: Front, mode: Mode, method: str, path: str, holder: bool, expected: object
+) -> None:
+    decision = decide(front, "acme", mode, method, path, "", BEFORE, PRIVATE, preview_holder=holder)
+    assert _same(decision, expected), decision
+
+
+@pytest.mark.parametrize("holder", [True, False])
+def test_without_private_preview_the_preview_is_public(holder: bool) -> None:
+    decision = decide(N, "acme", SETUP, "GET", "/acme/", "", BEFORE, POLICY, preview_holder=holder)
+    assert decision == Forward(N)
 
 
 @pytest.mark.parametrize(
