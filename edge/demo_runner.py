@@ -54,6 +54,7 @@ Move a tenant (forward only; --force to roll back):
   edge tenant set acme-gym setup
   curl -X PUT -H 'Authorization: Bearer {token}' -d '{{"mode": "setup"}}' \\
        http://{admin.host}:{admin.port}/api/tenants/acme-gym
+  or in the dashboard, http://{admin.host}:{admin.port}/ (log in with the token {token})
 
 Admin API: http://{admin.host}:{admin.port}/api/tenants     Stop: Ctrl-C
 """

@@ -455,6 +455,15 @@ def test_what_customers_see(
     assert what_customers_see("gym", mode, policy(legacy_sunset=sunset), NOW) == expected
 
 
+def test_a_private_preview_is_called_so() -> None:
+    [_, preview] = what_customers_see("gym", Mode.SETUP, policy(private_preview=True), NOW)
+    assert preview.startswith(
+        "The Customer Portal opens as a private read-only preview, only for holders of a "
+        "preview link (everyone else is sent back to the Parent Portal), at "
+        "https://portal.test/gym/: pages show"
+    )
+
+
 def test_a_permanent_redirect_is_called_so() -> None:
     [redirect, _] = what_customers_see("gym", Mode.ACTIVE, policy(redirect_status=301), NOW)
     assert redirect.endswith("permanently (301): browsers may remember it.")

@@ -43,8 +43,14 @@ def what_customers_see(tenant: str, mode: Mode | None, policy: Policy, now: date
         allowed = ", ".join(
             f"{r.method} {r.path.replace('{tenant}', tenant)}" for r in policy.setup_allow
         )
+        preview = (
+            "a private read-only preview, only for holders of a preview link (everyone else "
+            "is sent back to the Parent Portal),"
+            if policy.private_preview
+            else "a read-only preview"
+        )
         new = (
-            f"The Customer Portal opens as a read-only preview at {new_home}: pages show, "
+            f"The Customer Portal opens as {preview} at {new_home}: pages show, "
             "but enrolments, checkout and every other change are refused"
             + (f" (except {allowed})." if allowed else ".")
         )
