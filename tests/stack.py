@@ -37,10 +37,14 @@ class Seen:
 
 @dataclass
 class RecordingBackend:
-    """A backend that answers 200 and remembers every request that reached it."""
+    """A backend that answers 200 and remembers every request that reached it.
+
+    ``statuses`` answers some paths otherwise: a page the portal lacks (404), a broken one (500).
+    """
 
     name: str
     seen: list[Seen] = field(default_factory=list)
+    statuses: dict[str, int] = field(default_factory=dict)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -63,7 +67,7 @@ class RecordingBackend:
         await send(
             {
                 "type": "http.response.start",
-                "status": 200,
+                "status": self.statuses.get(seen.path, 200),
                 "headers": [(b"content-type", b"application/json")],
             }
         )

@@ -13,6 +13,7 @@ from datetime import datetime
 from enum import IntEnum
 from typing import Any
 
+from edge.modes.traffic import TrafficCounts
 from edge.policy import Mode, is_forward_move
 from edge.tenants import TENANT_ID, is_tenant_id
 
@@ -23,6 +24,9 @@ HISTORY_LIMIT = 1000
 DEFAULT_MODE = Mode.LEGACY
 
 OnSubscribed = Callable[[], Awaitable[None]]
+# Asked before a tenant is moved to active without force: raises ChangeRefused to refuse,
+# else returns a note for the audit entry (edge.readiness.ReadinessCheck.guard).
+ActivationGuard = Callable[[str], Awaitable[str]]
 
 
 class StoreUnavailable(Exception):
@@ -53,6 +57,7 @@ class Change:
     forced: bool
     via: str
     changed: bool = True
+    note: str = ""  # what the activation guard found (readiness), for the audit
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -64,6 +69,7 @@ class Change:
             "forced": self.forced,
             "via": self.via,
             "changed": self.changed,
+            **({"note": self.note} if self.note else {}),
         }
 
     @classmethod
@@ -81,6 +87,7 @@ class Change:
             forced=bool(data["forced"]),
             via=str(data.get("via", "")),
             changed=bool(data.get("changed", True)),
+            note=str(data.get("note", "")),
         )
 
 
@@ -151,6 +158,7 @@ class ModeStore(ABC):
         self._tenant_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
+        self.activation_guard: ActivationGuard | None = None
 
     @abstractmethod
     async def get(self, tenant: str) -> str | None:
@@ -178,6 +186,30 @@ class ModeStore(ABC):
         The work per call is bounded, so a page may hold fewer (or a few more) than
         ``limit`` and still have a next one. Raises ValueError for a cursor it never gave.
         """
+
+    @abstractmethod
+    async def add_traffic(self, counts: TrafficCounts, keep: int) -> None:
+        """Add one process's counts to the totals (edge.modes.traffic), in one round trip.
+
+        Deep links are trimmed to the most requested ``keep * KEEP_SLACK`` per tenant.
+        """
+
+    @abstractmethod
+    async def deep_links(self, tenant: str, limit: int) -> list[tuple[str, int]]:
+        """The ``limit`` most requested legacy paths of a tenant and their counts, most first."""
+
+    @abstractmethod
+    async def responses(self, tenant: str) -> dict[str, dict[str, int]]:
+        """A tenant's new-portal responses: phase (setup, active) → status class → count."""
+
+    @abstractmethod
+    async def activations(self, since: datetime) -> dict[str, datetime]:
+        """The tenants activated through edge at or after ``since`` (and not moved back since),
+        each with the time of its activation."""
+
+    @abstractmethod
+    async def activated_at(self, tenant: str) -> datetime | None:
+        """When the tenant was last activated through edge, None if it is not active since."""
 
     @abstractmethod
     def events(self, on_subscribed: OnSubscribed | None = None) -> AsyncIterator[ModeEvent]:
@@ -216,6 +248,9 @@ class ModeStore(ABC):
         if target is None:
             choices = ", ".join(m.value for m in Mode)
             raise ChangeRefused(f"{mode!r} is not a mode (one of {choices})")
+        note = ""
+        if target is Mode.ACTIVE and self.activation_guard is not None:
+            note = "forced: readiness not checked" if force else await self.activation_guard(tenant)
         lock = self._tenant_locks.get(tenant)
         if lock is None:
             lock = self._tenant_locks[tenant] = asyncio.Lock()
@@ -235,6 +270,7 @@ class ModeStore(ABC):
                 forced=Mode.parse(previous) in backward_from(target),
                 via=via,
                 changed=outcome is Outcome.CHANGED,
+                note=note,
             )
             if change.changed:
                 await self._record(change)

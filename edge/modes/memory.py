@@ -18,6 +18,7 @@ from edge.modes.base import (
     TenantPage,
     backward_from,
 )
+from edge.modes.traffic import KEEP_SLACK, TrafficCounts
 from edge.policy import Mode
 from edge.tenants import is_tenant_id
 
@@ -28,6 +29,9 @@ class MemoryStore(ModeStore):
         self._modes: dict[str, str] = {}
         self._history: dict[str, deque[Change]] = {}
         self._subscribers: set[asyncio.Queue[ModeEvent | None]] = set()
+        self._deep_links: dict[str, dict[str, int]] = {}
+        self._responses: dict[str, dict[str, dict[str, int]]] = {}  # tenant → phase → counts
+        self._activated: dict[str, datetime] = {}
 
     async def get(self, tenant: str) -> str | None:
         return self._modes.get(tenant)
@@ -73,6 +77,34 @@ class MemoryStore(ModeStore):
         finally:
             self._subscribers.discard(queue)
 
+    async def add_traffic(self, counts: TrafficCounts, keep: int) -> None:
+        for tenant, paths in counts.deep_links.items():
+            links = self._deep_links.setdefault(tenant, {})
+            for path, count in paths.items():
+                links[path] = links.get(path, 0) + count
+            if len(links) > keep * KEEP_SLACK:
+                # As Redis's ZREMRANGEBYRANK: the lowest counts go, ties by path.
+                ranked = sorted(links.items(), key=lambda item: (item[1], item[0]))
+                self._deep_links[tenant] = dict(ranked[-keep * KEEP_SLACK :])
+        for tenant, phases in counts.responses.items():
+            for phase, classes in phases.items():
+                totals = self._responses.setdefault(tenant, {}).setdefault(phase, {})
+                for status_class, count in classes.items():
+                    totals[status_class] = totals.get(status_class, 0) + count
+
+    async def deep_links(self, tenant: str, limit: int) -> list[tuple[str, int]]:
+        links = self._deep_links.get(tenant, {})
+        return sorted(links.items(), key=lambda item: (item[1], item[0]), reverse=True)[:limit]
+
+    async def responses(self, tenant: str) -> dict[str, dict[str, int]]:
+        return {phase: dict(counts) for phase, counts in self._responses.get(tenant, {}).items()}
+
+    async def activations(self, since: datetime) -> dict[str, datetime]:
+        return {tenant: at for tenant, at in self._activated.items() if at >= since}
+
+    async def activated_at(self, tenant: str) -> datetime | None:
+        return self._activated.get(tenant)
+
     async def ping(self) -> None:
         return None
 
@@ -96,6 +128,10 @@ class MemoryStore(ModeStore):
 
     async def _record(self, change: Change) -> None:
         self._history.setdefault(change.tenant, deque(maxlen=HISTORY_LIMIT)).appendleft(change)
+        self._activated.pop(change.tenant, None)
+        if change.mode is Mode.ACTIVE:  # a fresh watch
+            self._activated[change.tenant] = change.at
+            self._responses.get(change.tenant, {}).pop(Mode.ACTIVE.value, None)
         event = ModeEvent(change.tenant, change.mode)
         for queue in self._subscribers:
             queue.put_nowait(event)

@@ -32,6 +32,7 @@ from edge.modes.base import (
     decode_history,
     encode_event,
 )
+from edge.modes.traffic import KEEP_SLACK, RETENTION_SECONDS, TrafficCounts
 from edge.policy import Mode
 from edge.tenants import is_tenant_id
 
@@ -96,6 +97,7 @@ class RedisStore(ModeStore):
         self._prefix = prefix
         self._timeout = timeout
         self._channel = f"{prefix}events"
+        self._activated_key = f"{prefix}activated"
         self._closed = False
         self._compare_and_set_script = client.register_script(COMPARE_AND_SET)
 
@@ -113,6 +115,12 @@ class RedisStore(ModeStore):
 
     def _history_key(self, tenant: str) -> str:
         return f"{self._prefix}history:{tenant}"
+
+    def _deep_links_key(self, tenant: str) -> str:
+        return f"{self._prefix}deeplinks:{tenant}"
+
+    def _responses_key(self, tenant: str, phase: str) -> str:
+        return f"{self._prefix}responses:{tenant}:{phase}"
 
     @contextmanager
     def _errors(self, what: str) -> Iterator[None]:
@@ -148,6 +156,54 @@ class RedisStore(ModeStore):
         # Two instances' audit writes may land out of order; the Redis time of each swap may not.
         changes = decode_history(tenant, entries)
         return sorted(changes, key=lambda change: change.at, reverse=True)
+
+    async def add_traffic(self, counts: TrafficCounts, keep: int) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        for tenant, paths in counts.deep_links.items():
+            key = self._deep_links_key(tenant)
+            for path, count in paths.items():
+                pipe.zincrby(key, count, path)
+            pipe.zremrangebyrank(key, 0, -keep * KEEP_SLACK - 1)
+            pipe.expire(key, RETENTION_SECONDS)
+        for tenant, phases in counts.responses.items():
+            for phase, classes in phases.items():
+                key = self._responses_key(tenant, phase)
+                for status_class, count in classes.items():
+                    pipe.hincrby(key, status_class, count)
+                pipe.expire(key, RETENTION_SECONDS)
+        await self._call("traffic counts", pipe.execute())
+
+    async def deep_links(self, tenant: str, limit: int) -> list[tuple[str, int]]:
+        links = await self._call(
+            "ZREVRANGE",
+            self._client.zrevrange(self._deep_links_key(tenant), 0, limit - 1, withscores=True),
+        )
+        return [(path, int(count)) for path, count in links]
+
+    async def responses(self, tenant: str) -> dict[str, dict[str, int]]:
+        phases = (Mode.SETUP.value, Mode.ACTIVE.value)
+        pipe = self._client.pipeline(transaction=False)
+        for phase in phases:
+            pipe.hgetall(self._responses_key(tenant, phase))
+        replies = await self._call("HGETALL", pipe.execute())
+        return {
+            phase: {name: int(count) for name, count in counts.items()}
+            for phase, counts in zip(phases, replies, strict=True)
+            if counts
+        }
+
+    async def activations(self, since: datetime) -> dict[str, datetime]:
+        entries = await self._call(
+            "ZRANGEBYSCORE",
+            self._client.zrangebyscore(
+                self._activated_key, since.timestamp(), "+inf", withscores=True
+            ),
+        )
+        return {tenant: datetime.fromtimestamp(at, UTC) for tenant, at in entries}
+
+    async def activated_at(self, tenant: str) -> datetime | None:
+        at = await self._call("ZSCORE", self._client.zscore(self._activated_key, tenant))
+        return None if at is None else datetime.fromtimestamp(at, UTC)
 
     async def page(
         self, cursor: str = "", *, contains: str = "", mode: str | None = None, limit: int = 100
@@ -248,6 +304,11 @@ class RedisStore(ModeStore):
         pipe = self._client.pipeline(transaction=False)
         pipe.lpush(history_key, json.dumps(change.to_json()))
         pipe.ltrim(history_key, 0, HISTORY_LIMIT - 1)
+        if change.mode is Mode.ACTIVE:  # a fresh watch
+            pipe.zadd(self._activated_key, {change.tenant: change.at.timestamp()})
+            pipe.delete(self._responses_key(change.tenant, Mode.ACTIVE.value))
+        else:
+            pipe.zrem(self._activated_key, change.tenant)
         pipe.publish(self._channel, encode_event(change))
         try:
             await self._call("audit and PUBLISH", pipe.execute())

@@ -1,0 +1,211 @@
+"""Readiness: will a tenant's customers' bookmarks land somewhere real once it is active?
+
+Each recorded deep link is mapped through the redirect rules (the Location an active tenant's
+legacy URL gets) and the new backend is asked for it with a GET carrying the tenant, as edge
+forwards setup-mode previews: off the hot path, with bounded concurrency and requests per
+second. Coverage is the share of recorded requests whose page answers 2xx or 3xx.
+
+Activation (a move to active without force, by any path: CLI, admin API, dashboard, schedule,
+bulk) goes through ``ReadinessCheck.guard``, which the store calls before its atomic set: it
+refuses below ``[policy].activation_coverage``. A tenant with no recorded traffic has no
+coverage to judge: it is allowed, and the audit note says the coverage was unknown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from edge.config import Settings
+from edge.modes import ChangeRefused, ModeStore
+from edge.policy import Mode, Policy
+
+USER_AGENT = "edge-readiness"
+WORST = 10  # failing paths a report lists
+
+
+@dataclass(frozen=True)
+class PathCheck:
+    """One recorded legacy path, where it lands on the new portal, and what that answered."""
+
+    path: str
+    target: str
+    requests: int
+    status: int | None  # None: no answer (refused, timed out)
+    error: str | None = None
+
+    @property
+    def resolves(self) -> bool:
+        return self.status is not None and 200 <= self.status < 400
+
+    @property
+    def outcome(self) -> str:
+        return str(self.status) if self.status is not None else f"no answer ({self.error})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "target": self.target,
+            "requests": self.requests,
+            "status": self.status,
+            "error": self.error,
+            "resolves": self.resolves,
+        }
+
+
+@dataclass(frozen=True)
+class ReadinessReport:
+    tenant: str
+    checks: tuple[PathCheck, ...]  # most requested first
+    threshold: float
+    at: datetime
+
+    @property
+    def requests(self) -> int:
+        return sum(check.requests for check in self.checks)
+
+    @property
+    def resolved(self) -> int:
+        return sum(check.requests for check in self.checks if check.resolves)
+
+    @property
+    def coverage(self) -> float | None:
+        """Resolved share of recorded requests; None without recorded traffic."""
+        return self.resolved / self.requests if self.requests else None
+
+    @property
+    def ready(self) -> bool:
+        return self.coverage is None or self.coverage >= self.threshold
+
+    def worst(self, limit: int = WORST) -> list[PathCheck]:
+        """The failing paths that most customers request."""
+        return [check for check in self.checks if not check.resolves][:limit]
+
+    def summary(self) -> str:
+        if self.coverage is None:
+            return f"{self.tenant}: no recorded legacy traffic, coverage unknown"
+        text = (
+            f"{self.tenant}: {self.coverage:.1%} of {self.requests} recorded requests "
+            f"({len(self.checks)} paths) resolve on the new portal"
+        )
+        worst = self.worst(3)
+        if worst:
+            text += "; worst: " + ", ".join(
+                f"{check.path} → {check.target} ({check.requests} requests, {check.outcome})"
+                for check in worst
+            )
+        return text
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tenant": self.tenant,
+            "at": self.at.isoformat(),
+            "requests": self.requests,
+            "resolved": self.resolved,
+            "paths": len(self.checks),
+            "coverage": self.coverage,
+            "threshold": self.threshold,
+            "ready": self.ready,
+            "summary": self.summary(),
+            "worst": [check.to_json() for check in self.worst()],
+        }
+
+
+class NotReady(ChangeRefused):
+    """An activation refused because too few deep links resolve on the new portal."""
+
+    def __init__(self, report: ReadinessReport) -> None:
+        super().__init__(
+            f"{report.summary()}; activating needs {report.threshold:.0%}. Add the missing "
+            "pages or path rules, or use --force to activate anyway"
+        )
+        self.report = report
+
+
+class _Pace:
+    """Lets at most ``rate`` requests start per second."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1 / rate
+        self.next = 0.0
+
+    async def wait(self) -> None:
+        now = asyncio.get_running_loop().time()
+        start = max(now, self.next)
+        self.next = start + self.interval
+        if start > now:
+            await asyncio.sleep(start - now)
+
+
+class ReadinessCheck:
+    """Reads a tenant's recorded deep links from the store and probes the new portal."""
+
+    def __init__(self, settings: Settings, store: ModeStore) -> None:
+        self.store = store
+        self.policy = Policy.from_settings(settings)
+        self.backend = settings.new.backend
+        self.keep = settings.policy.deep_links
+        self.threshold = settings.policy.activation_coverage
+        self.rate = settings.policy.readiness_rate
+        self.concurrency = settings.policy.readiness_concurrency
+        self.timeout = httpx.Timeout(
+            settings.upstream.read_timeout, connect=settings.upstream.connect_timeout
+        )
+
+    async def report(self, tenant: str) -> ReadinessReport:
+        links = await self.store.deep_links(tenant, self.keep)
+        return await self.probe(tenant, links)
+
+    async def guard(self, tenant: str) -> str:
+        """The store's activation guard: NotReady below the threshold, else a note."""
+        if Mode.parse(await self.store.get(tenant)) is Mode.ACTIVE:
+            return ""
+        report = await self.report(tenant)
+        if not report.ready:
+            raise NotReady(report)
+        return report.summary()
+
+    async def probe(self, tenant: str, links: Sequence[tuple[str, int]]) -> ReadinessReport:
+        public = urlsplit(self.policy.new_page(tenant, "/"))
+        headers = {
+            "host": public.netloc,
+            "user-agent": USER_AGENT,
+            "x-edge-tenant": tenant,
+            "x-edge-mode": Mode.SETUP.value,
+            "x-forwarded-proto": public.scheme,
+            "x-forwarded-host": public.netloc,
+        }
+        pace = _Pace(self.rate)
+        slots = asyncio.Semaphore(self.concurrency)
+        limits = httpx.Limits(max_connections=self.concurrency)
+
+        async def fetch(client: httpx.AsyncClient, target: str) -> tuple[int | None, str | None]:
+            async with slots:
+                await pace.wait()
+                try:
+                    async with client.stream("GET", self.backend + target, headers=headers) as r:
+                        return r.status_code, None
+                except httpx.HTTPError as exc:
+                    return None, str(exc) or type(exc).__name__
+
+        # Paths that map to the same page (say, every unmapped one to home) cost one probe.
+        targets = {path: self.policy.new_path(tenant, path) for path, _ in links}
+        unique = sorted(set(targets.values()))
+        async with httpx.AsyncClient(
+            timeout=self.timeout, limits=limits, trust_env=False, follow_redirects=False
+        ) as client:
+            answers = dict(
+                zip(unique, await asyncio.gather(*(fetch(client, t) for t in unique)), strict=True)
+            )
+        checks = sorted(
+            (PathCheck(path, targets[path], n, *answers[targets[path]]) for path, n in links),
+            key=lambda check: check.requests,
+            reverse=True,
+        )
+        return ReadinessReport(tenant, tuple(checks), self.threshold, datetime.now(UTC))

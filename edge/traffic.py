@@ -1,0 +1,136 @@
+"""Counting customer traffic for safe activation, off the request path.
+
+The router only bumps an in-memory counter: the legacy paths that legacy and setup tenants'
+customers request (deep links), and the new portal's responses to setup tenants (the
+preview, the watch's baseline) and to tenants in their watch window after activation. A
+background task adds the counts to the store every ``[store].flush_interval`` seconds in
+one round trip, so every instance contributes, and refreshes which tenants are watched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from contextlib import suppress
+from datetime import UTC, datetime, timedelta
+
+from edge.config import Settings
+from edge.modes import ModeStore, StoreUnavailable
+from edge.modes.traffic import TrafficCounts, status_class
+
+log = logging.getLogger("edge.traffic")
+
+# Distinct keys held between two flushes; beyond it new ones are dropped (and counted).
+MAX_PENDING = 10_000
+# A recorded path longer than this is not a bookmark anyone typed: it is dropped.
+MAX_PATH = 1024
+
+
+def normalise(path: str) -> str | None:
+    """The form a deep link is remembered in: repeated slashes folded; None to drop it."""
+    if len(path) > MAX_PATH:
+        return None
+    while "//" in path:
+        path = path.replace("//", "/")
+    return path
+
+
+class Traffic:
+    def __init__(
+        self,
+        store: ModeStore,
+        settings: Settings,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.store = store
+        self.keep = settings.policy.deep_links
+        self.interval = settings.store.flush_interval
+        self.window = timedelta(seconds=settings.policy.watch_window)
+        self.clock = clock
+        # Active tenants inside their watch window, as of the last refresh.
+        self.watched: frozenset[str] = frozenset()
+        self.max_pending = MAX_PENDING
+        self.dropped = 0
+        self._deep_links: dict[tuple[str, str], int] = {}
+        self._responses: dict[tuple[str, str, int], int] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._failing = False
+
+    def deep_link(self, tenant: str, path: str) -> None:
+        """A legacy-portal GET answered 2xx. On the request path: one dict operation."""
+        key = (tenant, path)
+        pending = self._deep_links
+        if key in pending:
+            pending[key] += 1
+        elif len(pending) < self.max_pending:
+            pending[key] = 1
+        else:
+            self.dropped += 1
+
+    def response(self, tenant: str, phase: str, status: int) -> None:
+        """A new-portal response in ``phase`` (setup or active). One dict operation."""
+        key = (tenant, phase, status)
+        pending = self._responses
+        if key in pending:
+            pending[key] += 1
+        elif len(pending) < self.max_pending:
+            pending[key] = 1
+        else:
+            self.dropped += 1
+
+    def take(self) -> TrafficCounts:
+        """What was counted since the last take, aggregated for the store."""
+        deep_links, self._deep_links = self._deep_links, {}
+        responses, self._responses = self._responses, {}
+        counts = TrafficCounts()
+        for (tenant, raw_path), count in deep_links.items():
+            path = normalise(raw_path)
+            if path is not None:
+                paths = counts.deep_links.setdefault(tenant, {})
+                paths[path] = paths.get(path, 0) + count
+        for (tenant, phase, status), count in responses.items():
+            name = status_class(status)
+            if name is not None:
+                classes = counts.responses.setdefault(tenant, {}).setdefault(phase, {})
+                classes[name] = classes.get(name, 0) + count
+        return counts
+
+    async def flush(self) -> None:
+        """Add the counts to the store and refresh the watched tenants.
+
+        Counts that cannot be written are dropped: they are statistics, and holding them
+        through a long outage would hold memory without bound.
+        """
+        counts = self.take()
+        try:
+            if counts:
+                await self.store.add_traffic(counts, self.keep)
+            activated = await self.store.activations(self.clock() - self.window)
+        except StoreUnavailable as exc:
+            if not self._failing:
+                log.warning("traffic counts could not be written, dropping them: %s", exc)
+            self._failing = True
+            return
+        if self._failing:
+            log.info("traffic counts are written again")
+        self._failing = False
+        self.watched = frozenset(activated)
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="edge traffic flush")
+
+    async def stop(self) -> None:
+        """Stop the task and write what is left."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+        await self.flush()
+
+    async def _run(self) -> None:
+        while True:
+            await self.flush()
+            await asyncio.sleep(self.interval)

@@ -1,0 +1,154 @@
+"""Deep-link memory: the router's in-memory tally, its flush, and the store's bounded counts."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from edge import config
+from edge.config import StoreSettings
+from edge.modes import ModeStore, open_store
+from edge.modes.traffic import KEEP_SLACK, TrafficCounts
+from edge.traffic import MAX_PATH, Traffic, normalise
+from tests.support import RedisServer
+
+SETTINGS = config.from_mapping(
+    {
+        "legacy": {
+            "hosts": ["parents.example.com"],
+            "backend": "http://legacy.internal:8000",
+            "public_url": "https://parents.example.com",
+        },
+        "new": {
+            "hosts": ["portal.example.com"],
+            "backend": "http://new.internal:8000",
+            "public_url": "https://portal.example.com",
+        },
+        "policy": {"deep_links": 3},
+    }
+)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(
+    request: pytest.FixtureRequest, redis_server: RedisServer, prefix: str
+) -> AsyncIterator[ModeStore]:
+    url = "memory://" if request.param == "memory" else redis_server.url
+    store = open_store(StoreSettings(url=url, prefix=prefix))
+    yield store
+    await store.close()
+
+
+def links(**tenants: dict[str, int]) -> TrafficCounts:
+    return TrafficCounts(deep_links={tenant.replace("_", "-"): p for tenant, p in tenants.items()})
+
+
+async def test_deep_links_add_up_across_flushes_most_requested_first(store: ModeStore) -> None:
+    await store.add_traffic(links(acme={"/acme/": 5, "/acme/classes": 2}), keep=10)
+    await store.add_traffic(links(acme={"/acme/classes": 4, "/acme/pay": 1}), keep=10)
+    await store.add_traffic(links(other={"/other/": 9}), keep=10)
+
+    assert await store.deep_links("acme", 10) == [
+        ("/acme/classes", 6),
+        ("/acme/", 5),
+        ("/acme/pay", 1),
+    ]
+    assert await store.deep_links("acme", 1) == [("/acme/classes", 6)]
+    assert await store.deep_links("other", 10) == [("/other/", 9)]
+    assert await store.deep_links("nobody", 10) == []
+
+
+async def test_deep_links_are_bounded_to_the_most_requested(store: ModeStore) -> None:
+    keep = 2
+    paths = {f"/acme/page-{n}": n for n in range(1, 11)}  # page-10 is the most requested
+    await store.add_traffic(links(acme=paths), keep=keep)
+
+    kept = await store.deep_links("acme", 100)
+    assert len(kept) == keep * KEEP_SLACK
+    assert kept == [(f"/acme/page-{n}", n) for n in range(10, 10 - keep * KEEP_SLACK, -1)]
+    # A path on its way up gets in once it is requested more than the least of the kept ones.
+    await store.add_traffic(links(acme={"/acme/new": 8}), keep=keep)
+    assert ("/acme/new", 8) in await store.deep_links("acme", keep * KEEP_SLACK)
+    assert ("/acme/page-7", 7) not in await store.deep_links("acme", 100)
+
+
+async def test_responses_add_up_per_phase(store: ModeStore) -> None:
+    counts = TrafficCounts(responses={"acme": {"setup": {"2xx": 3, "404": 1}}})
+    await store.add_traffic(counts, keep=10)
+    await store.add_traffic(
+        TrafficCounts(responses={"acme": {"setup": {"2xx": 2}, "active": {"5xx": 1}}}), keep=10
+    )
+    assert await store.responses("acme") == {
+        "setup": {"2xx": 5, "404": 1},
+        "active": {"5xx": 1},
+    }
+    assert await store.responses("other") == {}
+
+
+def traffic_for(store: ModeStore, **policy: Any) -> Traffic:
+    raw = SETTINGS.model_dump(by_alias=True)
+    raw["policy"].update(policy)
+    return Traffic(store, config.from_mapping(raw))
+
+
+async def test_the_tally_flushes_normalised_paths_and_status_classes(store: ModeStore) -> None:
+    traffic = traffic_for(store)
+    for path in ["/acme/classes", "/acme//classes", "/acme/classes", "/acme/", "/x" * MAX_PATH]:
+        traffic.deep_link("acme", path)
+    for status in [200, 204, 301, 404, 404, 403, 500, 503, 499]:
+        traffic.response("acme", "setup", status)
+    await traffic.flush()
+
+    assert await store.deep_links("acme", 10) == [("/acme/classes", 3), ("/acme/", 1)]
+    assert await store.responses("acme") == {
+        "setup": {"2xx": 2, "3xx": 1, "404": 2, "4xx": 1, "5xx": 2}
+    }
+    await traffic.flush()  # nothing new: nothing added twice
+    assert await store.deep_links("acme", 10) == [("/acme/classes", 3), ("/acme/", 1)]
+
+
+async def test_the_tally_is_bounded_between_flushes(store: ModeStore) -> None:
+    traffic = traffic_for(store)
+    traffic.max_pending = 3
+    for n in range(10):
+        traffic.deep_link("acme", f"/acme/{n}")
+    traffic.deep_link("acme", "/acme/0")  # known keys still count when full
+    assert traffic.dropped == 7
+    await traffic.flush()
+    assert await store.deep_links("acme", 10) == [("/acme/0", 2), ("/acme/2", 1), ("/acme/1", 1)]
+    traffic.deep_link("acme", "/acme/9")  # room again after a flush
+    await traffic.flush()
+    assert ("/acme/9", 1) in await store.deep_links("acme", 10)
+
+
+async def test_a_flush_that_cannot_reach_the_store_drops_its_counts_and_recovers(
+    own_redis: RedisServer, prefix: str
+) -> None:
+    store = open_store(StoreSettings(url=own_redis.url, prefix=prefix, timeout=0.5))
+    try:
+        traffic = traffic_for(store)
+        traffic.deep_link("acme", "/acme/lost")
+        own_redis.stop()
+        await traffic.flush()  # logged, not raised
+        own_redis.start()
+        traffic.deep_link("acme", "/acme/kept")
+        await traffic.flush()
+        assert await store.deep_links("acme", 10) == [("/acme/kept", 1)]
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "normal"),
+    [
+        ("/acme/classes", "/acme/classes"),
+        ("/acme//classes///42", "/acme/classes/42"),
+        ("/acme/classes/", "/acme/classes/"),
+        ("/", "/"),
+        ("/" + "a" * MAX_PATH, None),
+    ],
+)
+def test_normalised_paths(path: str, normal: str | None) -> None:
+    assert normalise(path) == normal

@@ -1,0 +1,215 @@
+"""Readiness: recorded deep links probed on the new portal; activation refused below coverage."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from edge import config
+from edge.asgi import Receive, Scope, Send
+from edge.config import StoreSettings
+from edge.modes import ChangeRefused, ModeStore, open_store
+from edge.modes.traffic import TrafficCounts
+from edge.policy import Mode
+from edge.readiness import USER_AGENT, NotReady, ReadinessCheck
+from tests.stack import RecordingBackend
+from tests.support import RedisServer, ServerThread
+
+# The acme customers' bookmarks, by how often they were requested on the legacy portal.
+BOOKMARKS = {
+    "/acme/": 50,  # no rule: the new home
+    "/acme/classes": 30,  # → /acme/schedule
+    "/acme/classes/42": 10,  # → /acme/schedule/42
+    "/acme/invoices": 6,  # → /acme/billing/invoices
+    "/acme/old news": 4,  # no rule: the new home
+}
+
+
+def settings_for(backend: str, **policy: Any) -> config.Settings:
+    return config.from_mapping(
+        {
+            "legacy": {
+                "hosts": ["parents.example.com"],
+                "backend": "http://127.0.0.1:9",
+                "public_url": "https://parents.example.com",
+            },
+            "new": {
+                "hosts": ["portal.example.com"],
+                "backend": backend,
+                "public_url": "https://portal.example.com",
+            },
+            "policy": {
+                "path_rules": [
+                    {"from": "/{tenant}/classes", "to": "/{tenant}/schedule"},
+                    {"from": "/{tenant}/invoices", "to": "/{tenant}/billing/invoices"},
+                ],
+                "readiness_rate": 200,
+                **policy,
+            },
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def portal() -> Iterator[tuple[RecordingBackend, str]]:
+    backend = RecordingBackend("new")
+    with ServerThread(backend) as server:
+        yield backend, server.url
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(
+    request: pytest.FixtureRequest, redis_server: RedisServer, prefix: str
+) -> AsyncIterator[ModeStore]:
+    url = "memory://" if request.param == "memory" else redis_server.url
+    store = open_store(StoreSettings(url=url, prefix=prefix))
+    await store.add_traffic(TrafficCounts(deep_links={"acme": BOOKMARKS}), keep=500)
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+def new_portal(portal: tuple[RecordingBackend, str]) -> Iterator[tuple[RecordingBackend, str]]:
+    backend, url = portal
+    backend.seen.clear()
+    backend.statuses = {"/acme/schedule/42": 404, "/acme/billing/invoices": 500}
+    yield backend, url
+    backend.statuses = {}
+
+
+async def test_coverage_is_the_share_of_recorded_requests_that_resolve(
+    store: ModeStore, new_portal: tuple[RecordingBackend, str]
+) -> None:
+    backend, url = new_portal
+    report = await ReadinessCheck(settings_for(url), store).report("acme")
+
+    assert (report.requests, report.resolved) == (100, 84)
+    assert report.coverage == pytest.approx(0.84)
+    assert not report.ready
+    assert [(c.path, c.target, c.requests, c.status) for c in report.worst()] == [
+        ("/acme/classes/42", "/acme/schedule/42", 10, 404),
+        ("/acme/invoices", "/acme/billing/invoices", 6, 500),
+    ]
+    assert report.summary() == (
+        "acme: 84.0% of 100 recorded requests (5 paths) resolve on the new portal; worst: "
+        "/acme/classes/42 → /acme/schedule/42 (10 requests, 404), "
+        "/acme/invoices → /acme/billing/invoices (6 requests, 500)"
+    )
+    # Each page probed once (the two unmapped paths share the home), safely, as the tenant.
+    assert sorted(seen.path for seen in backend.seen) == [
+        "/acme/",
+        "/acme/billing/invoices",
+        "/acme/schedule",
+        "/acme/schedule/42",
+    ]
+    for seen in backend.seen:
+        assert seen.method == "GET"
+        assert seen.header("x-edge-tenant") == "acme"
+        assert seen.header("x-edge-mode") == "setup"
+        assert seen.header("host") == "portal.example.com"
+        assert seen.header("user-agent") == USER_AGENT
+
+
+async def test_a_portal_that_cannot_be_reached_covers_nothing(store: ModeStore) -> None:
+    report = await ReadinessCheck(settings_for("http://127.0.0.1:9"), store).report("acme")
+    assert report.coverage == 0
+    assert all(check.status is None and check.error for check in report.checks)
+    assert "no answer" in report.summary()
+
+
+async def test_activation_is_refused_below_the_threshold_and_allowed_once_pages_exist(
+    store: ModeStore, new_portal: tuple[RecordingBackend, str]
+) -> None:
+    backend, url = new_portal
+    check = ReadinessCheck(settings_for(url), store)
+    store.activation_guard = check.guard
+    await store.set_mode("acme", Mode.SETUP, actor="ana")
+
+    with pytest.raises(NotReady) as refused:
+        await store.set_mode("acme", Mode.ACTIVE, actor="ana")
+    assert "acme: 84.0% of 100 recorded requests" in str(refused.value)
+    assert "activating needs 95%" in str(refused.value)
+    assert isinstance(refused.value, ChangeRefused)
+    assert await store.get("acme") == "setup"
+    assert len(await store.history("acme")) == 1
+
+    backend.statuses = {}  # the missing pages are added
+    change = await store.set_mode("acme", Mode.ACTIVE, actor="ana")
+    assert change.changed
+    assert change.note.startswith("acme: 100.0% of 100 recorded requests")
+    assert (await store.history("acme"))[0].note == change.note
+
+
+async def test_force_activates_without_asking_and_says_so_in_the_audit(
+    store: ModeStore, new_portal: tuple[RecordingBackend, str]
+) -> None:
+    backend, url = new_portal
+    store.activation_guard = ReadinessCheck(settings_for(url), store).guard
+    change = await store.set_mode("acme", Mode.ACTIVE, actor="ana", force=True)
+    assert change.note == "forced: readiness not checked"
+    assert backend.seen == []
+    assert await store.get("acme") == "active"
+
+
+async def test_only_activation_is_guarded(
+    store: ModeStore, new_portal: tuple[RecordingBackend, str]
+) -> None:
+    backend, url = new_portal
+    store.activation_guard = ReadinessCheck(settings_for(url), store).guard
+    await store.set_mode("acme", Mode.SETUP, actor="ana")
+    await store.set_mode("acme", Mode.ACTIVE, actor="ana", force=True)
+    await store.set_mode("acme", Mode.ACTIVE, actor="ana")  # already active: nothing to check
+    await store.set_mode("acme", Mode.LEGACY, actor="ana", force=True)
+    assert backend.seen == []
+
+
+async def test_a_tenant_with_no_recorded_traffic_is_activated_with_coverage_unknown(
+    store: ModeStore, new_portal: tuple[RecordingBackend, str]
+) -> None:
+    _, url = new_portal
+    store.activation_guard = ReadinessCheck(settings_for(url), store).guard
+    change = await store.set_mode("quiet-gym", Mode.ACTIVE, actor="ana")
+    assert change.note == "quiet-gym: no recorded legacy traffic, coverage unknown"
+
+
+async def test_a_lower_threshold_lets_it_through(
+    store: ModeStore, new_portal: tuple[RecordingBackend, str]
+) -> None:
+    _, url = new_portal
+    store.activation_guard = ReadinessCheck(settings_for(url, activation_coverage=0.8), store).guard
+    assert (await store.set_mode("acme", Mode.ACTIVE, actor="ana")).changed
+
+
+class SlowPortal:
+    """Answers after a pause, and remembers how many requests it had at once."""
+
+    def __init__(self) -> None:
+        self.in_flight = self.most = self.served = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        self.in_flight += 1
+        self.most = max(self.most, self.in_flight)
+        await asyncio.sleep(0.02)
+        self.in_flight -= 1
+        self.served += 1
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def test_probes_are_bounded_in_concurrency() -> None:
+    slow = SlowPortal()
+    with ServerThread(slow) as server:
+        check = ReadinessCheck(
+            settings_for(server.url, readiness_concurrency=3, readiness_rate=1000),
+            open_store(StoreSettings(url="memory://")),
+        )
+        links = [(f"/acme/classes/{n}", 1) for n in range(30)]  # 30 distinct pages
+        report = await check.probe("acme", links)
+    assert report.coverage == 1
+    assert slow.served == 30
+    assert 1 <= slow.most <= 3

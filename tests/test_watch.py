@@ -1,0 +1,164 @@
+"""The watch after the switch: activations tracked by the store, shares compared, gauges set."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from edge import config
+from edge.config import StoreSettings
+from edge.modes import ModeStore, open_store
+from edge.modes.traffic import TrafficCounts
+from edge.policy import Mode
+from edge.traffic import Traffic
+from edge.watch import MIN_RESPONSES, WatchMonitor, WatchReport, watch_report
+from tests.support import RedisServer
+
+SETTINGS = config.from_mapping(
+    {
+        "legacy": {
+            "hosts": ["parents.example.com"],
+            "backend": "http://legacy.internal:8000",
+            "public_url": "https://parents.example.com",
+        },
+        "new": {
+            "hosts": ["portal.example.com"],
+            "backend": "http://new.internal:8000",
+            "public_url": "https://portal.example.com",
+        },
+        "policy": {"watch_window": "24h", "watch_rise": 0.05},
+    }
+)
+ACTIVATED = datetime(2027, 1, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(
+    request: pytest.FixtureRequest, redis_server: RedisServer, prefix: str
+) -> AsyncIterator[ModeStore]:
+    url = "memory://" if request.param == "memory" else redis_server.url
+    store = open_store(StoreSettings(url=url, prefix=prefix))
+    yield store
+    await store.close()
+
+
+def report(
+    baseline: dict[str, int], after: dict[str, int], at: datetime = ACTIVATED
+) -> WatchReport:
+    return WatchReport(
+        tenant="acme",
+        activated_at=ACTIVATED,
+        window=timedelta(hours=24),
+        at=at,
+        baseline=baseline,
+        after=after,
+        threshold=0.05,
+    )
+
+
+@pytest.mark.parametrize(
+    ("baseline", "after", "alerts"),
+    [
+        ({"2xx": 99, "404": 1}, {"2xx": 90, "404": 10}, ("404",)),  # 1% → 10%
+        ({"2xx": 99, "404": 1}, {"2xx": 96, "404": 4}, ()),  # 1% → 4%: under the rise
+        ({"2xx": 90, "5xx": 10}, {"2xx": 90, "5xx": 10}, ()),  # as bad as the preview
+        ({"2xx": 100}, {"2xx": 80, "5xx": 10, "404": 10}, ("5xx", "404")),
+        ({}, {"2xx": 90, "5xx": 10}, ("5xx",)),  # no preview traffic: 0% to compare with
+        ({"2xx": 100}, {"2xx": 1, "5xx": MIN_RESPONSES - 2}, ()),  # too few to judge
+        ({"2xx": 100}, {}, ()),
+    ],
+)
+def test_a_rise_over_the_preview_past_the_threshold_alerts(
+    baseline: dict[str, int], after: dict[str, int], alerts: tuple[str, ...]
+) -> None:
+    assert report(baseline, after).alerts == alerts
+
+
+def test_the_report_says_what_rose_and_until_when_it_watches() -> None:
+    rose = report({"2xx": 99, "404": 1}, {"2xx": 90, "404": 10}, ACTIVATED + timedelta(hours=1))
+    assert rose.watching
+    assert rose.ends == ACTIVATED + timedelta(hours=24)
+    text = "\n".join(rose.summary())
+    assert "watching until 2027-01-02T12:00:00+00:00" in text
+    assert "404:  1.0% in the preview (100 responses) → 10.0% since (100 responses)  ROSE" in text
+    assert rose.to_json()["alerts"] == ["404"]
+    later = report({}, {}, ACTIVATED + timedelta(hours=25))
+    assert not later.watching
+    assert "window ended" in later.summary()[0]
+
+
+async def test_the_store_tracks_activations_and_restarts_the_count_at_each(
+    store: ModeStore,
+) -> None:
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    assert await store.activated_at("acme") is None
+    await store.set_mode("acme", Mode.SETUP, actor="ana")
+    assert await store.activations(before) == {}
+    change = await store.set_mode("acme", Mode.ACTIVE, actor="ana")
+    assert await store.activations(before) == {"acme": change.at}
+    assert await store.activated_at("acme") == change.at
+    assert await store.activations(change.at + timedelta(seconds=1)) == {}
+
+    counts = TrafficCounts(responses={"acme": {"setup": {"2xx": 5}, "active": {"5xx": 3}}})
+    await store.add_traffic(counts, keep=10)
+    await store.set_mode("acme", Mode.SETUP, actor="ana", force=True)  # a rollback
+    assert await store.activated_at("acme") is None
+    assert await store.activations(before) == {}
+
+    again = await store.set_mode("acme", Mode.ACTIVE, actor="ana")
+    assert await store.activated_at("acme") == again.at
+    assert await store.responses("acme") == {"setup": {"2xx": 5}}  # the baseline stays
+
+
+async def test_the_monitor_warns_and_sets_the_gauge_for_a_watched_tenant_that_rose(
+    store: ModeStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    await store.set_mode("acme", Mode.ACTIVE, actor="ana")
+    await store.set_mode("calm", Mode.ACTIVE, actor="ana")
+    await store.add_traffic(
+        TrafficCounts(
+            responses={
+                "acme": {"setup": {"2xx": 100}, "active": {"2xx": 60, "5xx": 40}},
+                "calm": {"setup": {"2xx": 100}, "active": {"2xx": 100}},
+            }
+        ),
+        keep=10,
+    )
+    traffic = Traffic(store, SETTINGS)
+    monitor = WatchMonitor(store, traffic, SETTINGS)
+    registry = CollectorRegistry()
+    registry.register(monitor)
+    await traffic.flush()
+    assert traffic.watched == {"acme", "calm"}
+
+    with caplog.at_level(logging.WARNING, logger="edge.watch"):
+        await monitor.check()
+        await monitor.check()  # still rising: warned once
+    warnings = [r.getMessage() for r in caplog.records if r.name == "edge.watch"]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("acme: the 5xx share rose after activation")
+    assert registry.get_sample_value("edge_watch_alerts", {"kind": "5xx"}) == 1
+    assert registry.get_sample_value("edge_watch_alerts", {"kind": "404"}) == 0
+    assert registry.get_sample_value("edge_watch_tenants") == 2
+
+    await store.set_mode("acme", Mode.SETUP, actor="ana", force=True)  # ops roll it back
+    await traffic.flush()
+    await monitor.check()
+    assert registry.get_sample_value("edge_watch_alerts", {"kind": "5xx"}) == 0
+    assert registry.get_sample_value("edge_watch_tenants") == 1
+
+
+async def test_a_watch_report_reads_the_store(store: ModeStore) -> None:
+    assert (await watch_report(store, "acme", SETTINGS)).activated_at is None
+    change = await store.set_mode("acme", Mode.ACTIVE, actor="ana")
+    await store.add_traffic(
+        TrafficCounts(responses={"acme": {"active": {"2xx": 10}, "setup": {"404": 1}}}), keep=1
+    )
+    watched = await watch_report(store, "acme", SETTINGS)
+    assert watched.activated_at == change.at
+    assert watched.watching
+    assert (watched.baseline, watched.after) == ({"404": 1}, {"2xx": 10})
