@@ -18,6 +18,7 @@ from edge.config import Settings
 from edge.modes import ModeCache, ModeStore, open_store
 from edge.proxy import Forwarder
 from edge.router import Router
+from edge.schedule import Scheduler
 
 log = logging.getLogger("edge")
 
@@ -37,6 +38,7 @@ class EdgeApp:
             max_size=settings.store.cache_size,
         )
         self.forwarder = Forwarder(settings.upstream, settings.server.trusted_proxies)
+        self.scheduler = Scheduler(self.store)
         self.router = Router(settings, self.cache, self.forwarder)
         self.admin = AdminApi(self.store, self.cache, settings.admin.token).app()
         self.admin = Dashboard(settings, self.store).around(self.admin)
@@ -59,12 +61,14 @@ class EdgeApp:
                 try:
                     await self.forwarder.start()
                     await self.cache.start()
+                    await self.scheduler.start()
                 except Exception as exc:
                     log.exception("edge could not start")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                await self.scheduler.stop()
                 await self.cache.stop()
                 await self.forwarder.close()
                 await self.store.close()

@@ -9,12 +9,14 @@ import os
 import socket
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
 from edge import config
 from edge.config import Settings
 from edge.modes import Change, ChangeRefused, StoreUnavailable, open_store
+from edge.modes.base import MoveResult, Schedule
 from edge.policy import Mode
 
 EXIT_REFUSED = 1
@@ -30,6 +32,20 @@ class TenantOps(Protocol):
     async def set_mode(
         self, tenant: str, mode: Mode, *, actor: str, force: bool = False, via: str = "cli"
     ) -> Change: ...
+    async def move_many(
+        self,
+        moves: Sequence[tuple[str, str]],
+        *,
+        actor: str,
+        force: bool = False,
+        via: str = "bulk",
+        dry_run: bool = False,
+    ) -> list[MoveResult]: ...
+    async def schedule_move(
+        self, tenant: str, mode: Mode, at: datetime, *, actor: str, force: bool = False
+    ) -> Schedule: ...
+    async def schedules(self) -> list[Schedule]: ...
+    async def cancel_schedule(self, schedule_id: str) -> Schedule: ...
     async def close(self) -> None: ...
 
 
@@ -87,6 +103,33 @@ def parser() -> argparse.ArgumentParser:
     history = command("history", "show a tenant's audited changes, newest first", tenant)
     history.add_argument("tenant")
     history.set_defaults(run=cmd_tenant_history)
+    schedule = command("schedule", "schedule a move for a later instant", tenant)
+    schedule.add_argument("tenant")
+    schedule.add_argument("mode", help="legacy, setup or active")
+    schedule.add_argument(
+        "--at", required=True, help="when: an ISO-8601 instant with an offset (…T06:00+01:00)"
+    )
+    schedule.add_argument("--force", action="store_true", help="allow a move backwards")
+    schedule.add_argument("--actor", default=default_actor(), help="who is making the change")
+    schedule.set_defaults(run=cmd_tenant_schedule)
+    schedules = command("schedules", "list the scheduled moves, soonest first", tenant)
+    schedules.add_argument("--tenant", help="only this tenant's")
+    schedules.set_defaults(run=cmd_tenant_schedules)
+    unschedule = command("unschedule", "cancel a tenant's scheduled moves, or one by --id", tenant)
+    which = unschedule.add_mutually_exclusive_group(required=True)
+    which.add_argument("tenant", nargs="?", help="cancel every scheduled move of this tenant")
+    which.add_argument("--id", help="cancel the scheduled move with this id")
+    unschedule.set_defaults(run=cmd_tenant_unschedule)
+    bulk = command(
+        "import", "move the tenants of a CSV file (tenant,mode), all checked first", tenant
+    )
+    bulk.add_argument("file", type=Path, help="CSV: tenant,mode a row; an optional header row")
+    bulk.add_argument(
+        "--dry-run", action="store_true", help="say what would change, change nothing"
+    )
+    bulk.add_argument("--force", action="store_true", help="allow moves backwards")
+    bulk.add_argument("--actor", default=default_actor(), help="who is making the changes")
+    bulk.set_defaults(run=cmd_tenant_import)
     return top
 
 
@@ -183,12 +226,7 @@ def cmd_tenant_get(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_tenant_set(args: argparse.Namespace, settings: Settings) -> int:
     if (problem := _bad_tenant(args.tenant)) is not None:
         return problem
-    mode = Mode.parse(args.mode)
-    if mode is None:
-        print(
-            f"edge: refused: {args.mode!r} is not a mode: use legacy, setup or active",
-            file=sys.stderr,
-        )
+    if (mode := _mode_or_refuse(args.mode)) is None:
         return EXIT_REFUSED
 
     async def action(ops: TenantOps) -> int:
@@ -236,6 +274,104 @@ def cmd_tenant_history(args: argparse.Namespace, settings: Settings) -> int:
         return 0
 
     return run_tenant_command(settings, action)
+
+
+def cmd_tenant_schedule(args: argparse.Namespace, settings: Settings) -> int:
+    from edge.schedule import parse_instant
+
+    if (problem := _bad_tenant(args.tenant)) is not None:
+        return problem
+    if (mode := _mode_or_refuse(args.mode)) is None:
+        return EXIT_REFUSED
+    try:
+        at = parse_instant(args.at)
+    except ValueError as exc:
+        print(f"edge: refused: --at: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+
+    async def action(ops: TenantOps) -> int:
+        schedule = await ops.schedule_move(
+            args.tenant, mode, at, actor=args.actor, force=args.force
+        )
+        print(f"scheduled {_describe_schedule(schedule)}")
+        return 0
+
+    return run_tenant_command(settings, action)
+
+
+def cmd_tenant_schedules(args: argparse.Namespace, settings: Settings) -> int:
+    async def action(ops: TenantOps) -> int:
+        shown = [s for s in await ops.schedules() if args.tenant in (None, s.tenant)]
+        for schedule in shown:
+            print(_describe_schedule(schedule))
+        if not shown:
+            print("no moves are scheduled", file=sys.stderr)
+        return 0
+
+    return run_tenant_command(settings, action)
+
+
+def cmd_tenant_unschedule(args: argparse.Namespace, settings: Settings) -> int:
+    if args.tenant is not None and (problem := _bad_tenant(args.tenant)) is not None:
+        return problem
+
+    async def action(ops: TenantOps) -> int:
+        if args.id is not None:
+            ids = [args.id]
+        else:
+            ids = [s.id for s in await ops.schedules() if s.tenant == args.tenant]
+            if not ids:
+                print(f"edge: refused: {args.tenant} has no scheduled moves", file=sys.stderr)
+                return EXIT_REFUSED
+        for schedule_id in ids:
+            print(f"cancelled {_describe_schedule(await ops.cancel_schedule(schedule_id))}")
+        return 0
+
+    return run_tenant_command(settings, action)
+
+
+def _describe_schedule(schedule: Schedule) -> str:
+    forced = ", forced" if schedule.force else ""
+    return (
+        f"{schedule.id}  {schedule.at.isoformat()}  {schedule.tenant} → {schedule.mode}  "
+        f"by {schedule.actor}{forced}"
+    )
+
+
+def cmd_tenant_import(args: argparse.Namespace, settings: Settings) -> int:
+    from edge import importer
+
+    try:
+        rows, bad = importer.read_rows(args.file)
+    except (OSError, ValueError) as exc:
+        print(f"edge: refused: cannot read {args.file}: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+
+    async def action(ops: TenantOps) -> int:
+        done = await importer.import_rows(
+            ops,
+            str(args.file),
+            rows,
+            bad,
+            actor=args.actor,
+            force=args.force,
+            dry_run=args.dry_run,
+            progress=sys.stderr.isatty(),
+            out=sys.stdout,
+            err=sys.stderr,
+        )
+        return 0 if done else EXIT_REFUSED
+
+    return run_tenant_command(settings, action)
+
+
+def _mode_or_refuse(text: str) -> Mode | None:
+    mode = Mode.parse(text)
+    if mode is None:
+        print(
+            f"edge: refused: {text!r} is not a mode: use legacy, setup or active", file=sys.stderr
+        )
+    return mode
 
 
 def _bad_tenant(tenant: str) -> int | None:

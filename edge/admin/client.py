@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import httpx
 
 from edge.modes import Change, ChangeRefused, StoreUnavailable
+from edge.modes.base import BulkRefused, MoveProblem, MoveResult, Schedule, UnknownSchedule
 from edge.policy import Mode
+
+PAGE = 1000
 
 
 class AdminClient:
     """Speaks the tenant operations of a ModeStore over a running edge's admin API."""
 
-    def __init__(self, base_url: str, token: str, timeout: float = 5.0) -> None:
+    def __init__(self, base_url: str, token: str, timeout: float = 30.0) -> None:
         self.base_url = base_url
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout)
@@ -23,12 +28,20 @@ class AdminClient:
         return body.get("stored", body["mode"])  # type: ignore[no-any-return]
 
     async def modes(self) -> dict[str, str]:
-        body = await self._call("GET", "/api/tenants")
-        return {t["tenant"]: t.get("stored", t["mode"]) for t in body["tenants"]}
+        found: dict[str, str] = {}
+        params = {"limit": str(PAGE)}
+        while True:
+            body = await self._call("GET", "/api/tenants", params=params)
+            found.update((t["tenant"], t.get("stored", t["mode"])) for t in body["tenants"])
+            if body["next_cursor"] is None:
+                return found
+            params["cursor"] = body["next_cursor"]
 
     async def history(self, tenant: str, limit: int = 100) -> list[Change]:
-        body = await self._call("GET", f"/api/tenants/{tenant}/history")
-        return [Change.from_json(entry) for entry in body["history"][:limit]]
+        body = await self._call(
+            "GET", f"/api/tenants/{tenant}/history", params={"limit": str(limit)}
+        )
+        return [Change.from_json(entry) for entry in body["history"]]
 
     async def set_mode(
         self, tenant: str, mode: Mode, *, actor: str, force: bool = False, via: str = "cli"
@@ -37,19 +50,65 @@ class AdminClient:
         body = await self._call("PUT", f"/api/tenants/{tenant}", json=payload)
         return Change.from_json(body["change"])
 
+    async def move_many(
+        self,
+        moves: Sequence[tuple[str, str]],
+        *,
+        actor: str,
+        force: bool = False,
+        via: str = "bulk",
+        dry_run: bool = False,
+    ) -> list[MoveResult]:
+        payload = {
+            "moves": [{"tenant": tenant, "mode": mode} for tenant, mode in moves],
+            "force": force,
+            "actor": actor,
+            "dry_run": dry_run,
+        }
+        body = await self._call("POST", "/api/tenants:bulk", json=payload)
+        return [MoveResult.from_json(result) for result in body["results"]]
+
+    async def schedule_move(
+        self, tenant: str, mode: Mode, at: datetime, *, actor: str, force: bool = False
+    ) -> Schedule:
+        payload = {"mode": mode.value, "at": at.isoformat(), "force": force, "actor": actor}
+        body = await self._call("POST", f"/api/tenants/{tenant}/schedule", json=payload)
+        return Schedule.from_json(body["schedule"])
+
+    async def schedules(self) -> list[Schedule]:
+        body = await self._call("GET", "/api/schedules")
+        return [Schedule.from_json(entry) for entry in body["schedules"]]
+
+    async def cancel_schedule(self, schedule_id: str) -> Schedule:
+        body = await self._call("DELETE", f"/api/schedules/{schedule_id}")
+        return Schedule.from_json(body["schedule"])
+
     async def close(self) -> None:
         await self.http.aclose()
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """One request; its JSON error answers raised as the store would raise them."""
         try:
             response = await self.http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             raise StoreUnavailable(
                 f"the admin API at {self.base_url} cannot be reached ({exc}); is edge running?"
             ) from None
-        body: dict[str, Any] = response.json()
+        try:
+            body: dict[str, Any] = response.json()
+            message = str(body.get("error", "")) if response.is_error else ""
+        except (ValueError, AttributeError):
+            raise StoreUnavailable(
+                f"{self.base_url} answered {response.status_code} without the admin API's "
+                "JSON: is [admin].port right?"
+            ) from None
         if response.status_code == 503:
-            raise StoreUnavailable(body.get("error", "the mode store cannot be reached"))
+            raise StoreUnavailable(message)
+        if response.status_code == 404 and path.startswith("/api/schedules/"):
+            raise UnknownSchedule(message)
+        if response.status_code == 409 and "problems" in body:
+            problems = [MoveProblem.from_json(problem) for problem in body["problems"]]
+            raise BulkRefused(problems, len(kwargs["json"]["moves"]))
         if response.is_error:
-            raise ChangeRefused(body.get("error", f"the admin API answered {response.status_code}"))
+            raise ChangeRefused(message or f"the admin API answered {response.status_code}")
         return body

@@ -15,6 +15,7 @@ from edge.modes.base import (
     ModeStore,
     OnSubscribed,
     Outcome,
+    Schedule,
     TenantPage,
     backward_from,
 )
@@ -32,6 +33,8 @@ class MemoryStore(ModeStore):
         self._deep_links: dict[str, dict[str, int]] = {}
         self._responses: dict[str, dict[str, dict[str, int]]] = {}  # tenant → phase → counts
         self._activated: dict[str, datetime] = {}
+        # id → (when it is next due, the schedule); a claim pushes the first past its lease.
+        self._schedules: dict[str, tuple[float, Schedule]] = {}
 
     async def get(self, tenant: str) -> str | None:
         return self._modes.get(tenant)
@@ -135,3 +138,22 @@ class MemoryStore(ModeStore):
         event = ModeEvent(change.tenant, change.mode)
         for queue in self._subscribers:
             queue.put_nowait(event)
+
+    async def schedules(self) -> list[Schedule]:
+        return sorted((s for _, s in self._schedules.values()), key=lambda s: (s.at, s.created))
+
+    async def claim_due(self, lease: float, limit: int = 100) -> list[Schedule]:
+        now = datetime.now(UTC).timestamp()
+        due = sorted(
+            (entry for entry in self._schedules.values() if entry[0] <= now),
+            key=lambda entry: entry[0],
+        )[:limit]
+        for _, schedule in due:
+            self._schedules[schedule.id] = (now + lease, schedule)
+        return [schedule for _, schedule in due]
+
+    async def finish_schedule(self, schedule: Schedule) -> bool:
+        return self._schedules.pop(schedule.id, None) is not None
+
+    async def _add_schedule(self, schedule: Schedule) -> None:
+        self._schedules[schedule.id] = (schedule.at.timestamp(), schedule)

@@ -25,11 +25,13 @@ from edge.modes.base import (
     ModeStore,
     OnSubscribed,
     Outcome,
+    Schedule,
     StoreUnavailable,
     TenantPage,
     backward_from,
     decode_event,
     decode_history,
+    decode_schedules,
     encode_event,
 )
 from edge.modes.traffic import KEEP_SLACK, RETENTION_SECONDS, TrafficCounts
@@ -63,6 +65,19 @@ if ARGV[2] ~= '1' then
 end
 redis.call('SET', KEYS[1], ARGV[1])
 return {1, previous, now[1], now[2]}
+"""
+
+# KEYS[1]: the schedules, a sorted set scored by when each is next due. ARGV[1]: the lease in
+# seconds; ARGV[2]: at most this many. Pushes each due schedule past the lease, in one script,
+# so that exactly one caller gets it. Redis's clock judges "due" for every instance alike.
+CLAIM_DUE = """
+local now = redis.call('TIME')
+local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', t, 'LIMIT', 0, tonumber(ARGV[2]))
+for _, schedule in ipairs(due) do
+  redis.call('ZADD', KEYS[1], 'XX', t + tonumber(ARGV[1]), schedule)
+end
+return due
 """
 
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
@@ -100,6 +115,8 @@ class RedisStore(ModeStore):
         self._activated_key = f"{prefix}activated"
         self._closed = False
         self._compare_and_set_script = client.register_script(COMPARE_AND_SET)
+        self._claim_due_script = client.register_script(CLAIM_DUE)
+        self._schedules_key = f"{prefix}schedules"
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "edge:", timeout: float = 0.5) -> Self:
@@ -317,3 +334,26 @@ class RedisStore(ModeStore):
                 f"{change.tenant} is now {change.mode.value}, but {exc}: "
                 "the audit entry or the event may be missing"
             ) from exc
+
+    async def schedules(self) -> list[Schedule]:
+        encoded = await self._call("ZRANGE", self._client.zrange(self._schedules_key, 0, -1))
+        return decode_schedules(encoded)[0]
+
+    async def claim_due(self, lease: float, limit: int = 100) -> list[Schedule]:
+        claimed = await self._call(
+            "EVALSHA", self._claim_due_script(keys=[self._schedules_key], args=[lease, limit])
+        )
+        schedules, malformed = decode_schedules(claimed)
+        if malformed:  # it can never be applied: drop it rather than claim it forever
+            await self._call("ZREM", self._client.zrem(self._schedules_key, *malformed))
+        return schedules
+
+    async def finish_schedule(self, schedule: Schedule) -> bool:
+        removed = await self._call(
+            "ZREM", self._client.zrem(self._schedules_key, schedule.encode())
+        )
+        return bool(removed)
+
+    async def _add_schedule(self, schedule: Schedule) -> None:
+        mapping = {schedule.encode(): schedule.at.timestamp()}
+        await self._call("ZADD", self._client.zadd(self._schedules_key, mapping))
