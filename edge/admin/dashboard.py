@@ -35,8 +35,9 @@ from edge.tenants import TENANT_ID, is_tenant_id
 
 PAGE_SIZE = 50
 HISTORY_SHOWN = 50
-# A count of tenants per mode reads every key: reuse it for a few seconds while paging.
-COUNTS_MAX_AGE = 5.0
+# A count of tenants per mode reads every key: reuse it for a while (the page says when it
+# was taken); a move made here drops it.
+COUNTS_MAX_AGE = 30.0
 NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._@-")
 SEARCH_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 TEMPLATES = Path(__file__).with_name("templates")

@@ -40,9 +40,10 @@ from edge.tenants import is_tenant_id
 
 CHUNK = 500
 # One page of tenants costs at most this many SCAN calls, each asking for more keys than the
-# last while few match, up to SCAN_COUNT_MAX: a rare match still finds its page quickly.
-PAGE_SCANS = 16
-SCAN_COUNT_MAX = 10_000
+# last while few match, up to SCAN_COUNT_MAX: a rare match still finds its page quickly, and
+# no single call holds Redis up for more than a few milliseconds.
+PAGE_SCANS = 64
+SCAN_COUNT_MAX = 2_000
 
 # KEYS[1]: the mode key. ARGV[1]: the target mode; ARGV[2]: "1" to force; ARGV[3]: what a
 # missing key means; ARGV[4..]: the modes from which the target is a backward move.
