@@ -145,6 +145,9 @@ class Policy:
     def legacy_home_location(self, tenant: str) -> str:
         return _fill(self.legacy_url, tenant) + _fill(self.legacy_home, tenant)
 
+    def new_home_location(self, tenant: str) -> str:
+        return _fill(self.new_url, tenant) + _fill(self.new_home, tenant)
+
 
 def effective_method(method: str, overrides: Iterable[str]) -> str:
     """The method to judge a request by: an override header that names a write wins."""
