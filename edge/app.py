@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from edge import config
+from edge import config, logs
 from edge.admin.api import AdminApi
 from edge.admin.dashboard import Dashboard
 from edge.asgi import ASGIApp, Receive, Scope, Send
 from edge.config import Settings
+from edge.metrics import Metrics
 from edge.modes import ModeCache, ModeStore, open_store
 from edge.proxy import Forwarder
 from edge.router import Router
@@ -39,8 +40,12 @@ class EdgeApp:
         )
         self.forwarder = Forwarder(settings.upstream, settings.server.trusted_proxies)
         self.scheduler = Scheduler(self.store)
-        self.router = Router(settings, self.cache, self.forwarder)
-        self.admin = AdminApi(self.store, self.cache, settings.admin.token).app()
+        self.access_log = logs.AccessLog() if logs.access_log_enabled(settings.server) else None
+        self.metrics = Metrics(self.cache, self.access_log)
+        self.router = Router(
+            settings, self.cache, self.forwarder, metrics=self.metrics, access_log=self.access_log
+        )
+        self.admin = AdminApi(self.store, self.cache, settings.admin.token, self.metrics).app()
         self.admin = Dashboard(settings, self.store).around(self.admin)
         self.by_port: dict[int, ASGIApp] = {**(side_apps or {})}
         self.by_port[settings.admin.port] = self.admin
@@ -61,6 +66,8 @@ class EdgeApp:
                 try:
                     await self.forwarder.start()
                     await self.cache.start()
+                    if self.access_log is not None:
+                        self.access_log.start()
                     await self.scheduler.start()
                 except Exception as exc:
                     log.exception("edge could not start")
@@ -72,10 +79,14 @@ class EdgeApp:
                 await self.cache.stop()
                 await self.forwarder.close()
                 await self.store.close()
+                if self.access_log is not None:
+                    self.access_log.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
 
 def from_environment() -> EdgeApp:
     """The app factory each worker process calls: config from EDGE_CONFIG and EDGE_* variables."""
-    return EdgeApp(config.load())
+    settings = config.load()
+    logs.configure(settings.server)
+    return EdgeApp(settings)

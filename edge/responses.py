@@ -48,7 +48,8 @@ async def send_response(
     content_type: bytes,
     headers: list[tuple[bytes, bytes]],
     head_only: bool = False,
-) -> None:
+) -> int:
+    """Send a whole response; returns the body bytes sent."""
     headers = [
         *headers,
         (b"content-type", content_type),
@@ -57,6 +58,7 @@ async def send_response(
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": b"" if head_only else body})
+    return 0 if head_only else len(body)
 
 
 async def send_refusal(
@@ -69,7 +71,7 @@ async def send_refusal(
     as_json: bool,
     headers: list[tuple[bytes, bytes]],
     head_only: bool = False,
-) -> None:
+) -> int:
     """A short, clear answer that reached no backend."""
     if mode is not None:
         headers = [*headers, (b"x-edge-mode", mode.encode())]
@@ -81,7 +83,7 @@ async def send_refusal(
         title = _TITLES.get(status, "Not available")
         body = _PAGE.format(title=title, message=html.escape(message)).encode()
         content_type = b"text/html; charset=utf-8"
-    await send_response(send, status, body, content_type, headers, head_only)
+    return await send_response(send, status, body, content_type, headers, head_only)
 
 
 async def send_redirect(
@@ -92,9 +94,9 @@ async def send_redirect(
     permanent: bool,
     headers: list[tuple[bytes, bytes]],
     head_only: bool = False,
-) -> None:
+) -> int:
     headers = [*headers, (b"location", location.encode("latin-1"))]
     if not permanent:
         headers.append((b"cache-control", b"no-store"))
     body = f'<!doctype html><a href="{html.escape(location)}">Moved</a>\n'.encode()
-    await send_response(send, status, body, b"text/html; charset=utf-8", headers, head_only)
+    return await send_response(send, status, body, b"text/html; charset=utf-8", headers, head_only)

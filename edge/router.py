@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
+from time import perf_counter
 
 from edge.asgi import Receive, Scope, Send
 from edge.config import Settings
+from edge.headers import ClientView
+from edge.logs import AccessLog
+from edge.metrics import Metrics
 from edge.modes import MISSING, ModeCache, StoreUnavailable
 from edge.policy import METHOD_OVERRIDE_HEADERS, Forward, Mode, Policy, Redirect, decide
 from edge.policy import effective_method as judged_method
-from edge.proxy import Forwarder
+from edge.proxy import Forwarder, UpstreamAborted
 from edge.responses import send_redirect, send_refusal, wants_json
+from edge.served import REDIRECT, Served
 from edge.tenants import Front, Resolver, is_safe_path
 
 _OVERRIDES = frozenset(name.encode() for name in METHOD_OVERRIDE_HEADERS)
@@ -27,12 +32,17 @@ class Router:
         cache: ModeCache,
         forwarder: Forwarder,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        *,
+        metrics: Metrics | None = None,
+        access_log: AccessLog | None = None,
     ) -> None:
         self.resolver = Resolver(settings)
         self.policy = Policy.from_settings(settings)
         self.cache = cache
         self.forwarder = forwarder
         self.clock = clock
+        self.metrics = metrics or Metrics(cache)
+        self.access_log = access_log
         self.backends = {Front.LEGACY: settings.legacy.backend, Front.NEW: settings.new.backend}
         self.tenant_headers = frozenset(
             rule.header.encode() for rule in self.resolver.fronts if rule.rule == "header"
@@ -41,6 +51,27 @@ class Router:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
+        started = perf_counter()
+        view = self.forwarder.client_view(scope)
+        served = Served(view.request_id, scope["method"], scope["path"], view.client_ip)
+        metrics = self.metrics
+        metrics.in_flight += 1
+        try:
+            await self._route(scope, receive, send, view, served)
+        except BaseException:
+            if not served.status:
+                served.status, served.reason = 500, "error"
+            raise
+        finally:
+            metrics.in_flight -= 1
+            served.duration = perf_counter() - started
+            metrics.observe(served)
+            if self.access_log is not None:
+                self.access_log.write(served)
+
+    async def _route(
+        self, scope: Scope, receive: Receive, send: Send, view: ClientView, served: Served
+    ) -> None:
         host = b""
         accept = b""
         hosts = 0
@@ -56,19 +87,20 @@ class Router:
                 overrides.append(value.decode("latin-1"))
             elif name in self.tenant_headers:
                 tenant_headers[name] = value
-        view = self.forwarder.client_view(scope)
         as_json = wants_json(accept)
         head_only = scope["method"] == "HEAD"
         own_headers = [(b"x-request-id", view.request_id.encode())]
 
         async def refuse(
             status: int,
+            reason: str,
             message: str,
             tenant: str | None = None,
             mode: str | None = None,
             extra: tuple[tuple[bytes, bytes], ...] = (),
         ) -> None:
-            await send_refusal(
+            served.status, served.reason = status, reason
+            served.bytes = await send_refusal(
                 send,
                 status,
                 message,
@@ -80,19 +112,23 @@ class Router:
             )
 
         if hosts != 1:
-            return await refuse(400, "The request must carry exactly one Host header.")
+            return await refuse(
+                400, "bad_request", "The request must carry exactly one Host header."
+            )
         front = self.resolver.front(host.decode("latin-1"))
         if front is None:
-            return await refuse(421, "This site is not served here.")
+            return await refuse(421, "unknown_host", "This site is not served here.")
+        served.front = front.front
         path: str = scope["path"]
         if not is_safe_path(path):
-            return await refuse(400, "The request path is not acceptable.")
+            return await refuse(400, "bad_request", "The request path is not acceptable.")
         header = tenant_headers.get(front.header.encode())
         tenant = front.tenant_of(
             host.decode("latin-1"), path, header.decode("latin-1") if header else None
         )
         if tenant is None:
-            return await refuse(404, "There is no such page.")
+            return await refuse(404, "no_tenant", "There is no such page.")
+        served.tenant = tenant
 
         mode = self.cache.cached(tenant)
         if mode is MISSING:
@@ -101,12 +137,14 @@ class Router:
             except StoreUnavailable:
                 return await refuse(
                     503,
+                    "store_unavailable",
                     "Routing is briefly unavailable; please retry.",
                     tenant,
                     extra=((b"retry-after", _RETRY_AFTER),),
                 )
         assert mode is None or isinstance(mode, Mode)
         mode_label = mode.value if mode is not None else "invalid"
+        served.mode = mode_label
         method = judged_method(scope["method"], overrides) if overrides else scope["method"]
         query = scope["query_string"].decode("latin-1")
         decision = decide(front.front, tenant, mode, method, path, query, self.clock(), self.policy)
@@ -116,11 +154,17 @@ class Router:
                 (b"x-edge-tenant", tenant.encode()),
                 (b"x-edge-mode", mode_label.encode()),
             ]
-            await self.forwarder.forward(
-                scope, receive, send, self.backends[decision.front], edge_headers, view
-            )
+            try:
+                outcome = await self.forwarder.forward(
+                    scope, receive, send, self.backends[decision.front], edge_headers, view
+                )
+            except UpstreamAborted as exc:
+                served.forwarded(exc.outcome, aborted=True)
+                raise
+            served.forwarded(outcome)
         elif isinstance(decision, Redirect):
-            await send_redirect(
+            served.decision, served.status = REDIRECT, decision.status
+            served.bytes = await send_redirect(
                 send,
                 decision.location,
                 decision.status,
@@ -129,4 +173,6 @@ class Router:
                 head_only=head_only,
             )
         else:
-            await refuse(decision.status, decision.message, tenant, mode_label)
+            await refuse(
+                decision.status, decision.reason.value, decision.message, tenant, mode_label
+            )

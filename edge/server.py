@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 from collections.abc import Mapping
@@ -11,6 +10,7 @@ from dataclasses import dataclass
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
+from edge import logs
 from edge.asgi import ASGIApp
 from edge.config import Settings
 from edge.modes import ModeStore
@@ -59,7 +59,8 @@ def uvicorn_config(settings: Settings, app: ASGIApp | str) -> uvicorn.Config:
         server_header=False,
         date_header=False,
         proxy_headers=False,
-        access_log=False,
+        access_log=False,  # edge writes its own (edge.logs)
+        log_config=None,  # edge.logs.configure: JSON lines, in every worker process
         log_level=settings.server.log_level,
         timeout_graceful_shutdown=round(settings.server.graceful_timeout),
         backlog=2048,
@@ -74,7 +75,7 @@ def serve(
     """Serve until SIGINT/SIGTERM; in-flight requests get the graceful timeout to finish."""
     from edge.app import EdgeApp
 
-    logging.basicConfig(level=settings.server.log_level.upper(), format="%(message)s")
+    logs.configure(settings.server)
     public = bind(Listener(settings.server.host, settings.server.port))
     admin = bind(Listener(settings.admin.host, settings.admin.port))
     side = {bind(listener): app for listener, app in (side_listeners or {}).items()}

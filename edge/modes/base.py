@@ -426,6 +426,8 @@ class ModeStore(ABC):
                 note=note,
             )
             if change.changed:
+                # Logged here, by the one process that made it; the others apply its event.
+                log.info("mode changed", extra=change.to_json())
                 await self._record(change)
         return change
 

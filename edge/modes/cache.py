@@ -8,6 +8,7 @@ down the last known modes keep serving. A miss costs one fetch however many requ
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import functools
 import logging
@@ -70,6 +71,10 @@ class ModeCache:
     def __len__(self) -> int:
         return len(self._modes)
 
+    def counts(self) -> collections.Counter[Mode | None]:
+        """How many cached tenants are in each mode (None: the stored value is not a mode)."""
+        return collections.Counter(self._modes.values())
+
     def cached(self, tenant: str) -> Mode | Missing | None:
         """The cached mode (None: invalid stored value), or MISSING. No I/O."""
         mode = self._modes.get(tenant, MISSING)
@@ -110,7 +115,13 @@ class ModeCache:
             return False
         for tenant, raw in zip(tenants, values, strict=True):
             if tenant in self._modes and self._event_marks.get(tenant, -1) <= mark:
-                self._put(tenant, raw)
+                before = self._modes[tenant]
+                if (after := self._put(tenant, raw)) is not before:
+                    # A raw edit (redis-cli SET), or an event this process missed.
+                    log.info(
+                        "mode changed in the store, found by resync",
+                        extra={"tenant": tenant, "from": before, "to": after, "via": "resync"},
+                    )
         if self._resync_failing:
             log.info("mode resync works again")
         self._resync_failing = False
@@ -157,6 +168,7 @@ class ModeCache:
         else:
             self._invalid.pop(event.tenant, None)
         self._set(event.tenant, event.mode)
+        log.debug("mode event applied", extra={"tenant": event.tenant, "mode": event.mode})
         self._events_applied += 1
         self._event_marks[event.tenant] = self._events_applied
 
