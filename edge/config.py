@@ -13,10 +13,11 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -24,6 +25,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    FilePath,
     ValidationError,
     field_validator,
     model_validator,
@@ -122,10 +124,19 @@ class StoreSettings(_Section):
     @classmethod
     def _scheme(cls, value: str) -> str:
         scheme = urlsplit(value).scheme
-        if scheme not in ("memory", "redis", "rediss", "unix", "redis+sentinel", "redis+cluster"):
+        if scheme not in STORE_SCHEMES:
             raise ValueError(
+    # TLS (rediss:// and rediss+sentinel:// or rediss+cluster://): the CA that signed the
+    # servers' certificates, and a client certificate when the servers ask for one.
+    ssl_ca_certs: FilePath | None = None
+    ssl_certfile: FilePath | None = None
+    ssl_keyfile: FilePath | None = None
+    ssl_check_hostname: bool = True
+    # Replicas that must confirm a change (Redis WAIT) before edge reports it done.
+    wait_replicas: int = Field(0, ge=0, le=64)
+
                 f"unsupported scheme {scheme!r}: use redis://, rediss://, unix://, "
-                "redis+sentinel://, redis+cluster:// or memory://"
+                "redis+sentinel://, redis+cluster:// (rediss+ for TLS) or memory://"
             )
         return value
 
@@ -133,12 +144,106 @@ class StoreSettings(_Section):
     def embedded(self) -> bool:
         return self.url.startswith("memory:")
 
+        redis_nodes(value)  # a Sentinel or Cluster URL must be well formed
 
 TenantRule = Literal["path", "subdomain", "header"]
+    @model_validator(mode="after")
+    def _tls_and_replicas(self) -> StoreSettings:
+        tls_files = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+        for key in tls_files:
+            if getattr(self, key) is not None and not self.tls:
+                raise _keyed(f"store.{key}", "needs a TLS store url (rediss://...)")
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise _keyed("store.ssl_keyfile", "needs store.ssl_certfile")
+        if self.wait_replicas and self.embedded:
+            raise _keyed("store.wait_replicas", "needs a Redis store")
+        return self
+
 
 
 class FrontSettings(_Section):
     hosts: tuple[str, ...] = Field(min_length=1)
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme.startswith("rediss")
+
+
+STORE_SCHEMES = (
+    "memory",
+    "redis",
+    "rediss",
+    "unix",
+    "redis+sentinel",
+    "rediss+sentinel",
+    "redis+cluster",
+    "rediss+cluster",
+)
+_SENTINEL_URL = "redis+sentinel://[[user]:password@]host:port[,host:port...]/master-name[/db]"
+_CLUSTER_URL = "redis+cluster://[[user]:password@]host:port[,host:port...]"
+
+
+@dataclass(frozen=True)
+class RedisNodes:
+    """A Sentinel or Cluster store URL, parsed.
+
+    ``hosts`` are the sentinels (Sentinel) or the seed nodes (Cluster). The user and password
+    are the data nodes'; ``?sentinel_password=`` authenticates with the sentinels.
+    """
+
+    kind: Literal["sentinel", "cluster"]
+    tls: bool
+    hosts: tuple[tuple[str, int], ...]
+    master_name: str  # Sentinel only
+    db: int
+    username: str | None
+    password: str | None
+    sentinel_password: str | None
+
+
+def redis_nodes(url: str) -> RedisNodes | None:
+    """Parse a Sentinel or Cluster URL (None for any other); ValueError says what is wrong."""
+    parts = urlsplit(url)
+    base, plus, kind = parts.scheme.partition("+")
+    if not plus:
+        return None
+    if kind not in ("sentinel", "cluster"):
+        raise ValueError(f"unsupported scheme {parts.scheme!r}")
+    shape = _SENTINEL_URL if kind == "sentinel" else _CLUSTER_URL
+    userinfo, _, hostlist = parts.netloc.rpartition("@")
+    username, _, password = userinfo.partition(":")
+    hosts = tuple(_host_port(item, shape) for item in hostlist.split(",") if item)
+    query = parse_qs(parts.query, keep_blank_values=True)
+    path = parts.path.strip("/")
+    if kind == "sentinel":
+        master_name, _, db = path.partition("/")
+        allowed = {"sentinel_password"}
+    else:
+        master_name, db = "", path
+        allowed = set()
+        if db not in ("", "0"):
+            raise ValueError("a Redis Cluster has only database 0")
+    if not hosts or (kind == "sentinel" and not master_name) or not (db or "0").isdigit():
+        raise ValueError(f"must look like {shape}")
+    if unknown := sorted(set(query) - allowed):
+        raise ValueError(f"unknown option {unknown[0]!r} in the url")
+    return RedisNodes(
+        kind="sentinel" if kind == "sentinel" else "cluster",
+        tls=base == "rediss",
+        hosts=hosts,
+        master_name=unquote(master_name),
+        db=int(db or 0),
+        username=unquote(username) or None,
+        password=unquote(password) or None,
+        sentinel_password=query.get("sentinel_password", [None])[0],
+    )
+
+
+def _host_port(item: str, shape: str) -> tuple[str, int]:
+    host, _, port = item.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{item!r} is not host:port; must look like {shape}")
+    return host.strip("[]"), int(port)
+
     backend: HttpUrl
     public_url: PublicUrl
     tenant: TenantRule = "path"

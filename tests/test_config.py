@@ -26,6 +26,9 @@ legacy_sunset = "2027-06-30T22:00:00Z"
 """
 
 
+STORE_URL = 'url = "redis://127.0.0.1:6379/0"'
+
+
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "edge.toml"
     path.write_text(text)
@@ -109,6 +112,44 @@ def test_a_good_file_loads(tmp_path: Path) -> None:
             "admin.token: must be at least 16 characters",
         ),
         ("[policy]", "[nonsense]\n[policy]", "nonsense: unknown key"),
+        (
+            STORE_URL,
+            'url = "redis+sentinel://127.0.0.1:26379"',
+            "store.url: must look like redis+sentinel://",
+        ),
+        (
+            STORE_URL,
+            'url = "redis+sentinel://s1:26379,s2/mymaster"',
+            "store.url: 's2' is not host:port",
+        ),
+        (STORE_URL, 'url = "redis+cluster://"', "store.url: must look like redis+cluster://"),
+        (
+            STORE_URL,
+            'url = "redis+cluster://n1:7000/2"',
+            "store.url: a Redis Cluster has only database 0",
+        ),
+        (
+            STORE_URL,
+            'url = "redis+cluster://n1:7000?db=1"',
+            "store.url: unknown option 'db' in the url",
+        ),
+        (STORE_URL, 'url = "redis+shard://n1:7000"', "store.url: unsupported scheme"),
+        (
+            STORE_URL,
+            f'{STORE_URL}\nssl_ca_certs = "{__file__}"',
+            "store.ssl_ca_certs: needs a TLS store url",
+        ),
+        (
+            STORE_URL,
+            'url = "rediss://r:6380/0"\nssl_ca_certs = "/no/such/ca.pem"',
+            "store.ssl_ca_certs: Path does not point to a file",
+        ),
+        (
+            STORE_URL,
+            f'url = "rediss://r:6380/0"\nssl_keyfile = "{__file__}"',
+            "store.ssl_keyfile: needs store.ssl_certfile",
+        ),
+        (STORE_URL, 'url = "memory://"\nwait_replicas = 1', "store.wait_replicas: needs a Redis"),
     ],
 )
 def test_a_bad_file_is_refused_naming_the_key(
@@ -121,6 +162,40 @@ def test_a_bad_file_is_refused_naming_the_key(
     text = str(caught.value)
     assert "\n" not in text
     assert f"{path}: {message}" in text
+
+
+@pytest.mark.parametrize(
+    ("url", "nodes"),
+    [
+        ("redis://r:6379/0", None),
+        ("unix:///run/redis.sock", None),
+        (
+            "redis+sentinel://s1:26379,[::1]:26380/mymaster",
+            config.RedisNodes(
+                "sentinel", False, (("s1", 26379), ("::1", 26380)), "mymaster", 0, None, None, None
+            ),
+        ),
+        (
+            "rediss+sentinel://:p%40ss@s1:26379/mymaster/2?sentinel_password=sp",
+            config.RedisNodes(
+                "sentinel", True, (("s1", 26379),), "mymaster", 2, None, "p@ss", "sp"
+            ),
+        ),
+        (
+            "redis+cluster://ana:pw@n1:7000,n2:7001",
+            config.RedisNodes(
+                "cluster", False, (("n1", 7000), ("n2", 7001)), "", 0, "ana", "pw", None
+            ),
+        ),
+        (
+            "rediss+cluster://n1:7000/0",
+            config.RedisNodes("cluster", True, (("n1", 7000),), "", 0, None, None, None),
+        ),
+    ],
+)
+def test_sentinel_and_cluster_urls_are_read(url: str, nodes: config.RedisNodes | None) -> None:
+    assert config.redis_nodes(url) == nodes
+    assert config.StoreSettings(url=url).tls == url.startswith("rediss")
 
 
 def test_not_toml_and_missing_files_are_refused(tmp_path: Path) -> None:

@@ -152,14 +152,6 @@ async def test_a_lost_subscription_raises(own_redis: RedisServer) -> None:
         await store.close()
 
 
-async def test_unsupported_urls_are_refused() -> None:
-    with pytest.raises(ValueError, match="not supported yet"):
-        open_store(StoreSettings(url="redis+cluster://127.0.0.1:7000"))
-    for url in ("redis+sentinel://127.0.0.1:26379", "redis+sentinel://host/mymaster"):
-        with pytest.raises(ValueError, match="redis\\+sentinel://"):
-            open_store(StoreSettings(url=url))
-
-
 @pytest.fixture
 def sentinel(redis_server: RedisServer, tmp_path: Path) -> Iterator[int]:
     """A real redis sentinel watching the shared test server as master ``edge-test``."""

@@ -1,70 +1,86 @@
-"""``[store].url`` → a ModeStore."""
+"""``[store]`` → a ModeStore: embedded, one Redis server, Redis Sentinel or Redis Cluster."""
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, unquote, urlsplit
+from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
-from edge.config import StoreSettings
+from edge.config import RedisNodes, StoreSettings, redis_nodes
 from edge.modes.base import ModeStore
 from edge.modes.memory import MemoryStore
-from edge.modes.redis import RedisStore, client_options
+from edge.modes.redis import RedisClusterStore, RedisStore, client_options
 
 
 def open_store(settings: StoreSettings) -> ModeStore:
-    """Raises ValueError for a URL it cannot use; connects lazily, on first use."""
-    scheme = urlsplit(settings.url).scheme
-    if scheme == "memory":
+    """Connects lazily, on first use. The settings were validated, so the URL is usable."""
+    if settings.embedded:
         return MemoryStore()
-    if scheme in ("redis", "rediss", "unix"):
-        return RedisStore.from_url(settings.url, prefix=settings.prefix, timeout=settings.timeout)
-    if scheme == "redis+sentinel":
-        return RedisStore(
-            sentinel_client(settings.url, settings.timeout),
+    options = {**client_options(settings.timeout), **tls_options(settings)}
+    nodes = redis_nodes(settings.url)
+    if nodes is not None and nodes.kind == "cluster":
+        return RedisClusterStore(
+            cluster_client(nodes, options),
             prefix=settings.prefix,
             timeout=settings.timeout,
+            wait_replicas=settings.wait_replicas,
         )
-    raise ValueError(f"store.url: {scheme}:// is not supported yet")
+    if nodes is None:
+        client = Redis.from_url(settings.url, **options)
+    else:
+        client = sentinel_client(nodes, options)
+    return RedisStore(
+        client,
+        prefix=settings.prefix,
+        timeout=settings.timeout,
+        wait_replicas=settings.wait_replicas,
+    )
 
 
-def sentinel_client(url: str, timeout: float) -> Redis:
-    """``redis+sentinel://[[user]:password@]host:port[,host:port...]/service[/db]``.
+def tls_options(settings: StoreSettings) -> dict[str, Any]:
+    if not settings.tls:
+        return {}
+    files = {
+        key: str(path)
+        for key, path in (
+            ("ssl_ca_certs", settings.ssl_ca_certs),
+            ("ssl_certfile", settings.ssl_certfile),
+            ("ssl_keyfile", settings.ssl_keyfile),
+        )
+        if path is not None
+    }
+    return {**files, "ssl_check_hostname": settings.ssl_check_hostname}
 
-    The user and password are the master's; ``?sentinel_password=`` authenticates with the
-    sentinels. The client asks the sentinels for the master on every (re)connect.
+
+def sentinel_client(nodes: RedisNodes, options: dict[str, Any]) -> Redis:
+    """The master's client: it asks the sentinels for the master on every (re)connect.
+
+    With TLS, the sentinels and the data nodes are both spoken to over TLS.
     """
-    parts = urlsplit(url)
-    userinfo, _, hostlist = parts.netloc.rpartition("@")
-    username, _, password = userinfo.partition(":")
-    service, _, db = parts.path.strip("/").partition("/")
-    if not hostlist or not service or not (db or "0").isdigit():
-        raise ValueError(f"store.url: {url!r} is not redis+sentinel://host:port,.../service/db")
-    sentinels = [_host_port(item, url) for item in hostlist.split(",")]
-    query = parse_qs(parts.query)
-    sentinel_password = query.get("sentinel_password", [None])[0]
+    to_sentinels = {key: value for key, value in options.items() if key != "decode_responses"}
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
-        sentinels,
-        socket_timeout=timeout,
-        sentinel_kwargs={
-            "socket_timeout": timeout,
-            "socket_connect_timeout": timeout,
-            "password": sentinel_password,
-        },
+        list(nodes.hosts),
+        sentinel_kwargs={**to_sentinels, "ssl": nodes.tls, "password": nodes.sentinel_password},
     )
     client: Redis = sentinel.master_for(
-        service,
-        db=int(db or 0),
-        username=unquote(username) or None,
-        password=unquote(password) or None,
-        **client_options(timeout),
+        nodes.master_name,
+        db=nodes.db,
+        username=nodes.username,
+        password=nodes.password,
+        ssl=nodes.tls,
+        **options,
     )
     return client
 
 
-def _host_port(item: str, url: str) -> tuple[str, int]:
-    host, _, port = item.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"store.url: {item!r} in {url!r} is not host:port")
-    return host.strip("[]"), int(port)
+def cluster_client(nodes: RedisNodes, options: dict[str, Any]) -> RedisCluster:
+    """Seeds are enough: the client learns the slot map (and its changes) from the cluster."""
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in nodes.hosts],
+        username=nodes.username,
+        password=nodes.password,
+        ssl=nodes.tls,
+        **options,
+    )

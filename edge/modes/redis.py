@@ -1,4 +1,8 @@
-"""The Redis store: plain string keys, one atomic Lua compare-and-set, PUBLISH for events."""
+"""The Redis store: plain string keys, one atomic Lua compare-and-set, PUBLISH for events.
+
+One server and Sentinel share RedisStore (a Sentinel-managed client finds the master itself);
+RedisClusterStore adds what a Cluster needs: keys spread over slots, subscriptions on any node.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from typing import Any, Self
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -39,6 +44,7 @@ from edge.policy import Mode
 from edge.tenants import is_tenant_id
 
 CHUNK = 500
+NODE_CURSORS = 2**64  # a SCAN cursor is below this
 # One page of tenants costs at most this many SCAN calls, each asking for more keys than the
 # last while few match, up to SCAN_COUNT_MAX: a rare match still finds its page quickly, and
 # no single call holds Redis up for more than a few milliseconds.
@@ -107,15 +113,22 @@ def client_options(timeout: float) -> dict[str, Any]:
 
 
 class RedisStore(ModeStore):
-    def __init__(self, client: Redis, *, prefix: str = "edge:", timeout: float = 0.5) -> None:
+    def __init__(
+        self,
+        client: Redis | RedisCluster,
+        *,
+        prefix: str = "edge:",
+        timeout: float = 0.5,
+        wait_replicas: int = 0,
+    ) -> None:
         super().__init__()
         self._client = client
         self._prefix = prefix
         self._timeout = timeout
+        self._wait_replicas = wait_replicas
         self._channel = f"{prefix}events"
         self._activated_key = f"{prefix}activated"
         self._closed = False
-        self._compare_and_set_script = client.register_script(COMPARE_AND_SET)
         self._claim_due_script = client.register_script(CLAIM_DUE)
         self._schedules_key = f"{prefix}schedules"
 
@@ -162,8 +175,12 @@ class RedisStore(ModeStore):
         values: list[str | None] = []
         for start in range(0, len(tenants), CHUNK):
             keys = [self._mode_key(tenant) for tenant in tenants[start : start + CHUNK]]
-            values.extend(await self._call("MGET", self._client.mget(keys)))
+            values.extend(await self._call("MGET", self._mget(keys)))
         return values
+
+    async def _mget(self, keys: list[str]) -> list[str | None]:
+        values: Any = await self._client.mget(keys)
+        return list(values)
 
     async def history(self, tenant: str, limit: int = 100) -> list[Change]:
         if limit <= 0:
@@ -226,7 +243,9 @@ class RedisStore(ModeStore):
     async def page(
         self, cursor: str = "", *, contains: str = "", mode: str | None = None, limit: int = 100
     ) -> TenantPage:
-        if cursor and not (cursor.isascii() and cursor.isdigit() and int(cursor) < 2**64):
+        if cursor and not (
+            cursor.isascii() and cursor.isdigit() and int(cursor) < self._cursor_bound()
+        ):
             raise ValueError(f"{cursor!r} is not a cursor of this store")
         position = int(cursor or 0)
         pattern = self._mode_pattern(f"*{_glob_escape(contains)}*" if contains else "*")
@@ -234,9 +253,7 @@ class RedisStore(ModeStore):
         count = max(limit, 10)
         found: list[tuple[str, str]] = []
         for _ in range(PAGE_SCANS):
-            position, keys = await self._call(
-                "SCAN", self._client.scan(position, match=pattern, count=count)
-            )
+            position, keys = await self._scan_once(position, pattern, count)
             tenants = [key[skip:] for key in keys if is_tenant_id(key[skip:])]
             values = await self.get_many(tenants)
             found.extend(
@@ -254,19 +271,33 @@ class RedisStore(ModeStore):
         pattern = self._mode_pattern("*")
         skip = len(self._mode_key(""))
         found: dict[str, str] = {}
-        cursor = 0
-        while True:
-            cursor, keys = await self._call(
-                "SCAN", self._client.scan(cursor, match=pattern, count=1000)
-            )
+        async for keys in self._scan(pattern):
             tenants = [key[skip:] for key in keys if is_tenant_id(key[skip:])]
             values = await self.get_many(tenants)
             found.update((t, v) for t, v in zip(tenants, values, strict=True) if v is not None)
-            if cursor == 0:
-                return found
+        return found
+
+    async def _scan(self, pattern: str) -> AsyncIterator[list[str]]:
+        """The keys matching ``pattern``, a batch per SCAN call."""
+        position = 0
+        while True:
+            position, keys = await self._scan_once(position, pattern, 1000)
+            yield keys
+            if position == 0:
+                return
+
+    async def _scan_once(self, position: int, pattern: str, count: int) -> tuple[int, list[str]]:
+        """One SCAN call from ``position`` (0 to start): the next position (0 at the end)."""
+        cursor, keys = await self._call(
+            "SCAN", self._client.scan(position, match=pattern, count=count)
+        )
+        return int(cursor), keys
+
+    def _cursor_bound(self) -> int:
+        return NODE_CURSORS
 
     async def events(self, on_subscribed: OnSubscribed | None = None) -> AsyncIterator[ModeEvent]:
-        pubsub = self._client.pubsub()
+        pubsub: PubSub = await self._call("SUBSCRIBE", self._pubsub())
         try:
             await self._subscribe(pubsub)
             if on_subscribed is not None:
@@ -285,6 +316,9 @@ class RedisStore(ModeStore):
         finally:
             with suppress(RedisError, OSError):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _pubsub(self) -> PubSub:
+        return self._client.pubsub()
 
     async def _subscribe(self, pubsub: PubSub) -> None:
         """Subscribe and wait for the confirmation, so no later PUBLISH can be missed."""
@@ -308,14 +342,32 @@ class RedisStore(ModeStore):
     async def _compare_and_set(
         self, tenant: str, target: Mode, force: bool
     ) -> tuple[Outcome, str | None, datetime]:
+        key = self._mode_key(tenant)
         backward = [mode.value for mode in backward_from(target)]
         args = [target.value, "1" if force else "0", DEFAULT_MODE.value, *backward]
-        reply = await self._call(
-            "EVALSHA", self._compare_and_set_script(keys=[self._mode_key(tenant)], args=args)
-        )
-        outcome, previous, seconds, micros = reply
+        # EVAL, not EVALSHA: one round trip with no NOSCRIPT fallback, in a pipeline that also
+        # runs on a Cluster. WAIT must follow on the same connection: it waits for that
+        # connection's own writes to reach the replicas.
+        wait_ms = max(1, int(self._timeout * 500))  # half the store timeout
+        pipe = self._client.pipeline(transaction=False)
+        pipe.eval(COMPARE_AND_SET, 1, key, *args)
+        if self._wait_replicas:
+            pipe.execute_command("WAIT", self._wait_replicas, wait_ms, **self._node_of(key))
+        replies = await self._call("EVAL", pipe.execute())
+        outcome, previous, seconds, micros = replies[0]
         at = datetime.fromtimestamp(int(seconds), UTC).replace(microsecond=int(micros))
+        if outcome == Outcome.CHANGED and self._wait_replicas and replies[1] < self._wait_replicas:
+            raise StoreUnavailable(
+                f"{tenant} is {target.value} on the Redis master, but only {replies[1]} of "
+                f"{self._wait_replicas} replicas confirmed it within {wait_ms} ms, so a "
+                "failover could still lose it; it was not audited or announced. "
+                f"Check with `edge tenant get {tenant}` once the replicas are back"
+            )
         return Outcome(outcome), previous, at
+
+    def _node_of(self, key: str) -> dict[str, Any]:
+        """Command options that send a keyless command to the node holding ``key``."""
+        return {}
 
     async def _record(self, change: Change) -> None:
         history_key = self._history_key(change.tenant)
@@ -327,14 +379,17 @@ class RedisStore(ModeStore):
             pipe.delete(self._responses_key(change.tenant, Mode.ACTIVE.value))
         else:
             pipe.zrem(self._activated_key, change.tenant)
-        pipe.publish(self._channel, encode_event(change))
         try:
-            await self._call("audit and PUBLISH", pipe.execute())
+            await self._call("audit", pipe.execute())
+            await self._call("PUBLISH", self._publish(encode_event(change), change.tenant))
         except StoreUnavailable as exc:
             raise StoreUnavailable(
                 f"{change.tenant} is now {change.mode.value}, but {exc}: "
                 "the audit entry or the event may be missing"
             ) from exc
+
+    async def _publish(self, payload: str, tenant: str) -> None:
+        await self._client.publish(self._channel, payload)
 
     async def schedules(self) -> list[Schedule]:
         encoded = await self._call("ZRANGE", self._client.zrange(self._schedules_key, 0, -1))
@@ -358,3 +413,70 @@ class RedisStore(ModeStore):
     async def _add_schedule(self, schedule: Schedule) -> None:
         mapping = {schedule.encode(): schedule.at.timestamp()}
         await self._call("ZADD", self._client.zadd(self._schedules_key, mapping))
+
+
+class RedisClusterStore(RedisStore):
+    """The same keys on a Redis Cluster: a tenant's mode and history keys hash to different
+    slots, so multi-key reads are split per slot and every primary is scanned.
+
+    A classic PUBLISH reaches every node of a Cluster over the cluster bus, so events are
+    published on the node that just took the write (it is up) and heard on any node: each
+    new subscription takes the next node in turn, and a failed node costs one retry.
+    """
+
+    _client: RedisCluster
+
+    def __init__(
+        self,
+        client: RedisCluster,
+        *,
+        prefix: str = "edge:",
+        timeout: float = 0.5,
+        wait_replicas: int = 0,
+    ) -> None:
+        super().__init__(client, prefix=prefix, timeout=timeout, wait_replicas=wait_replicas)
+        self._subscriptions = 0
+
+    async def _mget(self, keys: list[str]) -> list[str | None]:
+        values: list[str | None] = await self._client.mget_nonatomic(keys)
+        return values
+
+    async def _scan_once(self, position: int, pattern: str, count: int) -> tuple[int, list[str]]:
+        # A position is the primary's place in name order and that primary's own cursor.
+        primaries = await self._primaries()
+        index, cursor = divmod(position, NODE_CURSORS)
+        if index >= len(primaries):
+            raise ValueError(f"{position} is not a cursor of this store")
+        node = primaries[index]
+        cursors, keys = await self._call(
+            "SCAN", self._client.scan(cursor, match=pattern, count=count, target_nodes=node)
+        )
+        index, cursor = (index, cursors[node.name]) if cursors[node.name] else (index + 1, 0)
+        return (0 if index == len(primaries) else index * NODE_CURSORS + cursor), keys
+
+    def _cursor_bound(self) -> int:
+        return NODE_CURSORS * 1000  # Redis Cluster's ceiling: 1000 nodes
+
+    async def _primaries(self) -> list[ClusterNode]:
+        await self._call("CLUSTER SLOTS", self._client.initialize())
+        return sorted(self._client.get_primaries(), key=lambda node: node.name)
+
+    async def _pubsub(self) -> PubSub:
+        await self._client.initialize()
+        nodes = sorted(self._client.get_nodes(), key=lambda node: node.name)
+        node = nodes[self._subscriptions % len(nodes)]
+        self._subscriptions += 1
+        return self._client.pubsub(node=node)
+
+    def _node_of(self, key: str) -> dict[str, Any]:
+        return {"target_nodes": self._key_node(key)}
+
+    def _key_node(self, key: str) -> ClusterNode:
+        node = self._client.get_node_from_key(key)
+        if node is None:
+            raise StoreUnavailable(f"no Redis Cluster node holds the slot of {key}")
+        return node
+
+    async def _publish(self, payload: str, tenant: str) -> None:
+        node = self._key_node(self._mode_key(tenant))
+        await self._client.publish(self._channel, payload, target_nodes=node)

@@ -1,0 +1,131 @@
+"""Several edge instances on one store, customers hitting them, and ops changing modes."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from edge.config import StoreSettings
+from edge.modes import open_store
+from edge.policy import Mode
+from tests.stack import LEGACY_HOST, Stack, stack
+
+# What the legacy front answers a GET with, by mode: forwarded (200) or redirected (302).
+ANSWER = {Mode.LEGACY: 200, Mode.SETUP: 200, Mode.ACTIVE: 302}
+
+CLI_CONFIG = """
+[store]
+{store}
+[legacy]
+hosts = ["parents.example.com"]
+backend = "http://127.0.0.1:9"
+public_url = "https://parents.example.com"
+[new]
+hosts = ["portal.example.com"]
+backend = "http://127.0.0.1:9"
+public_url = "https://portal.example.com"
+"""
+
+
+@contextmanager
+def fleet(instances: int, store: dict[str, Any]) -> Iterator[list[Stack]]:
+    """``instances`` edge instances on the store's url and prefix (resync every 0.2 s), each
+    with its own recording backends."""
+    with ExitStack() as running:
+        yield [
+            running.enter_context(stack(store["url"], store["prefix"])) for _ in range(instances)
+        ]
+
+
+def answer(instance: Stack, tenant: str) -> int:
+    """The status a customer gets for the tenant's legacy home page on this instance."""
+    with instance.client() as client:
+        return client.get(f"/{tenant}/", headers={"Host": LEGACY_HOST}).status_code
+
+
+def write_cli_config(path: Path, store: dict[str, Any]) -> Path:
+    lines = [
+        f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value}"
+        for key, value in store.items()
+    ]
+    path.write_text(CLI_CONFIG.format(store="\n".join(lines)))
+    return path
+
+
+def set_modes(store: dict[str, Any], modes: dict[str, Mode]) -> None:
+    """Set modes through a store of this process's own, as the CLI would."""
+
+    async def run() -> None:
+        opened = open_store(StoreSettings(**store))
+        try:
+            for tenant, mode in modes.items():
+                await opened.set_mode(tenant, mode, actor="test-seed")
+        finally:
+            await opened.close()
+
+    asyncio.run(run())
+
+
+def read_modes(store: dict[str, Any], tenants: list[str]) -> list[str | None]:
+    async def run() -> list[str | None]:
+        opened = open_store(StoreSettings(**store))
+        try:
+            return await opened.get_many(tenants)
+        finally:
+            await opened.close()
+
+    return asyncio.run(run())
+
+
+class Traffic:
+    """Customers in threads asking every instance, in turn, for tenants whose answer is known.
+
+    Every answer that differs from the expected one is kept in ``wrong``.
+    """
+
+    def __init__(self, instances: list[Stack], expected: dict[str, int], clients: int = 3):
+        self.instances = instances
+        self.expected = expected
+        self.answered = 0
+        self.wrong: list[tuple[str, int | str]] = []
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._customer, daemon=True) for _ in range(clients)
+        ]
+
+    def _customer(self) -> None:
+        clients = [instance.client() for instance in self.instances]
+        try:
+            while not self._stop.is_set():
+                for client in clients:
+                    for tenant, status in self.expected.items():
+                        try:
+                            got: int | str = client.get(
+                                f"/{tenant}/", headers={"Host": LEGACY_HOST}
+                            ).status_code
+                        except httpx.HTTPError as exc:
+                            got = repr(exc)
+                        self.answered += 1
+                        if got != status:
+                            self.wrong.append((tenant, got))
+                        time.sleep(0.005)  # a customer, not a benchmark: leave the CPU to edge
+        finally:
+            for client in clients:
+                client.close()
+
+    def __enter__(self) -> Traffic:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(10)

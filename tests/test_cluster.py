@@ -1,0 +1,131 @@
+"""edge on a three-master Redis Cluster: keys spread over slots, events heard on any node."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.config import StoreSettings
+from edge.modes import open_store
+from edge.policy import Mode
+from tests.fleet import ANSWER, Traffic, answer, fleet, set_modes, write_cli_config
+from tests.support import ClusterServers, RedisServer, eventually
+from tests.test_cli import edge
+
+MODES = {f"gym-{n:02}": (Mode.SETUP, Mode.ACTIVE)[n % 2] for n in range(24)}
+
+
+@pytest.fixture
+def cluster() -> Iterator[ClusterServers]:
+    servers = ClusterServers(masters=3).start()
+    yield servers
+    servers.stop()
+
+
+@pytest.fixture
+def store(cluster: ClusterServers, prefix: str) -> dict[str, Any]:
+    return {"url": cluster.url, "prefix": prefix}
+
+
+async def all_pages(store: dict[str, Any]) -> dict[str, str]:
+    """Every tenant, by following the page cursors (the admin API's listing) to the end."""
+    opened = open_store(StoreSettings(**store))
+    found: dict[str, str] = {}
+    cursor: str | None = ""
+    try:
+        while cursor is not None:
+            page = await opened.page(cursor, limit=5)
+            found.update(page.tenants)
+            cursor = page.cursor
+    finally:
+        await opened.close()
+    return found
+
+
+def holds(server: RedisServer, key: str) -> bool:
+    """Whether the node serves the key's slot (another node answers MOVED)."""
+    return not server.cli("EXISTS", key).startswith("MOVED")
+
+
+def subscribers(servers: list[RedisServer], channel: str) -> int:
+    """Classic subscriptions are per node: count them on every node."""
+    return sum(int(server.cli("PUBSUB", "NUMSUB", channel).split()[1]) for server in servers)
+
+
+def test_a_cluster_routes_lists_and_propagates_like_one_server(
+    cluster: ClusterServers, store: dict[str, Any], prefix: str, tmp_path: Path
+) -> None:
+    set_modes(store, MODES)
+    for server in cluster.servers:  # the tenants really are spread over the masters
+        assert any(holds(server, f"{prefix}mode:{tenant}") for tenant in MODES)
+    config = str(write_cli_config(tmp_path / "edge.toml", store))
+
+    listed = edge("tenant", "list", "--config", config)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.split() == [word for t in sorted(MODES) for word in (t, MODES[t])]
+    history = edge("tenant", "history", "gym-01", "--config", config)
+    assert "legacy → active  by test-seed" in history.stdout
+    assert asyncio.run(all_pages(store)) == {t: mode.value for t, mode in MODES.items()}
+
+    with fleet(2, store) as instances:
+        for instance in instances:
+            assert {t: answer(instance, t) for t in MODES} == {
+                t: ANSWER[mode] for t, mode in MODES.items()
+            }
+            assert answer(instance, "newcomer") == ANSWER[Mode.LEGACY]
+            eventually(lambda i=instance: i.edge.cache.listening)
+        assert subscribers(cluster.servers, f"{prefix}events") == 2
+
+        moved = edge("tenant", "set", "newcomer", "active", "--config", config)
+        assert moved.returncode == 0, moved.stderr
+        eventually(lambda: [answer(i, "newcomer") for i in instances] == [302, 302])
+
+        cluster.cli("SET", f"{prefix}mode:gym-00", "active")  # a raw edit, on whichever node
+        eventually(lambda: [answer(i, "gym-00") for i in instances] == [302, 302], within=5)
+
+
+def test_a_failed_node_costs_no_request_and_events_move_to_a_live_one(
+    prefix: str, tmp_path: Path
+) -> None:
+    """Three masters, each with a replica; the node that holds the subscriptions dies."""
+    cluster = ClusterServers(masters=3, replicas=1).start()
+    try:
+        store = {"url": cluster.url, "prefix": prefix}
+        set_modes(store, MODES)
+        config = str(write_cli_config(tmp_path / "edge.toml", store))
+        channel = f"{prefix}events"
+        with fleet(2, store) as instances:
+            expected = {t: ANSWER[mode] for t, mode in MODES.items()}
+            for instance in instances:
+                assert {t: answer(instance, t) for t in MODES} == expected
+                assert answer(instance, "newcomer") == ANSWER[Mode.LEGACY]
+            eventually(lambda: subscribers(cluster.servers, channel) == 2)
+            victim = next(s for s in cluster.servers if subscribers([s], channel))
+            survivors = [s for s in cluster.servers if s is not victim]
+
+            with Traffic(instances, expected) as traffic:
+                victim.stop()
+                eventually(lambda: subscribers(survivors, channel) == 2, within=15)
+                # The others mark it failed after the node timeout (1 s); a master's replica
+                # takes its slots over. Until then a new client cannot reach every slot.
+                eventually(lambda: all(written_off(s, victim) for s in survivors), within=15)
+                moved = edge("tenant", "set", "newcomer", "active", "--config", config)
+                assert moved.returncode == 0, moved.stderr
+                eventually(lambda: [answer(i, "newcomer") for i in instances] == [302, 302])
+            assert traffic.wrong == []
+            assert traffic.answered > 0
+    finally:
+        cluster.stop()
+
+
+def written_off(server: RedisServer, dead: RedisServer) -> bool:
+    """Whether ``server`` has marked ``dead`` as failed, with no slots left on it."""
+    for line in server.cli("CLUSTER", "NODES").splitlines():
+        fields = line.split()
+        if fields[1].startswith(f"127.0.0.1:{dead.port}@"):
+            return "fail" in fields[2].split(",") and len(fields) == 8
+    return False
