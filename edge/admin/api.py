@@ -23,6 +23,7 @@ from starlette.routing import BaseRoute, Match, Route
 from edge.admin.openapi import OPENAPI
 from edge.modes import ChangeRefused, ModeCache, ModeStore, StoreUnavailable
 from edge.modes.base import BulkRefused, MoveOutcome, UnknownSchedule
+from edge.modes.counts import ModeCounter
 from edge.policy import Mode
 from edge.schedule import parse_instant
 from edge.tenants import TENANT_ID, is_tenant_id
@@ -64,6 +65,7 @@ class AdminApi:
         self.cache = cache
         self.token = token.encode()
         self.metrics = metrics
+        self.counter = ModeCounter(store)
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -130,8 +132,10 @@ class AdminApi:
         return JSONResponse({"tenants": tenants, "next_cursor": page.cursor})
 
     async def count_tenants(self, request: Request) -> Response:
-        counts = await self.store.count_modes()
-        return JSONResponse({"counts": counts, "total": sum(counts.values())})
+        counted = await self.counter.count()
+        return JSONResponse(
+            {"counts": counted.counts, "total": counted.total, "counted_at": counted.at.isoformat()}
+        )
 
     async def get_tenant(self, request: Request) -> Response:
         tenant = _tenant(request)
@@ -153,6 +157,7 @@ class AdminApi:
             change = await self.store.set_mode(tenant, mode, actor=actor, force=force, via="api")
         except ChangeRefused as exc:
             raise ApiError(409, str(exc), tenant=tenant) from None
+        self.counter.forget()
         return JSONResponse({**_describe(tenant, change.mode.value), "change": change.to_json()})
 
     async def bulk(self, request: Request) -> Response:
@@ -172,6 +177,8 @@ class AdminApi:
         except BulkRefused as exc:
             problems = [problem.to_json() for problem in exc.problems]
             raise ApiError(409, str(exc), problems=problems) from None
+        if not dry_run:
+            self.counter.forget()
         tally = Counter(result.outcome for result in results)
         return JSONResponse(
             {

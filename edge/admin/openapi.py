@@ -175,12 +175,15 @@ PATHS: dict[str, Any] = {
     },
     "/api/tenants:counts": {
         "get": {
-            "summary": "How many tenants have each stored mode (one pass over every key)",
+            "summary": "How many tenants have each stored mode",
+            "description": "A count is one pass over every key (about a second per 100,000 "
+            "tenants), so it is reused for up to 30 s, or until a change made through this "
+            "instance; counted_at says when it was taken.",
             "responses": {
                 "200": _json(
                     {
                         "type": "object",
-                        "required": ["counts", "total"],
+                        "required": ["counts", "total", "counted_at"],
                         "properties": {
                             "counts": {
                                 "type": "object",
@@ -188,6 +191,7 @@ PATHS: dict[str, Any] = {
                                 "additionalProperties": {"type": "integer"},
                             },
                             "total": {"type": "integer"},
+                            "counted_at": {"type": "string", "format": "date-time"},
                         },
                     },
                     "the counts",
