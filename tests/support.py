@@ -166,8 +166,12 @@ class SentinelServers:
 
     def __init__(self, master_name: str = "edge-test", sentinels: int = 3) -> None:
         self.master_name = master_name
-        self.master = RedisServer()
-        self.replica = RedisServer(args=("--replicaof", "127.0.0.1", str(self.master.port)))
+        # Either may serve a replica: send it the data at once, not after the default 5 s.
+        at_once = ("--repl-diskless-sync-delay", "0")
+        self.master = RedisServer(args=at_once)
+        self.replica = RedisServer(
+            args=(*at_once, "--replicaof", "127.0.0.1", str(self.master.port))
+        )
         self.ports = [free_port() for _ in range(sentinels)]
         self.dir = Path(tempfile.mkdtemp(prefix="edge-sentinel-"))
         self.sentinels: list[subprocess.Popen[bytes]] = []

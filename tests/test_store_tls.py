@@ -1,0 +1,115 @@
+"""rediss://: a redis-server that speaks only TLS and asks for client certificates."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.config import StoreSettings
+from edge.modes import ModeEvent, ModeStore, StoreUnavailable, open_store
+from edge.policy import Mode
+from tests.support import RedisServer, free_port
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def issue(name: str, cwd: Path) -> None:
+    """``name``.key and ``name``.crt for 127.0.0.1, signed by the test CA."""
+    key = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    subject = ("-subj", "/CN=127.0.0.1")
+    openssl("req", *key, "-keyout", f"{name}.key", "-out", f"{name}.csr", *subject, cwd=cwd)
+    (cwd / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl(
+        *("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key"),
+        *("-CAcreateserial", "-days", "1", "-extfile", "san.ext", "-out", f"{name}.crt"),
+        cwd=cwd,
+    )
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cwd = tmp_path_factory.mktemp("tls")
+    key = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    ca = ("-keyout", "ca.key", "-out", "ca.crt", "-days", "1", "-subj", "/CN=edge test CA")
+    openssl("req", "-x509", *key, *ca, cwd=cwd)
+    issue("server", cwd)
+    issue("client", cwd)
+    return cwd
+
+
+@pytest.fixture(scope="module")
+def tls_redis(certs: Path) -> Iterator[RedisServer]:
+    port = free_port()
+    server = RedisServer(
+        port=port,
+        args=(
+            *("--port", "0", "--tls-port", str(port)),
+            *("--tls-cert-file", str(certs / "server.crt")),
+            *("--tls-key-file", str(certs / "server.key")),
+            *("--tls-ca-cert-file", str(certs / "ca.crt"), "--tls-auth-clients", "yes"),
+        ),
+    ).start()
+    yield server
+    server.stop()
+
+
+def settings(server: RedisServer, prefix: str, **tls: Any) -> StoreSettings:
+    return StoreSettings(url=f"rediss://127.0.0.1:{server.port}/0", prefix=prefix, **tls)
+
+
+@pytest.fixture
+async def store(tls_redis: RedisServer, certs: Path, prefix: str) -> AsyncIterator[ModeStore]:
+    store = open_store(
+        settings(
+            tls_redis,
+            prefix,
+            ssl_ca_certs=certs / "ca.crt",
+            ssl_certfile=certs / "client.crt",
+            ssl_keyfile=certs / "client.key",
+        )
+    )
+    yield store
+    await store.close()
+
+
+async def test_changes_and_events_travel_over_tls(store: ModeStore) -> None:
+    subscribed = asyncio.Event()
+
+    async def on_subscribed() -> None:
+        subscribed.set()
+
+    events = store.events(on_subscribed)
+    first = asyncio.ensure_future(anext(events))
+    await asyncio.wait_for(subscribed.wait(), 5)
+    await store.set_mode("acme-gym", Mode.SETUP, actor="ana")
+    assert await asyncio.wait_for(first, 5) == ModeEvent("acme-gym", Mode.SETUP)
+    await events.aclose()
+    assert await store.modes() == {"acme-gym": "setup"}
+    assert [change.mode for change in await store.history("acme-gym")] == [Mode.SETUP]
+
+
+@pytest.mark.parametrize("left_out", ["ssl_ca_certs", "ssl_certfile"])
+async def test_without_the_ca_or_a_client_certificate_nothing_connects(
+    tls_redis: RedisServer, certs: Path, prefix: str, left_out: str
+) -> None:
+    tls = {
+        "ssl_ca_certs": certs / "ca.crt",
+        "ssl_certfile": certs / "client.crt",
+        "ssl_keyfile": certs / "client.key",
+    }
+    del tls[left_out]
+    if left_out == "ssl_certfile":
+        del tls["ssl_keyfile"]
+    store = open_store(settings(tls_redis, prefix, **tls))
+    try:
+        with pytest.raises(StoreUnavailable):
+            await store.ping()
+    finally:
+        await store.close()
