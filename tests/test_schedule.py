@@ -22,17 +22,17 @@ from tests.support import RedisServer
 from tests.test_cli import CONFIG, edge
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+# Generous: other test runs share this machine, and a timed-out audit write would leave a
+# move for the lease (a minute) to sort out.
+STORE_TIMEOUT = 5.0
 
 
 @pytest.fixture(params=["memory", "redis"])
 async def store(
     request: pytest.FixtureRequest, redis_server: RedisServer, prefix: str
 ) -> AsyncIterator[ModeStore]:
-    store = open_store(
-        StoreSettings(
-            url="memory://" if request.param == "memory" else redis_server.url, prefix=prefix
-        )
-    )
+    url = "memory://" if request.param == "memory" else redis_server.url
+    store = open_store(StoreSettings(url=url, prefix=prefix, timeout=STORE_TIMEOUT))
     yield store
     await store.close()
 
@@ -177,7 +177,10 @@ async def test_a_move_refused_when_due_is_dropped_and_changes_nothing(store: Mod
 async def test_many_schedulers_on_one_redis_make_each_move_exactly_once(
     redis_server: RedisServer, prefix: str
 ) -> None:
-    stores = [RedisStore.from_url(redis_server.url, prefix=prefix) for _ in range(4)]
+    stores = [
+        RedisStore.from_url(redis_server.url, prefix=prefix, timeout=STORE_TIMEOUT)
+        for _ in range(4)
+    ]
     tenants = [f"gym-{n}" for n in range(40)]
     due = soon(0.5)
     for tenant in tenants:
@@ -203,7 +206,7 @@ async def test_many_schedulers_on_one_redis_make_each_move_exactly_once(
 async def test_a_claimant_that_died_is_replaced_and_never_moves_twice(
     redis_server: RedisServer, prefix: str
 ) -> None:
-    store = RedisStore.from_url(redis_server.url, prefix=prefix)
+    store = RedisStore.from_url(redis_server.url, prefix=prefix, timeout=STORE_TIMEOUT)
     try:
         before = await store.schedule_move("acme", "setup", soon(), actor="ana")
         after = await store.schedule_move("swim", "active", soon(), actor="bo")
@@ -232,7 +235,13 @@ async def test_a_claimant_that_died_is_replaced_and_never_moves_twice(
 @pytest.fixture
 def two_instances(redis_server: RedisServer, prefix: str) -> Iterator[list[str]]:
     """Two edges on one Redis, each with its own store and scheduler: their admin URLs."""
-    raw = settings_for("http://127.0.0.1:9", "http://127.0.0.1:9", redis_server.url, prefix)
+    raw = settings_for(
+        "http://127.0.0.1:9",
+        "http://127.0.0.1:9",
+        redis_server.url,
+        prefix,
+        store={"timeout": STORE_TIMEOUT},
+    )
     with ExitStack() as running:
         yield [running.enter_context(run_edge(raw))[2] for _ in range(2)]
 
