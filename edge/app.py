@@ -20,6 +20,7 @@ from edge.modes import ModeCache, ModeStore, open_store
 from edge.proxy import Forwarder
 from edge.router import Router
 from edge.schedule import Scheduler
+from edge.websocket import WebSocketRelay
 
 log = logging.getLogger("edge")
 
@@ -42,8 +43,14 @@ class EdgeApp:
         self.scheduler = Scheduler(self.store)
         self.access_log = logs.AccessLog() if logs.access_log_enabled(settings.server) else None
         self.metrics = Metrics(self.cache, self.access_log)
+        self.websockets = WebSocketRelay(settings.websocket, settings.upstream)
         self.router = Router(
-            settings, self.cache, self.forwarder, metrics=self.metrics, access_log=self.access_log
+            settings,
+            self.cache,
+            self.forwarder,
+            metrics=self.metrics,
+            access_log=self.access_log,
+            websockets=self.websockets,
         )
         self.admin = AdminApi(self.store, self.cache, settings.admin.token, self.metrics).app()
         self.admin = Dashboard(settings, self.store).around(self.admin)
@@ -65,6 +72,7 @@ class EdgeApp:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.forwarder.start()
+                    await self.websockets.start()
                     await self.cache.start()
                     if self.access_log is not None:
                         self.access_log.start()
@@ -77,7 +85,10 @@ class EdgeApp:
             elif message["type"] == "lifespan.shutdown":
                 await self.scheduler.stop()
                 await self.cache.stop()
+                # uvicorn sends this once requests in flight are done or the graceful
+                # timeout has passed, so no request loses its upstream connection here.
                 await self.forwarder.close()
+                await self.websockets.close()
                 await self.store.close()
                 if self.access_log is not None:
                     self.access_log.close()

@@ -120,12 +120,6 @@ class StoreSettings(_Section):
     # Seconds between writes of this process's traffic counts (deep links, watch) to the store.
     flush_interval: float = Field(5.0, gt=0, le=3600)
 
-    @field_validator("url")
-    @classmethod
-    def _scheme(cls, value: str) -> str:
-        scheme = urlsplit(value).scheme
-        if scheme not in STORE_SCHEMES:
-            raise ValueError(
     # TLS (rediss:// and rediss+sentinel:// or rediss+cluster://): the CA that signed the
     # servers' certificates, and a client certificate when the servers ask for one.
     ssl_ca_certs: FilePath | None = None
@@ -135,18 +129,18 @@ class StoreSettings(_Section):
     # Replicas that must confirm a change (Redis WAIT) before edge reports it done.
     wait_replicas: int = Field(0, ge=0, le=64)
 
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme
+        if scheme not in STORE_SCHEMES:
+            raise ValueError(
                 f"unsupported scheme {scheme!r}: use redis://, rediss://, unix://, "
                 "redis+sentinel://, redis+cluster:// (rediss+ for TLS) or memory://"
             )
+        redis_nodes(value)  # a Sentinel or Cluster URL must be well formed
         return value
 
-    @property
-    def embedded(self) -> bool:
-        return self.url.startswith("memory:")
-
-        redis_nodes(value)  # a Sentinel or Cluster URL must be well formed
-
-TenantRule = Literal["path", "subdomain", "header"]
     @model_validator(mode="after")
     def _tls_and_replicas(self) -> StoreSettings:
         tls_files = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
@@ -159,10 +153,10 @@ TenantRule = Literal["path", "subdomain", "header"]
             raise _keyed("store.wait_replicas", "needs a Redis store")
         return self
 
+    @property
+    def embedded(self) -> bool:
+        return self.url.startswith("memory:")
 
-
-class FrontSettings(_Section):
-    hosts: tuple[str, ...] = Field(min_length=1)
     @property
     def tls(self) -> bool:
         return urlsplit(self.url).scheme.startswith("rediss")
@@ -244,6 +238,12 @@ def _host_port(item: str, shape: str) -> tuple[str, int]:
         raise ValueError(f"{item!r} is not host:port; must look like {shape}")
     return host.strip("[]"), int(port)
 
+
+TenantRule = Literal["path", "subdomain", "header"]
+
+
+class FrontSettings(_Section):
+    hosts: tuple[str, ...] = Field(min_length=1)
     backend: HttpUrl
     public_url: PublicUrl
     tenant: TenantRule = "path"
@@ -323,6 +323,16 @@ class UpstreamSettings(_Section):
     # Idle pooled connections are dropped before the backend's own idle timeout (uvicorn: 5 s),
     # so a request never goes out on a connection the backend is closing.
     keepalive_timeout: float = Field(4.0, gt=0)
+    # read_timeout bounds the wait for the response headers and each read of a body with a
+    # Content-Length; a streamed body (no Content-Length: server-sent events, long polls) may
+    # stay idle this long between reads instead. 0: no limit.
+    stream_idle_timeout: float = Field(300.0, ge=0)
+
+
+class WebSocketSettings(_Section):
+    max_message_size: int = Field(1024 * 1024, ge=1024)  # bytes, each way; larger closes 1009
+    ping_interval: float = Field(20.0, gt=0)  # seconds; to the client and to the portal
+    max_connections: int = Field(4096, ge=1)  # per process, apart from the HTTP pool
 
 
 class AdminSettings(_Section):
@@ -353,6 +363,7 @@ class Settings(_Section):
     new: FrontSettings
     policy: PolicySettings = PolicySettings()
     upstream: UpstreamSettings = UpstreamSettings()
+    websocket: WebSocketSettings = WebSocketSettings()
     admin: AdminSettings = AdminSettings()
 
     @model_validator(mode="after")

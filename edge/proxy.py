@@ -29,7 +29,7 @@ _GONE = "client disconnected"
 _WATCH_AFTER = 0.5  # seconds before a request still waiting for its answer watches its client
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _URL_SAFE = "/!$&'()*+,;=:@-._~%?"
-_NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
 
 @dataclass(slots=True)
@@ -158,7 +158,7 @@ class _ProxyRequest(ClientRequest):
     dicts for every request to honour it: about 5% of the proxy's throughput.
     """
 
-    _NO_AUTO: ClassVar[CIMultiDict[None]] = CIMultiDict((name, None) for name in _NO_AUTO_HEADERS)
+    _NO_AUTO: ClassVar[CIMultiDict[None]] = CIMultiDict((name, None) for name in NO_AUTO_HEADERS)
 
     def update_auto_headers(self, skip_auto_headers: Iterable[str] | None) -> None:
         self._skip_auto_headers = self._NO_AUTO
@@ -189,7 +189,7 @@ class Forwarder:
             ),
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
-            skip_auto_headers=_NO_AUTO_HEADERS,
+            skip_auto_headers=NO_AUTO_HEADERS,
             request_class=_ProxyRequest,
             trust_env=False,
         )
@@ -226,7 +226,7 @@ class Forwarder:
         try:
             response = await session.request(
                 method,
-                URL(backend + _target(scope), encoded=True),
+                URL(backend + request_target(scope), encoded=True),
                 headers=headers,
                 data=exchange.body() if has_body else None,
                 allow_redirects=False,
@@ -234,6 +234,9 @@ class Forwarder:
             )
             try:
                 status = response.status
+                content = response.content
+                if not content.is_eof() and response.content_length is None:
+                    _read_as_stream(response, self._upstream.stream_idle_timeout)
                 await send(
                     {
                         "type": "http.response.start",
@@ -243,7 +246,6 @@ class Forwarder:
                         ),
                     }
                 )
-                content = response.content
                 chunk = await content.readany()
                 if not content.at_eof():
                     exchange.watch()
@@ -269,7 +271,7 @@ class Forwarder:
                 return Outcome(CLIENT_CLOSED, 0, loop.time() - started, _GONE)
             # ServerTimeoutError and ConnectionTimeoutError are TimeoutErrors too.
             status = 504 if isinstance(exc, TimeoutError) else 502
-            await _answer(send, status, view.request_id)
+            await send_upstream_failure(send, status, view.request_id)
             return Outcome(status, 0, loop.time() - started, _describe(exc))
         finally:
             exchange.finish()
@@ -282,7 +284,19 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _target(scope: Scope) -> str:
+def _read_as_stream(response: ClientResponse, idle_timeout: float) -> None:
+    """From the headers on, the body's reads may wait up to idle_timeout (0: for ever).
+
+    Until then aiohttp's sock_read (read_timeout) bounds every read; an event stream or a long
+    poll is idle between events by design.
+    """
+    connection = response.connection
+    if connection is not None and connection.protocol is not None:
+        connection.protocol.read_timeout = idle_timeout or None
+        connection.protocol.start_timeout()
+
+
+def request_target(scope: Scope) -> str:
     """The request's path and query exactly as the client sent them."""
     raw_path: bytes | None = scope.get("raw_path")
     path = _ascii(raw_path) if raw_path else quote_from_bytes(scope["path"].encode(), _URL_SAFE)
@@ -303,7 +317,8 @@ _MESSAGES = {
 }
 
 
-async def _answer(send: Send, status: int, request_id: str) -> None:
+async def send_upstream_failure(send: Send, status: int, request_id: str) -> None:
+    """edge's own 502 or 504, when the portal gave no answer to pass on."""
     request_id_header = [(b"x-request-id", request_id.encode("latin-1"))]
     await send_response(
         send, status, _MESSAGES[status], b"text/plain; charset=utf-8", request_id_header

@@ -18,6 +18,7 @@ from edge.proxy import Forwarder, UpstreamAborted
 from edge.responses import send_redirect, send_refusal, wants_json
 from edge.served import REDIRECT, Served
 from edge.tenants import Front, Resolver, is_safe_path
+from edge.websocket import WebSocketRelay, opening
 
 _OVERRIDES = frozenset(name.encode() for name in METHOD_OVERRIDE_HEADERS)
 _RETRY_AFTER = b"2"
@@ -35,11 +36,13 @@ class Router:
         *,
         metrics: Metrics | None = None,
         access_log: AccessLog | None = None,
+        websockets: WebSocketRelay,
     ) -> None:
         self.resolver = Resolver(settings)
         self.policy = Policy.from_settings(settings)
         self.cache = cache
         self.forwarder = forwarder
+        self.websockets = websockets
         self.clock = clock
         self.metrics = metrics or Metrics(cache)
         self.access_log = access_log
@@ -50,7 +53,10 @@ class Router:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            return
+            # A WebSocket handshake is routed as a GET; HTTP never comes this way.
+            if scope["type"] != "websocket" or not (opened := await opening(scope, receive, send)):
+                return
+            scope, send = opened
         started = perf_counter()
         view = self.forwarder.client_view(scope)
         served = Served(view.request_id, scope["method"], scope["path"], view.client_ip)
@@ -154,8 +160,9 @@ class Router:
                 (b"x-edge-tenant", tenant.encode()),
                 (b"x-edge-mode", mode_label.encode()),
             ]
+            act = self.forwarder.forward if scope["type"] == "http" else self.websockets.relay
             try:
-                outcome = await self.forwarder.forward(
+                outcome = await act(
                     scope, receive, send, self.backends[decision.front], edge_headers, view
                 )
             except UpstreamAborted as exc:

@@ -14,6 +14,7 @@ from edge import logs
 from edge.asgi import ASGIApp
 from edge.config import Settings
 from edge.modes import ModeStore
+from edge.websocket import WebSocketProtocol
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,12 @@ def uvicorn_config(settings: Settings, app: ASGIApp | str) -> uvicorn.Config:
         workers=settings.server.workers,
         loop="uvloop",
         http="httptools",
-        ws="none",
+        # uvicorn's websockets-sansio (on the websockets library): its default, maintained,
+        # and it can answer a refused handshake with a whole HTTP response.
+        ws=WebSocketProtocol,
+        ws_max_size=settings.websocket.max_message_size,
+        ws_ping_interval=settings.websocket.ping_interval,
+        ws_ping_timeout=settings.websocket.ping_interval,
         lifespan="on",
         # edge forwards the backend's own Date and Server headers and sets Date on its own
         # answers; client forwarding headers are judged by edge, never rewritten by uvicorn.
