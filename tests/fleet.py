@@ -25,11 +25,11 @@ CLI_CONFIG = """
 {store}
 [legacy]
 hosts = ["parents.example.com"]
-backend = "http://127.0.0.1:9"
+backend = "{backend}"
 public_url = "https://parents.example.com"
 [new]
 hosts = ["portal.example.com"]
-backend = "http://127.0.0.1:9"
+backend = "{backend}"
 public_url = "https://portal.example.com"
 """
 
@@ -50,12 +50,15 @@ def answer(instance: Stack, tenant: str) -> int:
         return client.get(f"/{tenant}/", headers={"Host": LEGACY_HOST}).status_code
 
 
-def write_cli_config(path: Path, store: dict[str, Any]) -> Path:
+def write_cli_config(path: Path, store: dict[str, Any], instance: Stack) -> Path:
+    """A config file for the CLI: the store's settings, and the instance's new backend (a
+    move to active first checks, through the CLI, that recorded pages answer there)."""
     lines = [
         f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value}"
         for key, value in store.items()
     ]
-    path.write_text(CLI_CONFIG.format(store="\n".join(lines)))
+    backend = instance.edge.settings.new.backend
+    path.write_text(CLI_CONFIG.format(store="\n".join(lines), backend=backend))
     return path
 
 

@@ -62,16 +62,15 @@ def test_a_cluster_routes_lists_and_propagates_like_one_server(
     set_modes(store, MODES)
     for server in cluster.servers:  # the tenants really are spread over the masters
         assert any(holds(server, f"{prefix}mode:{tenant}") for tenant in MODES)
-    config = str(write_cli_config(tmp_path / "edge.toml", store))
-
-    listed = edge("tenant", "list", "--config", config)
-    assert listed.returncode == 0, listed.stderr
-    assert listed.stdout.split() == [word for t in sorted(MODES) for word in (t, MODES[t])]
-    history = edge("tenant", "history", "gym-01", "--config", config)
-    assert "legacy → active  by test-seed" in history.stdout
     assert asyncio.run(all_pages(store)) == {t: mode.value for t, mode in MODES.items()}
 
     with fleet(2, store) as instances:
+        config = str(write_cli_config(tmp_path / "edge.toml", store, instances[0]))
+        listed = edge("tenant", "list", "--config", config)
+        assert listed.returncode == 0, listed.stderr
+        assert listed.stdout.split() == [word for t in sorted(MODES) for word in (t, MODES[t])]
+        history = edge("tenant", "history", "gym-01", "--config", config)
+        assert "legacy → active  by test-seed" in history.stdout
         for instance in instances:
             assert {t: answer(instance, t) for t in MODES} == {
                 t: ANSWER[mode] for t, mode in MODES.items()
@@ -96,9 +95,9 @@ def test_a_failed_node_costs_no_request_and_events_move_to_a_live_one(
     try:
         store = {"url": cluster.url, "prefix": prefix}
         set_modes(store, MODES)
-        config = str(write_cli_config(tmp_path / "edge.toml", store))
         channel = f"{prefix}events"
         with fleet(2, store) as instances:
+            config = str(write_cli_config(tmp_path / "edge.toml", store, instances[0]))
             expected = {t: ANSWER[mode] for t, mode in MODES.items()}
             for instance in instances:
                 assert {t: answer(instance, t) for t in MODES} == expected

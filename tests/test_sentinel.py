@@ -69,8 +69,8 @@ def test_a_master_failover_costs_no_request_and_loses_no_confirmed_change(
         # Changes count as done once one replica has confirmed them (Redis WAIT).
         store = {"url": servers.url, "prefix": prefix, "wait_replicas": 1}
         set_modes(store, MODES)
-        config = str(write_cli_config(tmp_path / "edge.toml", store))
         with fleet(2, store) as instances:
+            config = str(write_cli_config(tmp_path / "edge.toml", store, instances[0]))
             expected = {t: ANSWER[mode] for t, mode in MODES.items()}
             for instance in instances:
                 assert {t: answer(instance, t) for t in MODES} == expected

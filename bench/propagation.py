@@ -1,0 +1,204 @@
+"""How fast a mode change reaches every edge instance.
+
+    .venv/bin/python -m bench.propagation [--instances 4] [--changes 100] [--raw-edits 10]
+
+Starts a redis-server and N `edge serve` processes on loopback ports, then flips one tenant
+between legacy and setup with `edge tenant set` (back with --force), while every instance is
+asked concurrently, over and over, which mode it serves: a POST to the new front is refused in
+both modes, with X-Edge-Mode naming the mode (no backend is involved). Printed, over the changes:
+
+- swap → all: from the compare-and-set in Redis (the audit entry's time, Redis's clock, the
+  same host clock) until the last instance answered with the new mode;
+- CLI → all: from starting `edge tenant set` until then (this includes the CLI's start-up);
+- raw edits: from starting `redis-cli SET` until the last instance serves it, which the
+  instances' resync picks up within [store].resync_interval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from datetime import datetime
+from pathlib import Path
+
+import aiohttp
+
+from tests.support import RedisServer, free_port, wait_for_port
+
+NEW_HOST = "portal.bench"
+PREFIX = "bench:"
+# Between two questions to one instance: the resolution of the measure, and what keeps the
+# watchers from taking the CPU the instances need (2 cores here, shared with everything).
+POLL_PAUSE = 0.001
+CONFIG = """
+[server]
+host = "127.0.0.1"
+port = {port}
+access_log = false
+log_level = "warning"
+[store]
+url = "{url}"
+prefix = "{prefix}"
+resync_interval = {resync}
+[legacy]
+hosts = ["parents.bench"]
+backend = "http://127.0.0.1:9"
+public_url = "https://parents.bench"
+[new]
+hosts = ["{new_host}"]
+backend = "http://127.0.0.1:9"
+public_url = "https://{new_host}"
+[admin]
+host = "127.0.0.1"
+port = {admin_port}
+"""
+
+
+class Instance:
+    """One `edge serve` process."""
+
+    def __init__(self, workdir: Path, redis_url: str, resync: float) -> None:
+        self.port = free_port()
+        self.config = workdir / f"edge-{self.port}.toml"
+        self.config.write_text(
+            CONFIG.format(
+                port=self.port,
+                admin_port=free_port(),
+                url=redis_url,
+                prefix=PREFIX,
+                resync=resync,
+                new_host=NEW_HOST,
+            )
+        )
+        self.log = workdir / f"edge-{self.port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "edge", "serve", "--config", str(self.config)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(30)
+
+
+class Watch:
+    """Asks every instance concurrently which mode it serves, until each serves ``target``."""
+
+    def __init__(self, session: aiohttp.ClientSession, instances: list[Instance]) -> None:
+        self.session = session
+        self.instances = instances
+
+    async def mode(self, instance: Instance, tenant: str) -> str | None:
+        url = f"http://127.0.0.1:{instance.port}/{tenant}/"
+        async with self.session.post(url, headers={"Host": NEW_HOST}) as response:
+            await response.read()
+            return response.headers.get("x-edge-mode")
+
+    async def until_all(self, tenant: str, target: str, within: float = 10.0) -> float:
+        """The time.time() at which the last instance first answered with ``target``."""
+
+        async def one(instance: Instance) -> float:
+            while True:
+                if await self.mode(instance, tenant) == target:
+                    return time.time()
+                await asyncio.sleep(POLL_PAUSE)
+
+        async with asyncio.timeout(within):
+            return max(await asyncio.gather(*(one(i) for i in self.instances)))
+
+
+async def cli_change(config: Path, tenant: str, mode: str) -> None:
+    force = ["--force"] if mode == "legacy" else []
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "edge", "tenant", "set", tenant, mode, *force),
+        *("--actor", "bench", "--config", str(config)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    _, stderr = await process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"edge tenant set failed: {stderr.decode()}")
+
+
+def swap_time(redis: RedisServer, tenant: str) -> float:
+    entry = json.loads(redis.cli("LINDEX", f"{PREFIX}history:{tenant}", "0"))
+    return datetime.fromisoformat(entry["at"]).timestamp()
+
+
+async def measure(args: argparse.Namespace, redis: RedisServer, instances: list[Instance]) -> None:
+    config = instances[0].config
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        watch = Watch(session, instances)
+        await watch.until_all("bench-gym", "legacy", within=60)  # all up, tenant cached
+        from_swap, from_cli = [], []
+        for n in range(args.changes):
+            target = "setup" if n % 2 == 0 else "legacy"
+            started = time.time()
+            seen, _ = await asyncio.gather(
+                watch.until_all("bench-gym", target), cli_change(config, "bench-gym", target)
+            )
+            from_swap.append(seen - swap_time(redis, "bench-gym"))
+            from_cli.append(seen - started)
+
+        await watch.until_all("bench-raw", "legacy")
+        raw = []
+        for n in range(args.raw_edits):
+            target = "setup" if n % 2 == 0 else "legacy"
+            started = time.time()
+            redis.cli("SET", f"{PREFIX}mode:bench-raw", target)
+            raw.append(await watch.until_all("bench-raw", target) - started)
+
+    print(f"{len(instances)} edge instances, one redis-server, loopback; {args.changes} changes")
+    print(f"  `edge tenant set`, swap → all:  {summary(from_swap)}   (target p99 < 50 ms)")
+    print(f"  `edge tenant set`, CLI → all:   {summary(from_cli)}   (includes the CLI start-up)")
+    print(
+        f"  raw `redis-cli SET` ({args.raw_edits}), edit → all: {summary(raw)}   "
+        f"(bound: resync_interval {args.resync:g} s)"
+    )
+
+
+def summary(seconds: list[float]) -> str:
+    ms = sorted(1000 * s for s in seconds)
+    cuts = statistics.quantiles(ms, n=100, method="inclusive")
+    return f"p50 {cuts[49]:7.1f} ms  p99 {cuts[98]:7.1f} ms  max {ms[-1]:7.1f} ms"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.propagation", description=__doc__)
+    parser.add_argument("--instances", type=int, default=4)
+    parser.add_argument("--changes", type=int, default=100)
+    parser.add_argument("--raw-edits", type=int, default=10)
+    parser.add_argument("--resync", type=float, default=2.0, help="[store].resync_interval")
+    args = parser.parse_args()
+    if args.changes < 2 or args.raw_edits < 2:
+        parser.error("--changes and --raw-edits need at least 2 (for percentiles)")
+    workdir = Path(tempfile.mkdtemp(prefix="edge-propagation-"))
+    with ExitStack() as running:
+        redis = RedisServer().start()
+        running.callback(redis.stop)
+        instances = [Instance(workdir, redis.url, args.resync) for _ in range(args.instances)]
+        for instance in instances:
+            instance.start()
+            running.callback(instance.stop)
+        for instance in instances:
+            wait_for_port(instance.port, timeout=60)
+        asyncio.run(measure(args, redis, instances))
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
