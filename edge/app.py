@@ -18,8 +18,11 @@ from edge.config import Settings
 from edge.metrics import Metrics
 from edge.modes import ModeCache, ModeStore, open_store
 from edge.proxy import Forwarder
+from edge.readiness import ReadinessCheck
 from edge.router import Router
 from edge.schedule import Scheduler
+from edge.traffic import Traffic
+from edge.watch import WatchMonitor
 from edge.websocket import WebSocketRelay
 
 log = logging.getLogger("edge")
@@ -44,15 +47,29 @@ class EdgeApp:
         self.access_log = logs.AccessLog() if logs.access_log_enabled(settings.server) else None
         self.metrics = Metrics(self.cache, self.access_log)
         self.websockets = WebSocketRelay(settings.websocket, settings.upstream)
+        # Safe activation: every unforced move to active is checked for readiness first.
+        self.readiness = ReadinessCheck(settings, self.store)
+        self.store.activation_guard = self.readiness.guard
+        self.traffic = Traffic(self.store, settings)
+        self.watch = WatchMonitor(self.store, self.traffic, settings)
+        self.metrics.registry.register(self.watch)
         self.router = Router(
             settings,
             self.cache,
             self.forwarder,
             metrics=self.metrics,
             access_log=self.access_log,
+            traffic=self.traffic,
             websockets=self.websockets,
         )
-        self.admin = AdminApi(self.store, self.cache, settings.admin.token, self.metrics).app()
+        self.admin = AdminApi(
+            self.store,
+            self.cache,
+            settings.admin.token,
+            self.metrics,
+            readiness=self.readiness,
+            watch=self.watch,
+        ).app()
         self.admin = Dashboard(settings, self.store).around(self.admin)
         self.by_port: dict[int, ASGIApp] = {**(side_apps or {})}
         self.by_port[settings.admin.port] = self.admin
@@ -74,6 +91,8 @@ class EdgeApp:
                     await self.forwarder.start()
                     await self.websockets.start()
                     await self.cache.start()
+                    await self.traffic.start()
+                    await self.watch.start()
                     if self.access_log is not None:
                         self.access_log.start()
                     await self.scheduler.start()
@@ -85,6 +104,8 @@ class EdgeApp:
             elif message["type"] == "lifespan.shutdown":
                 await self.scheduler.stop()
                 await self.cache.stop()
+                await self.watch.stop()
+                await self.traffic.stop()  # writes the last counts
                 # uvicorn sends this once requests in flight are done or the graceful
                 # timeout has passed, so no request loses its upstream connection here.
                 await self.forwarder.close()

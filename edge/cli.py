@@ -9,15 +9,21 @@ import os
 import socket
 import sys
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from edge import config
 from edge.config import Settings
-from edge.modes import Change, ChangeRefused, StoreUnavailable, open_store
+from edge.modes import Change, ChangeRefused, ModeStore, StoreUnavailable, open_store
 from edge.modes.base import MoveResult, Schedule
 from edge.policy import Mode
+from edge.preview import PreviewGate
+from edge.readiness import ReadinessCheck
+from edge.watch import watch_report
+
+if TYPE_CHECKING:
+    from edge.admin.client import AdminClient
 
 EXIT_REFUSED = 1
 EXIT_CONFIG = 2
@@ -94,7 +100,11 @@ def parser() -> argparse.ArgumentParser:
     move = command("set", "move a tenant to a mode (forward only unless --force)", tenant)
     move.add_argument("tenant")
     move.add_argument("mode", help="legacy, setup or active")
-    move.add_argument("--force", action="store_true", help="allow a move backwards (a rollback)")
+    move.add_argument(
+        "--force",
+        action="store_true",
+        help="allow a move backwards (a rollback), or an activation the readiness check refuses",
+    )
     move.add_argument("--actor", default=default_actor(), help="who is making the change")
     move.set_defaults(run=cmd_tenant_set)
     listing = command("list", "list the tenants that have a mode set", tenant)
@@ -103,6 +113,22 @@ def parser() -> argparse.ArgumentParser:
     history = command("history", "show a tenant's audited changes, newest first", tenant)
     history.add_argument("tenant")
     history.set_defaults(run=cmd_tenant_history)
+    preview = command("preview-link", "print a link to a setup tenant's private preview", tenant)
+    preview.add_argument("tenant")
+    preview.add_argument(
+        "--ttl",
+        type=_duration,
+        help="how long the link works: seconds, or 90m, 12h, 7d (default [policy].preview_ttl)",
+    )
+    preview.set_defaults(run=cmd_tenant_preview_link)
+    readiness = command(
+        "readiness", "check that the tenant's deep links resolve on the new portal", tenant
+    )
+    readiness.add_argument("tenant")
+    readiness.set_defaults(run=cmd_tenant_readiness)
+    watch = command("watch", "the 5xx and 404 shares since activation, against the preview", tenant)
+    watch.add_argument("tenant")
+    watch.set_defaults(run=cmd_tenant_watch)
     schedule = command("schedule", "schedule a move for a later instant", tenant)
     schedule.add_argument("tenant")
     schedule.add_argument("mode", help="legacy, setup or active")
@@ -183,7 +209,9 @@ def tenant_ops(settings: Settings) -> TenantOps:
 
         admin = settings.admin
         return AdminClient(f"http://{admin.host}:{admin.port}", admin.token)
-    return open_store(settings.store)
+    store = open_store(settings.store)
+    store.activation_guard = ReadinessCheck(settings, store).guard
+    return store
 
 
 def run_tenant_command(settings: Settings, action: TenantAction) -> int:
@@ -238,6 +266,8 @@ def cmd_tenant_set(args: argparse.Namespace, settings: Settings) -> int:
             )
         else:
             print(f"{args.tenant}: already {mode}, nothing changed")
+        if change.note:
+            print(f"  readiness: {change.note}")
         return 0
 
     return run_tenant_command(settings, action)
@@ -372,6 +402,71 @@ def _mode_or_refuse(text: str) -> Mode | None:
             f"edge: refused: {text!r} is not a mode: use legacy, setup or active", file=sys.stderr
         )
     return mode
+
+
+def cmd_tenant_preview_link(args: argparse.Namespace, settings: Settings) -> int:
+    if (problem := _bad_tenant(args.tenant)) is not None:
+        return problem
+    if not settings.policy.private_preview:
+        print(
+            "edge: refused: [policy].private_preview is off: "
+            "a setup tenant's preview is public, no link is needed",
+            file=sys.stderr,
+        )
+        return EXIT_REFUSED
+    link = PreviewGate(settings).link(args.tenant, datetime.now(UTC), args.ttl)
+    print(link.url)
+    print(
+        f"valid until {link.expires.isoformat()}, for {args.tenant} while it is in setup",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_tenant_readiness(args: argparse.Namespace, settings: Settings) -> int:
+    if (problem := _bad_tenant(args.tenant)) is not None:
+        return problem
+
+    async def action(ops: TenantOps) -> int:
+        if isinstance(ops, ModeStore):
+            report = (await ReadinessCheck(settings, ops).report(args.tenant)).to_json()
+        else:
+            report = await cast("AdminClient", ops).readiness(args.tenant)
+        verdict = "ready" if report["ready"] else "NOT ready"
+        print(f"{report['headline']}: {verdict} (activation needs {report['threshold']:.0%})")
+        for check in report["worst"]:
+            outcome = check["status"] or f"no answer ({check['error']})"
+            where = f"{check['path']} → {check['target']}"
+            print(f"  {check['requests']:>8} requests  {outcome}  {where}")
+        return 0 if report["ready"] else EXIT_REFUSED
+
+    return run_tenant_command(settings, action)
+
+
+def cmd_tenant_watch(args: argparse.Namespace, settings: Settings) -> int:
+    if (problem := _bad_tenant(args.tenant)) is not None:
+        return problem
+
+    async def action(ops: TenantOps) -> int:
+        watch: dict[str, Any]
+        if isinstance(ops, ModeStore):
+            watch = (await watch_report(ops, args.tenant, settings)).to_json()
+        else:
+            watch = await cast("AdminClient", ops).watch(args.tenant)
+        print("\n".join(watch["summary"]))
+        return EXIT_REFUSED if watch["alerts"] else 0
+
+    return run_tenant_command(settings, action)
+
+
+def _duration(text: str) -> float:
+    try:
+        seconds = config.duration_seconds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return seconds
 
 
 def _bad_tenant(tenant: str) -> int | None:

@@ -75,14 +75,16 @@ _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+def duration_seconds(text: str) -> float:
+    """A duration written as seconds or with a unit: "90", "90s", "15m", "24h", "7d"."""
+    match = _DURATION_RE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration: use seconds or e.g. 90s, 15m, 24h, 7d")
+    return float(match[1]) * _DURATION_UNITS[match[2]]
+
+
 def _seconds(value: Any) -> Any:
-    """A duration as seconds: a number, or a string such as "90s", "15m", "24h", "7d"."""
-    if isinstance(value, str):
-        match = _DURATION_RE.fullmatch(value.strip())
-        if match is None:
-            raise ValueError(f"{value!r} is not a duration: use seconds or e.g. 90s, 15m, 24h, 7d")
-        return float(match[1]) * _DURATION_UNITS[match[2]]
-    return value
+    return duration_seconds(value) if isinstance(value, str) else value
 
 
 HttpUrl = Annotated[str, AfterValidator(_http_url)]

@@ -168,11 +168,11 @@ def decide(
     now: datetime,
     policy: Policy,
     *,
-    preview_holder: bool = False,
+    previewer: bool = False,
 ) -> Decision:
     """The routing matrix of SPEC.md. ``mode`` None means the stored value was not a mode.
 
-    ``preview_holder``: the request carries a valid preview cookie for this tenant; with
+    ``previewer``: the request carries a valid preview cookie for this tenant; with
     ``private_preview`` only such requests see a setup tenant's preview.
     """
     if mode is None:
@@ -186,7 +186,7 @@ def decide(
     if mode is Mode.ACTIVE:
         return FORWARD_NEW
     if method in SAFE_METHODS:
-        if mode is Mode.SETUP and (preview_holder or not policy.private_preview):
+        if mode is Mode.SETUP and (previewer or not policy.private_preview):
             return FORWARD_NEW
         return Redirect(policy.legacy_home_location(tenant), 302)
     if mode is Mode.LEGACY:

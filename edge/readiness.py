@@ -87,20 +87,23 @@ class ReadinessReport:
         """The failing paths that most customers request."""
         return [check for check in self.checks if not check.resolves][:limit]
 
-    def summary(self) -> str:
+    def headline(self) -> str:
         if self.coverage is None:
             return f"{self.tenant}: no recorded legacy traffic, coverage unknown"
-        text = (
+        return (
             f"{self.tenant}: {self.coverage:.1%} of {self.requests} recorded requests "
             f"({len(self.checks)} paths) resolve on the new portal"
         )
+
+    def summary(self) -> str:
+        """The headline and the three worst paths, for messages and the audit note."""
         worst = self.worst(3)
-        if worst:
-            text += "; worst: " + ", ".join(
-                f"{check.path} → {check.target} ({check.requests} requests, {check.outcome})"
-                for check in worst
-            )
-        return text
+        if not worst:
+            return self.headline()
+        return f"{self.headline()}; worst: " + ", ".join(
+            f"{check.path} → {check.target} ({check.requests} requests, {check.outcome})"
+            for check in worst
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -112,7 +115,7 @@ class ReadinessReport:
             "coverage": self.coverage,
             "threshold": self.threshold,
             "ready": self.ready,
-            "summary": self.summary(),
+            "headline": self.headline(),
             "worst": [check.to_json() for check in self.worst()],
         }
 

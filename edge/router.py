@@ -12,12 +12,23 @@ from edge.headers import ClientView
 from edge.logs import AccessLog
 from edge.metrics import Metrics
 from edge.modes import MISSING, ModeCache, StoreUnavailable
-from edge.policy import METHOD_OVERRIDE_HEADERS, Forward, Mode, Policy, Redirect, decide
+from edge.policy import (
+    METHOD_OVERRIDE_HEADERS,
+    SAFE_METHODS,
+    Decision,
+    Forward,
+    Mode,
+    Policy,
+    Redirect,
+    decide,
+)
 from edge.policy import effective_method as judged_method
+from edge.preview import Grant, PreviewGate
 from edge.proxy import Forwarder, UpstreamAborted
 from edge.responses import send_redirect, send_refusal, wants_json
 from edge.served import REDIRECT, Served
 from edge.tenants import Front, Resolver, is_safe_path
+from edge.traffic import Traffic
 from edge.websocket import WebSocketRelay, opening
 
 _OVERRIDES = frozenset(name.encode() for name in METHOD_OVERRIDE_HEADERS)
@@ -36,6 +47,7 @@ class Router:
         *,
         metrics: Metrics | None = None,
         access_log: AccessLog | None = None,
+        traffic: Traffic | None = None,
         websockets: WebSocketRelay,
     ) -> None:
         self.resolver = Resolver(settings)
@@ -46,6 +58,9 @@ class Router:
         self.clock = clock
         self.metrics = metrics or Metrics(cache)
         self.access_log = access_log
+        # Counts for safe activation; unflushed (and so bounded, then dropped) unless started.
+        self.traffic = traffic or Traffic(cache.store, settings)
+        self.preview = PreviewGate(settings) if settings.policy.private_preview else None
         self.backends = {Front.LEGACY: settings.legacy.backend, Front.NEW: settings.new.backend}
         self.tenant_headers = frozenset(
             rule.header.encode() for rule in self.resolver.fronts if rule.rule == "header"
@@ -153,7 +168,25 @@ class Router:
         served.mode = mode_label
         method = judged_method(scope["method"], overrides) if overrides else scope["method"]
         query = scope["query_string"].decode("latin-1")
-        decision = decide(front.front, tenant, mode, method, path, query, self.clock(), self.policy)
+        now = self.clock()
+        grant: Grant | None = None
+        holder = False
+        if (
+            self.preview is not None
+            and mode is Mode.SETUP
+            and front.front is Front.NEW
+            and method in SAFE_METHODS
+        ):
+            grant = self.preview.grant(tenant, path, scope["query_string"], now)
+            holder = grant is None and self.preview.holds(tenant, scope["headers"], now)
+        decision: Decision = (
+            # A preview link: its cookie is set on the way to the same page without the link.
+            Redirect(grant.location, 302)
+            if grant is not None
+            else decide(
+                front.front, tenant, mode, method, path, query, now, self.policy, previewer=holder
+            )
+        )
 
         if isinstance(decision, Forward):
             edge_headers = [
@@ -169,6 +202,11 @@ class Router:
                 served.forwarded(exc.outcome, aborted=True)
                 raise
             served.forwarded(outcome)
+            if decision.front is Front.NEW:
+                if mode is Mode.SETUP or tenant in self.traffic.watched:
+                    self.traffic.response(tenant, mode_label, outcome.status)
+            elif method == "GET" and 200 <= outcome.status < 300 and scope["type"] == "http":
+                self.traffic.deep_link(tenant, path)
         elif isinstance(decision, Redirect):
             served.decision, served.status = REDIRECT, decision.status
             served.bytes = await send_redirect(
@@ -176,7 +214,11 @@ class Router:
                 decision.location,
                 decision.status,
                 permanent=decision.permanent,
-                headers=[*own_headers, (b"x-edge-mode", mode_label.encode())],
+                headers=[
+                    *own_headers,
+                    (b"x-edge-mode", mode_label.encode()),
+                    *([(b"set-cookie", grant.set_cookie)] if grant else []),
+                ],
                 head_only=head_only,
             )
         else:

@@ -103,6 +103,7 @@ class WatchReport:
             },
             "threshold": self.threshold,
             "alerts": list(self.alerts),
+            "summary": self.summary(),
         }
 
 
@@ -143,11 +144,14 @@ class WatchMonitor(Collector):
         self.alerting: dict[str, tuple[str, ...]] = {}  # tenant → kinds that rose
         self._task: asyncio.Task[None] | None = None
 
+    async def report(self, tenant: str) -> WatchReport:
+        return await watch_report(self.store, tenant, self.settings, self.clock())
+
     async def check(self) -> None:
         alerting: dict[str, tuple[str, ...]] = {}
         for tenant in sorted(self.traffic.watched):
             try:
-                report = await watch_report(self.store, tenant, self.settings, self.clock())
+                report = await self.report(tenant)
             except StoreUnavailable:
                 alerting = {**self.alerting, **alerting}  # keep what was known
                 break

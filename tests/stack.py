@@ -79,7 +79,12 @@ def settings_for(
 ) -> dict[str, Any]:
     raw: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": 0},
-        "store": {"url": store_url, "prefix": prefix, "resync_interval": 0.2},
+        "store": {
+            "url": store_url,
+            "prefix": prefix,
+            "resync_interval": 0.2,
+            "flush_interval": 0.2,
+        },
         "legacy": {
             "hosts": [LEGACY_HOST],
             "backend": legacy_url,

@@ -15,11 +15,15 @@ import pytest
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
+from edge import config
 from edge.admin.api import AdminApi
 from edge.admin.openapi import OPENAPI
 from edge.metrics import Metrics
 from edge.modes import MemoryStore, ModeCache
-from tests.stack import ADMIN_TOKEN, Stack, stack
+from edge.readiness import ReadinessCheck
+from edge.traffic import Traffic
+from edge.watch import WatchMonitor
+from tests.stack import ADMIN_TOKEN, Stack, settings_for, stack
 from tests.support import RedisServer
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -87,7 +91,16 @@ def test_the_openapi_document_is_valid_and_names_every_route() -> None:
     validate(OPENAPI)
     store = MemoryStore()
     cache = ModeCache(store)
-    api = AdminApi(store, cache, ADMIN_TOKEN, Metrics(cache))
+    settings = config.from_mapping(settings_for("http://l", "http://n", "memory://", "edge:"))
+    watch = WatchMonitor(store, Traffic(store, settings), settings)
+    api = AdminApi(
+        store,
+        cache,
+        ADMIN_TOKEN,
+        Metrics(cache),
+        readiness=ReadinessCheck(settings, store),
+        watch=watch,
+    )
     served = {
         (route.path, method.lower())
         for route in api.routes()

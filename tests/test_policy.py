@@ -206,13 +206,13 @@ PRIVATE_PREVIEW = [
 def test_a_private_preview_is_served_only_to_preview_holders(
     front: Front, mode: Mode, method: str, path: str, holder: bool, expected: object
 ) -> None:
-    decision = decide(front, "acme", mode, method, path, "", BEFORE, PRIVATE, preview_holder=holder)
+    decision = decide(front, "acme", mode, method, path, "", BEFORE, PRIVATE, previewer=holder)
     assert _same(decision, expected), decision
 
 
 @pytest.mark.parametrize("holder", [True, False])
 def test_without_private_preview_the_preview_is_public(holder: bool) -> None:
-    decision = decide(N, "acme", SETUP, "GET", "/acme/", "", BEFORE, POLICY, preview_holder=holder)
+    decision = decide(N, "acme", SETUP, "GET", "/acme/", "", BEFORE, POLICY, previewer=holder)
     assert decision == Forward(N)
 
 

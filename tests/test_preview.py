@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -10,6 +12,10 @@ import pytest
 
 from edge import config
 from edge.preview import COOKIE_PREFIX, PreviewGate
+from tests.stack import LEGACY_HOST, NEW_HOST, Stack, stack
+from tests.support import RedisServer, unique_prefix
+from tests.test_cli import CONFIG as CLI_CONFIG
+from tests.test_cli import edge as run_edge
 
 NOW = datetime(2027, 1, 1, 12, 0, tzinfo=UTC)
 SECRET = "preview-secret-0123456789"
@@ -184,3 +190,155 @@ def test_a_private_preview_config_without_what_it_needs_is_refused(
 )
 def test_preview_lifetimes_are_read_with_units(ttl: str | int, seconds: float) -> None:
     assert settings(policy={"preview_ttl": ttl}).policy.preview_ttl == seconds
+
+
+# End to end: real uvicorn, real Redis, recording backends.
+
+NEW = {"Host": NEW_HOST}
+
+
+@pytest.fixture(scope="module")
+def private(redis_server: RedisServer) -> Iterator[Stack]:
+    prefix = unique_prefix()
+    redis_server.cli("SET", f"{prefix}mode:acme", "setup")
+    redis_server.cli("SET", f"{prefix}mode:other", "setup")
+    redis_server.cli("SET", f"{prefix}mode:dance", "active")
+    with stack(redis_server.url, prefix, policy={"private_preview": True}) as running:
+        yield running
+
+
+def cookie(tenant: str, token: str) -> dict[str, str]:
+    return {**NEW, "Cookie": f"theme=dark; {COOKIE_PREFIX}{tenant}={token}"}
+
+
+def preview_token(edge: Stack, tenant: str, expires: datetime | None = None) -> str:
+    gate = PreviewGate(edge.edge.settings)
+    return gate.token(tenant, expires or datetime.now(UTC) + timedelta(hours=1))
+
+
+def test_without_a_preview_cookie_a_private_preview_sends_customers_to_the_legacy_portal(
+    private: Stack,
+) -> None:
+    seen = private.reached_backend()
+    with private.client() as client:
+        response = client.get("/acme/classes", headers=NEW)
+        head = client.head("/acme/", headers=NEW)
+    assert response.status_code == 302
+    assert response.headers["location"] == f"https://{LEGACY_HOST}/acme/"
+    assert response.headers["cache-control"] == "no-store"
+    assert head.status_code == 302
+    assert private.reached_backend() == seen
+
+
+def test_a_preview_link_sets_the_cookie_and_the_preview_is_served_to_its_holder(
+    private: Stack,
+) -> None:
+    link = PreviewGate(private.edge.settings).link("acme", datetime.now(UTC), ttl=3600)
+    url = urlsplit(link.url)
+    assert url.netloc == NEW_HOST
+    with private.client() as client:
+        opened = client.get(f"{url.path}?{url.query}&week=3", headers=NEW)
+        assert opened.status_code == 302
+        assert opened.headers["location"] == f"https://{NEW_HOST}/acme/?week=3"
+        set_cookie = opened.headers["set-cookie"]
+        name_value, *attributes = set_cookie.split("; ")
+        assert name_value == f"{COOKIE_PREFIX}acme={token_of(link.url)}"
+        assert {"HttpOnly", "Secure", "SameSite=Lax", "Path=/acme"} <= set(attributes)
+
+        served = client.get("/acme/classes?week=3", headers=cookie("acme", token_of(link.url)))
+    assert served.status_code == 200
+    assert served.json() == {"backend": "new", "path": "/acme/classes"}
+    seen = private.new.seen[-1]
+    assert seen.header("x-edge-mode") == "setup"
+    assert seen.query == "week=3"
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        lambda edge: "acme.99999999999.forged",
+        lambda edge: preview_token(edge, "acme", datetime.now(UTC) - timedelta(seconds=5)),
+        lambda edge: preview_token(edge, "other"),
+        lambda edge: PreviewGate(
+            config.from_mapping(
+                {
+                    **edge.edge.settings.model_dump(by_alias=True),
+                    "admin": {"preview_secret": "someone-elses-secret-0123"},
+                }
+            )
+        ).token("acme", datetime.now(UTC) + timedelta(hours=1)),
+    ],
+    ids=["forged", "expired", "other-tenant", "other-secret"],
+)
+def test_a_forged_expired_or_other_tenants_cookie_or_link_gets_nothing(
+    private: Stack, forge: Any
+) -> None:
+    token = forge(private)
+    seen = private.reached_backend()
+    with private.client() as client:
+        by_cookie = client.get("/acme/", headers=cookie("acme", token))
+        by_link = client.get(f"/acme/?edge-preview={token}", headers=NEW)
+    for response in (by_cookie, by_link):
+        assert response.status_code == 302
+        assert response.headers["location"] == f"https://{LEGACY_HOST}/acme/"
+        assert "set-cookie" not in response.headers
+    assert private.reached_backend() == seen
+
+
+def test_another_tenants_valid_cookie_opens_only_that_tenant(private: Stack) -> None:
+    other = preview_token(private, "other")
+    with private.client() as client:
+        assert client.get("/other/", headers=cookie("other", other)).status_code == 200
+        assert client.get("/acme/", headers=cookie("other", other)).status_code == 302
+
+
+def test_writes_stay_blocked_for_preview_holders(private: Stack) -> None:
+    holder = cookie("acme", preview_token(private, "acme"))
+    seen = private.reached_backend()
+    with private.client() as client:
+        post = client.post("/acme/checkout", headers=holder, content=b"pay=1")
+        delete = client.delete("/acme/bookings/1", headers=holder)
+        login = client.post("/acme/staff/login", headers=holder, content=b"user=ana")
+    assert (post.status_code, delete.status_code) == (403, 403)
+    assert login.status_code == 200  # the setup allow-list still applies
+    assert private.reached_backend() == seen + 1
+
+
+def test_active_tenants_need_no_preview_cookie(private: Stack) -> None:
+    with private.client() as client:
+        assert client.get("/dance/", headers=NEW).status_code == 200
+
+
+def test_staff_get_a_link_from_the_cli(tmp_path: Path) -> None:
+    config_file = tmp_path / "edge.toml"
+    config_file.write_text(
+        CLI_CONFIG.format(url="memory://", prefix="edge:")
+        + '[policy]\nprivate_preview = true\npreview_ttl = "7d"\n'
+        + f'[admin]\npreview_secret = "{SECRET}"\n'
+    )
+    before = datetime.now(UTC)
+    made = run_edge("tenant", "preview-link", "acme", "--ttl", "2h", "--config", str(config_file))
+    assert made.returncode == 0, made.stderr
+    link = made.stdout.strip()
+    assert link.startswith("https://portal.example.com/acme/?edge-preview=acme.")
+    gate = PreviewGate(config.load(config_file, env={}))
+    expires = gate.expiry(token_of(link), "acme", before)
+    assert expires is not None
+    assert before + timedelta(hours=2) - timedelta(seconds=1) <= datetime.fromtimestamp(
+        expires, UTC
+    )
+    assert gate.expiry(token_of(link), "acme", before + timedelta(hours=3)) is None
+    assert "for acme while it is in setup" in made.stderr
+
+    bad = run_edge("tenant", "preview-link", "acme", "--ttl", "soon", "--config", str(config_file))
+    assert bad.returncode == 2
+    assert "'soon' is not a duration" in bad.stderr
+
+
+def test_the_cli_says_when_no_link_is_needed(tmp_path: Path) -> None:
+    config_file = tmp_path / "edge.toml"
+    config_file.write_text(CLI_CONFIG.format(url="memory://", prefix="edge:"))
+    refused = run_edge("tenant", "preview-link", "acme", "--config", str(config_file))
+    assert refused.returncode == 1
+    assert "private_preview is off" in refused.stderr
+    assert refused.stdout == ""

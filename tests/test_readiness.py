@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,8 +16,11 @@ from edge.modes import ChangeRefused, ModeStore, open_store
 from edge.modes.traffic import TrafficCounts
 from edge.policy import Mode
 from edge.readiness import USER_AGENT, NotReady, ReadinessCheck
-from tests.stack import RecordingBackend
-from tests.support import RedisServer, ServerThread
+from tests.stack import ADMIN_TOKEN, LEGACY_HOST, NEW_HOST, RecordingBackend, stack
+from tests.support import RedisServer, ServerThread, eventually
+from tests.test_cli import edge as run_edge
+
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 # The acme customers' bookmarks, by how often they were requested on the legacy portal.
 BOOKMARKS = {
@@ -213,3 +217,98 @@ async def test_probes_are_bounded_in_concurrency() -> None:
     assert report.coverage == 1
     assert slow.served == 30
     assert 1 <= slow.most <= 3
+
+
+# End to end: customers' traffic through a real edge, then activation by the API and the CLI.
+
+RULES = [
+    {"from": "/{tenant}/classes", "to": "/{tenant}/schedule"},
+    {"from": "/{tenant}/invoices", "to": "/{tenant}/billing/invoices"},
+]
+CLI_CONFIG = """
+[store]
+url = "{url}"
+prefix = "{prefix}"
+[legacy]
+hosts = ["{legacy_host}"]
+backend = "{legacy}"
+public_url = "https://{legacy_host}"
+[new]
+hosts = ["{new_host}"]
+backend = "{new}"
+public_url = "https://{new_host}"
+[policy]
+path_rules = [
+    {{ from = "/{{tenant}}/classes", to = "/{{tenant}}/schedule" }},
+    {{ from = "/{{tenant}}/invoices", to = "/{{tenant}}/billing/invoices" }},
+]
+"""
+
+
+def test_a_tenant_whose_portal_lacks_pages_is_refused_activation_until_they_exist(
+    redis_server: RedisServer, prefix: str, tmp_path: Path
+) -> None:
+    redis_server.cli("SET", f"{prefix}mode:acme", "setup")
+    with stack(redis_server.url, prefix, policy={"path_rules": RULES}) as edge:
+        settings = edge.edge.settings
+        config_file = tmp_path / "edge.toml"
+        config_file.write_text(
+            CLI_CONFIG.format(
+                url=redis_server.url,
+                prefix=prefix,
+                legacy_host=LEGACY_HOST,
+                legacy=settings.legacy.backend,
+                new_host=NEW_HOST,
+                new=settings.new.backend,
+            )
+        )
+        cli = ["--config", str(config_file)]
+        edge.new.statuses["/acme/billing/invoices"] = 404  # the new portal lacks it
+        with edge.client() as client:
+            for path, times in {"/acme/": 6, "/acme/classes": 3, "/acme/invoices": 1}.items():
+                for _ in range(times):
+                    assert client.get(path, headers={"Host": LEGACY_HOST}).status_code == 200
+
+        def recorded() -> int:
+            flat = redis_server.cli("ZRANGE", f"{prefix}deeplinks:acme", "0", "-1", "WITHSCORES")
+            return sum(int(count) for count in flat.split("\n")[1::2]) if flat else 0
+
+        eventually(lambda: recorded() == 10)
+
+        with edge.admin() as admin:
+            report = admin.get("/api/tenants/acme/readiness").raise_for_status().json()
+            assert (report["requests"], report["resolved"], report["ready"]) == (10, 9, False)
+            assert report["coverage"] == pytest.approx(0.9)
+            assert [
+                (w["path"], w["target"], w["requests"], w["status"]) for w in report["worst"]
+            ] == [("/acme/invoices", "/acme/billing/invoices", 1, 404)]
+            refused = admin.put("/api/tenants/acme", json={"mode": "active"}, headers=AUTH)
+        assert refused.status_code == 409
+        assert refused.json()["error"].startswith("acme: 90.0% of 10 recorded requests (3 paths)")
+        assert refused.json()["readiness"]["coverage"] == pytest.approx(0.9)
+        assert redis_server.cli("GET", f"{prefix}mode:acme") == "setup"
+
+        checked = run_edge("tenant", "readiness", "acme", *cli)
+        assert checked.returncode == 1
+        assert "acme: 90.0% of 10 recorded requests (3 paths) resolve" in checked.stdout
+        assert "NOT ready (activation needs 95%)" in checked.stdout
+        assert "1 requests  404  /acme/invoices → /acme/billing/invoices" in checked.stdout
+        activated = run_edge("tenant", "set", "acme", "active", *cli)
+        assert activated.returncode == 1
+        assert "refused: acme: 90.0% of 10 recorded requests" in activated.stderr
+        assert "--force" in activated.stderr
+        assert redis_server.cli("GET", f"{prefix}mode:acme") == "setup"
+
+        edge.new.statuses.clear()  # the missing page is added
+        checked = run_edge("tenant", "readiness", "acme", *cli)
+        assert checked.returncode == 0
+        assert "100.0% of 10 recorded requests (3 paths) resolve on the new portal: ready" in (
+            checked.stdout
+        )
+        activated = run_edge("tenant", "set", "acme", "active", *cli)
+        assert activated.returncode == 0, activated.stderr
+        assert "setup → active" in activated.stdout
+        assert "readiness: acme: 100.0% of 10 recorded requests" in activated.stdout
+        assert redis_server.cli("GET", f"{prefix}mode:acme") == "active"
+        probes = [seen for seen in edge.new.seen if seen.header("user-agent") == USER_AGENT]
+        assert probes and all(seen.method == "GET" for seen in probes)

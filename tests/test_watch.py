@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -16,7 +18,12 @@ from edge.modes.traffic import TrafficCounts
 from edge.policy import Mode
 from edge.traffic import Traffic
 from edge.watch import MIN_RESPONSES, WatchMonitor, WatchReport, watch_report
-from tests.support import RedisServer
+from tests.stack import ADMIN_TOKEN, NEW_HOST, stack
+from tests.support import RedisServer, eventually
+from tests.test_cli import CONFIG as CLI_CONFIG
+from tests.test_cli import edge as run_edge
+
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 SETTINGS = config.from_mapping(
     {
@@ -162,3 +169,60 @@ async def test_a_watch_report_reads_the_store(store: ModeStore) -> None:
     assert watched.activated_at == change.at
     assert watched.watching
     assert (watched.baseline, watched.after) == ({"404": 1}, {"2xx": 10})
+
+
+# End to end: the preview's responses, an activation, then a rise in 404s.
+
+NEW = {"Host": NEW_HOST}
+
+
+def metric(admin: httpx.Client, sample: str) -> float | None:
+    for line in admin.get("/metrics").text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.split()[-1])
+    return None
+
+
+def test_after_the_switch_a_rise_in_404s_shows_in_the_api_the_cli_and_a_gauge(
+    redis_server: RedisServer, prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    redis_server.cli("SET", f"{prefix}mode:acme", "setup")
+    config_file = tmp_path / "edge.toml"
+    config_file.write_text(CLI_CONFIG.format(url=redis_server.url, prefix=prefix))
+    with (
+        stack(redis_server.url, prefix, policy={"watch_rise": 0.05}) as edge,
+        edge.client() as client,
+        edge.admin() as admin,
+        caplog.at_level(logging.WARNING, logger="edge.watch"),
+    ):
+        for _ in range(20):
+            assert client.get("/acme/", headers=NEW).status_code == 200  # the preview
+        eventually(lambda: redis_server.cli("HGET", f"{prefix}responses:acme:setup", "2xx") == "20")
+        moved = admin.put("/api/tenants/acme", json={"mode": "active"}, headers=AUTH)
+        assert (
+            moved.json()["change"]["note"] == "acme: no recorded legacy traffic, coverage unknown"
+        )
+        eventually(lambda: metric(admin, "edge_watch_tenants") == 1)
+
+        edge.new.statuses["/acme/old-page"] = 404  # a page the new portal lost
+        for _ in range(40):
+            client.get("/acme/", headers=NEW)
+        for _ in range(20):
+            assert client.get("/acme/old-page", headers=NEW).status_code == 404
+
+        eventually(lambda: admin.get("/api/tenants/acme/watch").json()["alerts"] == ["404"])
+        eventually(lambda: metric(admin, 'edge_watch_alerts{kind="404"}') == 1)
+        assert metric(admin, 'edge_watch_alerts{kind="5xx"}') == 0
+        watch = admin.get("/api/tenants/acme/watch").json()
+        assert watch["watching"] is True
+        assert (watch["baseline"], watch["after"]) == ({"2xx": 20}, {"2xx": 40, "404": 20})
+        assert any(
+            "acme: the 404 share rose after activation" in r.getMessage() for r in caplog.records
+        )
+
+        shown = run_edge("tenant", "watch", "acme", "--config", str(config_file))
+        assert shown.returncode == 1
+        assert "404:  0.0% in the preview (20 responses) → 33.3% since (60 responses)  ROSE" in (
+            shown.stdout
+        )
+        assert redis_server.cli("GET", f"{prefix}mode:acme") == "active"  # never rolled back

@@ -25,11 +25,14 @@ from edge.modes import ChangeRefused, ModeCache, ModeStore, StoreUnavailable
 from edge.modes.base import BulkRefused, MoveOutcome, UnknownSchedule
 from edge.modes.counts import ModeCounter
 from edge.policy import Mode
+from edge.readiness import NotReady
 from edge.schedule import parse_instant
 from edge.tenants import TENANT_ID, is_tenant_id
 
 if TYPE_CHECKING:
     from edge.metrics import Metrics
+    from edge.readiness import ReadinessCheck
+    from edge.watch import WatchMonitor
 
 PAGE_LIMIT = 100
 PAGE_LIMIT_MAX = 1000
@@ -59,13 +62,22 @@ def error(
 
 class AdminApi:
     def __init__(
-        self, store: ModeStore, cache: ModeCache, token: str, metrics: Metrics | None = None
+        self,
+        store: ModeStore,
+        cache: ModeCache,
+        token: str,
+        metrics: Metrics | None = None,
+        *,
+        readiness: ReadinessCheck | None = None,
+        watch: WatchMonitor | None = None,
     ) -> None:
         self.store = store
         self.cache = cache
         self.token = token.encode()
         self.metrics = metrics
         self.counter = ModeCounter(store)
+        self.readiness = readiness
+        self.watch = watch
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -79,6 +91,8 @@ class AdminApi:
             Route("/api/tenants/{tenant}", self.get_tenant, methods=["GET"]),
             Route("/api/tenants/{tenant}", self.put_tenant, methods=["PUT"]),
             Route("/api/tenants/{tenant}/history", self.history, methods=["GET"]),
+            *([Route("/api/tenants/{tenant}/readiness", self.ready)] if self.readiness else []),
+            *([Route("/api/tenants/{tenant}/watch", self.watched)] if self.watch else []),
             Route("/api/tenants/{tenant}/schedule", self.schedule, methods=["POST"]),
             Route("/api/schedules", self.list_schedules, methods=["GET"]),
             Route("/api/schedules/{id}", self.cancel_schedule, methods=["DELETE"]),
@@ -155,10 +169,22 @@ class AdminApi:
         force, actor = _force_and_actor(body)
         try:
             change = await self.store.set_mode(tenant, mode, actor=actor, force=force, via="api")
+        except NotReady as exc:
+            raise ApiError(409, str(exc), tenant=tenant, readiness=exc.report.to_json()) from None
         except ChangeRefused as exc:
             raise ApiError(409, str(exc), tenant=tenant) from None
         self.counter.forget()
         return JSONResponse({**_describe(tenant, change.mode.value), "change": change.to_json()})
+
+    async def ready(self, request: Request) -> Response:
+        """Probes the new portal for the tenant's recorded deep links: may take seconds."""
+        assert self.readiness is not None
+        report = await self.readiness.report(_tenant(request))
+        return JSONResponse(report.to_json())
+
+    async def watched(self, request: Request) -> Response:
+        assert self.watch is not None
+        return JSONResponse((await self.watch.report(_tenant(request))).to_json())
 
     async def bulk(self, request: Request) -> Response:
         self._authorize(request)

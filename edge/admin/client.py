@@ -13,6 +13,8 @@ from edge.modes.base import BulkRefused, MoveProblem, MoveResult, Schedule, Unkn
 from edge.policy import Mode
 
 PAGE = 1000
+# An activation probes the new portal for the tenant's deep links first: it may take a while.
+PROBE_TIMEOUT = 600.0
 
 
 class AdminClient:
@@ -47,7 +49,9 @@ class AdminClient:
         self, tenant: str, mode: Mode, *, actor: str, force: bool = False, via: str = "cli"
     ) -> Change:
         payload = {"mode": mode.value, "force": force, "actor": actor}
-        body = await self._call("PUT", f"/api/tenants/{tenant}", json=payload)
+        body = await self._call(
+            "PUT", f"/api/tenants/{tenant}", json=payload, timeout=PROBE_TIMEOUT
+        )
         return Change.from_json(body["change"])
 
     async def move_many(
@@ -82,6 +86,12 @@ class AdminClient:
     async def cancel_schedule(self, schedule_id: str) -> Schedule:
         body = await self._call("DELETE", f"/api/schedules/{schedule_id}")
         return Schedule.from_json(body["schedule"])
+
+    async def readiness(self, tenant: str) -> dict[str, Any]:
+        return await self._call("GET", f"/api/tenants/{tenant}/readiness", timeout=PROBE_TIMEOUT)
+
+    async def watch(self, tenant: str) -> dict[str, Any]:
+        return await self._call("GET", f"/api/tenants/{tenant}/watch")
 
     async def close(self) -> None:
         await self.http.aclose()

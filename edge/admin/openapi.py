@@ -78,6 +78,67 @@ SCHEMAS: dict[str, Any] = {
             "forced": {"type": "boolean"},
             "via": {"type": "string", "description": "cli, api, bulk, dashboard, schedule:ID"},
             "changed": {"type": "boolean"},
+            "note": {
+                "type": "string",
+                "description": "an activation's readiness: the coverage, or that it was forced",
+            },
+        },
+    },
+    "Readiness": {
+        "type": "object",
+        "required": ["tenant", "at", "requests", "resolved", "paths", "coverage", "ready"],
+        "properties": {
+            "tenant": {"type": "string"},
+            "at": {"type": "string", "format": "date-time"},
+            "requests": {"type": "integer", "description": "recorded legacy requests"},
+            "resolved": {"type": "integer", "description": "of them, landing on a 2xx or 3xx"},
+            "paths": {"type": "integer"},
+            "coverage": {
+                "type": ["number", "null"],
+                "description": "resolved / requests; null: no recorded traffic",
+            },
+            "threshold": {"type": "number"},
+            "ready": {"type": "boolean"},
+            "headline": {"type": "string"},
+            "worst": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["path", "target", "requests", "status"],
+                    "properties": {
+                        "path": {"type": "string", "description": "the legacy path"},
+                        "target": {"type": "string", "description": "where it lands"},
+                        "requests": {"type": "integer"},
+                        "status": {"type": ["integer", "null"]},
+                        "error": STRING_OR_NULL,
+                        "resolves": {"type": "boolean"},
+                    },
+                },
+            },
+        },
+    },
+    "Watch": {
+        "type": "object",
+        "required": ["tenant", "activated_at", "watching", "baseline", "after", "alerts"],
+        "properties": {
+            "tenant": {"type": "string"},
+            "activated_at": {**STRING_OR_NULL, "format": "date-time"},
+            "ends": {**STRING_OR_NULL, "format": "date-time"},
+            "watching": {"type": "boolean"},
+            "baseline": {
+                "type": "object",
+                "description": "the setup preview's responses by status class",
+                "additionalProperties": {"type": "integer"},
+            },
+            "after": {
+                "type": "object",
+                "description": "responses by status class since activation",
+                "additionalProperties": {"type": "integer"},
+            },
+            "shares": {"type": "object"},
+            "threshold": {"type": "number"},
+            "alerts": {"type": "array", "items": {"type": "string", "enum": ["5xx", "404"]}},
+            "summary": {"type": "array", "items": {"type": "string"}},
         },
     },
     "Schedule": {
@@ -338,6 +399,27 @@ PATHS: dict[str, Any] = {
                 ),
                 **_errors(400, 503),
             },
+        },
+    },
+    "/api/tenants/{tenant}/readiness": {
+        "parameters": [TENANT_PARAM],
+        "get": {
+            "summary": "Will the tenant's deep links resolve on the new portal?",
+            "description": "Maps each recorded legacy path through the path rules and probes "
+            "the new portal for it (rate-limited), so it may take seconds. An unforced move to "
+            "active is refused (409, with this report) while coverage is below "
+            "[policy].activation_coverage.",
+            "responses": {
+                "200": _json(_ref("Readiness"), "the readiness report"),
+                **_errors(400, 503),
+            },
+        },
+    },
+    "/api/tenants/{tenant}/watch": {
+        "parameters": [TENANT_PARAM],
+        "get": {
+            "summary": "The watch after activation: 5xx and 404 shares against the preview's",
+            "responses": {"200": _json(_ref("Watch"), "the watch"), **_errors(400, 503)},
         },
     },
     "/api/tenants/{tenant}/schedule": {
