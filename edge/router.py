@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from time import perf_counter
@@ -30,6 +31,8 @@ from edge.served import REDIRECT, Served
 from edge.tenants import Front, Resolver, is_safe_path
 from edge.traffic import Traffic
 from edge.websocket import WebSocketRelay, opening
+
+log = logging.getLogger("edge.router")
 
 _OVERRIDES = frozenset(name.encode() for name in METHOD_OVERRIDE_HEADERS)
 _RETRY_AFTER = b"2"
@@ -200,7 +203,11 @@ class Router:
                 )
             except UpstreamAborted as exc:
                 served.forwarded(exc.outcome, aborted=True)
-                raise
+                # Returning with the response unfinished makes the server cut the connection,
+                # so no client takes a truncated body for a whole one; uvicorn notes it in one
+                # line, where a raised exception would log a traceback.
+                log.warning("%s: the portal failed mid-response: %s", view.request_id, exc)
+                return
             served.forwarded(outcome)
             if decision.front is Front.NEW:
                 if mode is Mode.SETUP or tenant in self.traffic.watched:
