@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import uvicorn
@@ -90,10 +92,33 @@ def serve(
     if settings.server.workers == 1:
         side_apps = {sock.getsockname()[1]: app for sock, app in side.items()}
         app = EdgeApp(settings, store=store, side_apps=side_apps)
-        uvicorn.Server(uvicorn_config(settings, app)).run(sockets=sockets)
+        with _signals_end_in_exit_zero():
+            uvicorn.Server(uvicorn_config(settings, app)).run(sockets=sockets)
         return
     # Workers are fresh processes: they read the config from the environment, so pin the
     # ports that were really bound there.
     os.environ["EDGE_SERVER__PORT"] = str(settings.server.port)
     os.environ["EDGE_ADMIN__PORT"] = str(settings.admin.port)
-    Multiprocess(uvicorn_config(settings, "edge.app:from_environment"), sockets).run()
+    _Supervisor(uvicorn_config(settings, "edge.app:from_environment"), sockets).run()
+
+
+@contextmanager
+def _signals_end_in_exit_zero() -> Iterator[None]:
+    """After its graceful shutdown uvicorn raises the SIGTERM or SIGINT it caught again, so that
+    the process dies of it; ignored here, so that a stop asked for ends in exit status 0."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class _Supervisor(Multiprocess):
+    def terminate_all(self) -> None:
+        # The workers stop accepting when told to stop, but the parent's copies of the
+        # listening sockets would keep taking connections into the backlog that nobody
+        # answers: close them first, so that new connections are refused.
+        for sock in self.sockets:
+            sock.close()
+        super().terminate_all()
