@@ -193,6 +193,7 @@ async def test_a_change_without_the_session_csrf_token_is_refused(
         response = client.post("/tenants/acme-gym/move", data=form)
     assert response.status_code == 403
     assert "Nothing was changed" in text_of(response)
+    assert '<a href="/tenants/acme-gym">← Back</a>' in response.text
     assert await store.get("acme-gym") is None
     assert await store.history("acme-gym") == []
 

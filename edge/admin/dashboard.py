@@ -205,11 +205,11 @@ class Dashboard:
         return self._render(request, session, "confirm.html", context)
 
     async def move(self, request: Request) -> Response:
-        form = await request.form()
-        session = self._changer(request, form)
         tenant = self._tenant_of(request)
-        target = self._target(_field(form, "to"), tenant)
         back = f"/tenants/{tenant}"
+        form = await request.form()
+        session = self._changer(request, form, back)
+        target = self._target(_field(form, "to"), tenant)
         seen = _field(form, "from")
         raw = await self.store.get(tenant)
         if seen != (raw or ""):
@@ -274,7 +274,7 @@ class Dashboard:
             raise LoginNeeded
         return session
 
-    def _changer(self, request: Request, form: FormData | None = None) -> Session:
+    def _changer(self, request: Request, form: FormData | None = None, back: str = "/") -> Session:
         """The session of someone allowed to change things; with ``form``, its CSRF checked."""
         session = self._viewer(request)
         if session is None:
@@ -290,7 +290,7 @@ class Dashboard:
                 "Form expired",
                 "The form's security token is missing or out of date. Nothing was changed: "
                 "reload the page and try again.",
-                request.url.path.removesuffix("/move"),
+                back,
             )
         return session
 
