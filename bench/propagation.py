@@ -37,7 +37,7 @@ NEW_HOST = "portal.bench"
 PREFIX = "bench:"
 # Between two questions to one instance: the resolution of the measure, and what keeps the
 # watchers from taking the CPU the instances need (2 cores here, shared with everything).
-POLL_PAUSE = 0.001
+POLL_PAUSE = 0.002
 CONFIG = """
 [server]
 host = "127.0.0.1"
