@@ -70,7 +70,9 @@ class EdgeApp:
             readiness=self.readiness,
             watch=self.watch,
         ).app()
-        self.admin = Dashboard(settings, self.store).around(self.admin)
+        self.admin = Dashboard(
+            settings, self.store, readiness=self.readiness, watch=self.watch
+        ).around(self.admin)
         self.by_port: dict[int, ASGIApp] = {**(side_apps or {})}
         self.by_port[settings.admin.port] = self.admin
         self.by_port[settings.server.port] = self.router

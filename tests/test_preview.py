@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from html import unescape
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -16,6 +18,7 @@ from tests.stack import LEGACY_HOST, NEW_HOST, Stack, stack
 from tests.support import RedisServer, unique_prefix
 from tests.test_cli import CONFIG as CLI_CONFIG
 from tests.test_cli import edge as run_edge
+from tests.test_dashboard import log_in, text_of
 
 NOW = datetime(2027, 1, 1, 12, 0, tzinfo=UTC)
 SECRET = "preview-secret-0123456789"
@@ -342,3 +345,19 @@ def test_the_cli_says_when_no_link_is_needed(tmp_path: Path) -> None:
     assert refused.returncode == 1
     assert "private_preview is off" in refused.stderr
     assert refused.stdout == ""
+
+
+def test_the_dashboard_gives_staff_a_working_link_for_a_setup_tenant(private: Stack) -> None:
+    with log_in(private) as admin:
+        page = admin.get("/tenants/acme")
+        found = re.search(r'id="preview-link">.*?<a href="([^"]+)"', page.text, re.S)
+        assert found is not None, "no preview link on the page"
+        assert "The preview is private." in text_of(page)
+        assert 'id="preview-link"' not in admin.get("/tenants/dance").text  # active: public
+    link = urlsplit(unescape(found.group(1)))
+    assert (link.scheme, link.netloc, link.path) == ("https", NEW_HOST, "/acme/")
+    with private.client() as client:
+        opened = client.get(f"{link.path}?{link.query}", headers=NEW)
+        assert opened.status_code == 302
+        token = opened.headers["set-cookie"].split(";")[0].partition("=")[2]
+        assert client.get("/acme/", headers=cookie("acme", token)).status_code == 200

@@ -16,9 +16,10 @@ from edge.modes import ChangeRefused, ModeStore, open_store
 from edge.modes.traffic import TrafficCounts
 from edge.policy import Mode
 from edge.readiness import USER_AGENT, NotReady, ReadinessCheck
-from tests.stack import ADMIN_TOKEN, LEGACY_HOST, NEW_HOST, RecordingBackend, stack
+from tests.stack import ADMIN_TOKEN, LEGACY_HOST, NEW_HOST, RecordingBackend, Stack, stack
 from tests.support import RedisServer, ServerThread, eventually
 from tests.test_cli import edge as run_edge
+from tests.test_dashboard import csrf_of, log_in, text_of
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -245,9 +246,9 @@ path_rules = [
 """
 
 
-def test_a_tenant_whose_portal_lacks_pages_is_refused_activation_until_they_exist(
-    redis_server: RedisServer, prefix: str, tmp_path: Path
-) -> None:
+@pytest.fixture
+def lacking(redis_server: RedisServer, prefix: str, tmp_path: Path) -> Iterator[tuple[Stack, Path]]:
+    """acme in setup, 10 customer requests recorded; its new portal lacks one of the pages."""
     redis_server.cli("SET", f"{prefix}mode:acme", "setup")
     with stack(redis_server.url, prefix, policy={"path_rules": RULES}) as edge:
         settings = edge.edge.settings
@@ -262,7 +263,6 @@ def test_a_tenant_whose_portal_lacks_pages_is_refused_activation_until_they_exis
                 new=settings.new.backend,
             )
         )
-        cli = ["--config", str(config_file)]
         edge.new.statuses["/acme/billing/invoices"] = 404  # the new portal lacks it
         with edge.client() as client:
             for path, times in {"/acme/": 6, "/acme/classes": 3, "/acme/invoices": 1}.items():
@@ -274,41 +274,77 @@ def test_a_tenant_whose_portal_lacks_pages_is_refused_activation_until_they_exis
             return sum(int(count) for count in flat.split("\n")[1::2]) if flat else 0
 
         eventually(lambda: recorded() == 10)
+        yield edge, config_file
 
-        with edge.admin() as admin:
-            report = admin.get("/api/tenants/acme/readiness").raise_for_status().json()
-            assert (report["requests"], report["resolved"], report["ready"]) == (10, 9, False)
-            assert report["coverage"] == pytest.approx(0.9)
-            assert [
-                (w["path"], w["target"], w["requests"], w["status"]) for w in report["worst"]
-            ] == [("/acme/invoices", "/acme/billing/invoices", 1, 404)]
-            refused = admin.put("/api/tenants/acme", json={"mode": "active"}, headers=AUTH)
-        assert refused.status_code == 409
-        assert refused.json()["error"].startswith("acme: 90.0% of 10 recorded requests (3 paths)")
-        assert refused.json()["readiness"]["coverage"] == pytest.approx(0.9)
-        assert redis_server.cli("GET", f"{prefix}mode:acme") == "setup"
 
-        checked = run_edge("tenant", "readiness", "acme", *cli)
-        assert checked.returncode == 1
-        assert "acme: 90.0% of 10 recorded requests (3 paths) resolve" in checked.stdout
-        assert "NOT ready (activation needs 95%)" in checked.stdout
-        assert "1 requests  404  /acme/invoices → /acme/billing/invoices" in checked.stdout
-        activated = run_edge("tenant", "set", "acme", "active", *cli)
-        assert activated.returncode == 1
-        assert "refused: acme: 90.0% of 10 recorded requests" in activated.stderr
-        assert "--force" in activated.stderr
-        assert redis_server.cli("GET", f"{prefix}mode:acme") == "setup"
+def test_a_tenant_whose_portal_lacks_pages_is_refused_activation_until_they_exist(
+    lacking: tuple[Stack, Path], redis_server: RedisServer, prefix: str
+) -> None:
+    edge, config_file = lacking
+    cli = ["--config", str(config_file)]
+    with edge.admin() as admin:
+        report = admin.get("/api/tenants/acme/readiness").raise_for_status().json()
+        assert (report["requests"], report["resolved"], report["ready"]) == (10, 9, False)
+        assert report["coverage"] == pytest.approx(0.9)
+        assert [(w["path"], w["target"], w["requests"], w["status"]) for w in report["worst"]] == [
+            ("/acme/invoices", "/acme/billing/invoices", 1, 404)
+        ]
+        refused = admin.put("/api/tenants/acme", json={"mode": "active"}, headers=AUTH)
+    assert refused.status_code == 409
+    assert refused.json()["error"].startswith("acme: 90.0% of 10 recorded requests (3 paths)")
+    assert refused.json()["readiness"]["coverage"] == pytest.approx(0.9)
+    assert redis_server.cli("GET", f"{prefix}mode:acme") == "setup"
 
-        edge.new.statuses.clear()  # the missing page is added
-        checked = run_edge("tenant", "readiness", "acme", *cli)
-        assert checked.returncode == 0
-        assert "100.0% of 10 recorded requests (3 paths) resolve on the new portal: ready" in (
-            checked.stdout
+    checked = run_edge("tenant", "readiness", "acme", *cli)
+    assert checked.returncode == 1
+    assert "acme: 90.0% of 10 recorded requests (3 paths) resolve" in checked.stdout
+    assert "NOT ready (activation needs 95%)" in checked.stdout
+    assert "1 requests  404  /acme/invoices → /acme/billing/invoices" in checked.stdout
+    activated = run_edge("tenant", "set", "acme", "active", *cli)
+    assert activated.returncode == 1
+    assert "refused: acme: 90.0% of 10 recorded requests" in activated.stderr
+    assert "--force" in activated.stderr
+    assert redis_server.cli("GET", f"{prefix}mode:acme") == "setup"
+
+    edge.new.statuses.clear()  # the missing page is added
+    checked = run_edge("tenant", "readiness", "acme", *cli)
+    assert checked.returncode == 0
+    assert "100.0% of 10 recorded requests (3 paths) resolve on the new portal: ready" in (
+        checked.stdout
+    )
+    activated = run_edge("tenant", "set", "acme", "active", *cli)
+    assert activated.returncode == 0, activated.stderr
+    assert "setup → active" in activated.stdout
+    assert "readiness: acme: 100.0% of 10 recorded requests" in activated.stdout
+    assert redis_server.cli("GET", f"{prefix}mode:acme") == "active"
+    probes = [seen for seen in edge.new.seen if seen.header("user-agent") == USER_AGENT]
+    assert probes and all(seen.method == "GET" for seen in probes)
+
+
+def test_the_dashboard_shows_readiness_and_activates_below_it_only_with_force(
+    lacking: tuple[Stack, Path], redis_server: RedisServer, prefix: str
+) -> None:
+    edge, _ = lacking
+    with log_in(edge) as client:
+        page = client.get("/tenants/acme/readiness")
+        assert page.status_code == 200
+        assert "acme: 90.0% of 10 recorded requests (3 paths) resolve on the new portal: " in (
+            text_of(page)
         )
-        activated = run_edge("tenant", "set", "acme", "active", *cli)
-        assert activated.returncode == 0, activated.stderr
-        assert "setup → active" in activated.stdout
-        assert "readiness: acme: 100.0% of 10 recorded requests" in activated.stdout
+        assert "1 /acme/invoices /acme/billing/invoices 404" in text_of(page)
+        assert 'href="/tenants/acme/readiness"' in client.get("/tenants/acme").text
+
+        confirm = client.get("/tenants/acme/move", params={"to": "active"})
+        assert "not ready (activation needs 95%)" in text_of(confirm)
+        assert "activating needs force" in text_of(confirm)
+        form = {"csrf": csrf_of(confirm), "to": "active", "from": "setup"}
+        refused = client.post("/tenants/acme/move", data=form)
+        assert refused.status_code == 409
+        assert "acme: 90.0% of 10 recorded requests" in text_of(refused)
+        assert redis_server.cli("GET", f"{prefix}mode:acme") == "setup"
+
+        forced = client.post("/tenants/acme/move", data={**form, "force": "yes"})
+        assert forced.status_code == 303
         assert redis_server.cli("GET", f"{prefix}mode:acme") == "active"
-        probes = [seen for seen in edge.new.seen if seen.header("user-agent") == USER_AGENT]
-        assert probes and all(seen.method == "GET" for seen in probes)
+        history = client.get("/tenants/acme")
+        assert "dashboard:alice" in text_of(history)

@@ -22,6 +22,7 @@ from tests.stack import ADMIN_TOKEN, NEW_HOST, stack
 from tests.support import RedisServer, eventually
 from tests.test_cli import CONFIG as CLI_CONFIG
 from tests.test_cli import edge as run_edge
+from tests.test_dashboard import log_in, text_of
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -219,6 +220,11 @@ def test_after_the_switch_a_rise_in_404s_shows_in_the_api_the_cli_and_a_gauge(
         assert any(
             "acme: the 404 share rose after activation" in r.getMessage() for r in caplog.records
         )
+
+        with log_in(edge) as dashboard:
+            page = text_of(dashboard.get("/tenants/acme"))
+        assert "Watch after activation The 404 share rose after activation." in page
+        assert "Edge never rolls back by itself" in page
 
         shown = run_edge("tenant", "watch", "acme", "--config", str(config_file))
         assert shown.returncode == 1

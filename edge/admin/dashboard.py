@@ -31,7 +31,10 @@ from edge.asgi import ASGIApp
 from edge.config import Settings
 from edge.modes import ChangeRefused, ModeStore, StoreUnavailable
 from edge.policy import Mode, Policy
+from edge.preview import PreviewGate
+from edge.readiness import ReadinessCheck
 from edge.tenants import TENANT_ID, is_tenant_id
+from edge.watch import WatchMonitor
 
 PAGE_SIZE = 50
 HISTORY_SHOWN = 50
@@ -80,8 +83,14 @@ class Dashboard:
         settings: Settings,
         store: ModeStore,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        *,
+        readiness: ReadinessCheck | None = None,
+        watch: WatchMonitor | None = None,
     ) -> None:
         self.store = store
+        self.readiness = readiness
+        self.watch = watch
+        self.preview = PreviewGate(settings) if settings.policy.private_preview else None
         self.policy = Policy.from_settings(settings)
         self.prefix = settings.store.prefix
         self.sessions = Sessions(settings.admin.token) if settings.admin.token else None
@@ -105,6 +114,7 @@ class Dashboard:
                 Route("/tenants/{tenant}", self.tenant, methods=["GET"]),
                 Route("/tenants/{tenant}/move", self.confirm, methods=["GET"]),
                 Route("/tenants/{tenant}/move", self.move, methods=["POST"]),
+                Route("/tenants/{tenant}/readiness", self.readiness_page, methods=["GET"]),
                 Mount("", app=api),
             ],
             exception_handlers={
@@ -181,8 +191,26 @@ class Dashboard:
             "history": await self.store.history(tenant, limit=HISTORY_SHOWN),
             "legacy_home": self.policy.legacy_home_location(tenant),
             "new_home": self.policy.new_home_location(tenant),
+            "preview_link": (
+                self.preview.link(tenant, self.clock())
+                if self.preview and mode is Mode.SETUP
+                else None
+            ),
+            "check_readiness": self.readiness is not None and mode is not Mode.ACTIVE,
+            "watch": (
+                await self.watch.report(tenant) if self.watch and mode is Mode.ACTIVE else None
+            ),
         }
         return self._render(request, session, "tenant.html", context)
+
+    async def readiness_page(self, request: Request) -> Response:
+        """Probes the new portal for the tenant's recorded deep links: takes a moment."""
+        session = self._viewer(request)
+        tenant = self._tenant_of(request)
+        if self.readiness is None:
+            raise PageError(404, "No readiness check", "This edge has no readiness check.")
+        context = {"tenant": tenant, "report": await self.readiness.report(tenant)}
+        return self._render(request, session, "readiness.html", context)
 
     async def confirm(self, request: Request) -> Response:
         session = self._changer(request)
@@ -201,6 +229,12 @@ class Dashboard:
             "target": target,
             "move": describe_move(tenant, current, target, self.policy, now),
             "sees": what_customers_see(tenant, target, self.policy, now),
+            # An activation shows its readiness first: below the threshold it needs force.
+            "report": (
+                await self.readiness.report(tenant)
+                if self.readiness and target is Mode.ACTIVE
+                else None
+            ),
         }
         return self._render(request, session, "confirm.html", context)
 
