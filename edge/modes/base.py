@@ -21,6 +21,8 @@ from edge.tenants import TENANT_ID, is_tenant_id
 log = logging.getLogger("edge.modes")
 
 HISTORY_LIMIT = 1000
+# Moves a bulk move makes at once: a move to active may wait seconds on a readiness check.
+BULK_CONCURRENCY = 16
 # What a missing key means.
 DEFAULT_MODE = Mode.LEGACY
 
@@ -471,17 +473,31 @@ class ModeStore(ABC):
             raise BulkRefused(problems, len(moves))
         if dry_run:
             return planned
-        results = []
-        for plan in planned:
-            try:
-                change = await self.set_mode(
-                    plan.tenant, plan.mode, actor=actor, force=force, via=via
-                )
-            except ChangeRefused as exc:  # moved on by someone else since the check
-                results.append(replace(plan, outcome=MoveOutcome.REFUSED, reason=str(exc)))
-                continue
-            outcome = MoveOutcome.MOVED if change.changed else MoveOutcome.UNCHANGED
-            results.append(MoveResult(plan.tenant, change.previous, change.mode, outcome))
+        results: list[MoveResult] = list(planned)
+        todo = iter(enumerate(planned))
+        failed: list[StoreUnavailable] = []
+
+        async def mover() -> None:
+            # Never cancelled halfway: after an outage each mover finishes its current move,
+            # so that no move is made without its audit entry.
+            for index, plan in todo:
+                if failed:
+                    return
+                try:
+                    change = await self.set_mode(
+                        plan.tenant, plan.mode, actor=actor, force=force, via=via
+                    )
+                except ChangeRefused as exc:  # moved on by someone else since the check
+                    results[index] = replace(plan, outcome=MoveOutcome.REFUSED, reason=str(exc))
+                except StoreUnavailable as exc:
+                    failed.append(exc)
+                else:
+                    outcome = MoveOutcome.MOVED if change.changed else MoveOutcome.UNCHANGED
+                    results[index] = MoveResult(plan.tenant, change.previous, change.mode, outcome)
+
+        await asyncio.gather(*(mover() for _ in range(BULK_CONCURRENCY)))
+        if failed:
+            raise failed[0]
         return results
 
     async def schedule_move(
