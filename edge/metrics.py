@@ -1,26 +1,28 @@
 """The process's Prometheus metrics, served as ``/metrics`` on the admin listener.
 
 Labels come from small fixed sets only (front, mode, decision, reason, status class): never a
-tenant, a path or a raw method. Counting a request costs a dict look-up and one locked add:
-each label combination's series is resolved once, the first time it is seen, and kept. The
-mode cache's own counters and the in-flight count are plain numbers read at scrape time.
+tenant, a path or a raw method. On the request path counting is plain arithmetic: a dict entry
+per label combination, a bucket index for the latency. prometheus_client's own Counter and
+Histogram would take a lock per number, about 2 us a request; requests and scrapes both run on
+the event loop's thread, so no lock is needed. Everything is turned into Prometheus families at
+scrape time, with the mode cache's counters and the in-flight count.
 """
 
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Iterable
+from itertools import accumulate
 from typing import TYPE_CHECKING
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    PlatformCollector,
-    ProcessCollector,
-    disable_created_metrics,
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
@@ -33,58 +35,44 @@ if TYPE_CHECKING:
     from edge.logs import AccessLog
 
 UPSTREAM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_BUCKET_LABELS = [*(str(float(bound)) for bound in UPSTREAM_BUCKETS), "+Inf"]  # le="1.0"
 _NONE = "none"
 _STATUS_CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 
 _RequestKey = tuple[Front | None, str | None, str, str | None, int]
 
-# No ``*_created`` series next to every counter and histogram: they would double the series
-# for a start time that process_start_time_seconds already gives.
-disable_created_metrics()  # type: ignore[no-untyped-call]
+
+class Latency:
+    """One histogram's numbers: a count per bucket (not cumulative) and the sum."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(UPSTREAM_BUCKETS) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(UPSTREAM_BUCKETS, seconds)] += 1
+        self.total += seconds
 
 
 class Metrics:
     def __init__(self, cache: ModeCache, access_log: AccessLog | None = None) -> None:
         self.registry = CollectorRegistry()
         self.in_flight = 0  # kept by the router
-        self.requests = Counter(
-            "edge_requests",
-            "Public requests by front, mode, decision, reason and status class.",
-            ("front", "mode", "decision", "reason", "status"),
-            registry=self.registry,
-        )
-        self.upstream_seconds = Histogram(
-            "edge_upstream_seconds",
-            "Forwarded requests: seconds from sending to a portal to relaying its last byte.",
-            ("front",),
-            buckets=UPSTREAM_BUCKETS,
-            registry=self.registry,
-        )
-        self._requests: dict[_RequestKey, Counter] = {}
-        self._upstream = {front: self.upstream_seconds.labels(front.value) for front in Front}
-        self.registry.register(_StateCollector(self, cache, access_log))
+        self.requests: dict[_RequestKey, int] = {}
+        self.upstream = {front: Latency() for front in Front}
+        self.registry.register(_Collector(self, cache, access_log))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
 
     def observe(self, served: Served) -> None:
         """Count one finished request; called by the router for every request."""
         key = (served.front, served.mode, served.decision, served.reason, served.status // 100)
-        series = self._requests.get(key)
-        if series is None:
-            series = self._requests[key] = self._series(key)
-        series.inc()
+        requests = self.requests
+        requests[key] = requests.get(key, 0) + 1
         if served.upstream_seconds is not None and served.front is not None:
-            self._upstream[served.front].observe(served.upstream_seconds)
-
-    def _series(self, key: _RequestKey) -> Counter:
-        front, mode, decision, reason, status_class = key
-        return self.requests.labels(
-            front or _NONE,
-            mode or _NONE,
-            decision,
-            reason or _NONE,
-            _STATUS_CLASSES.get(status_class, "other"),
-        )
+            self.upstream[served.front].observe(served.upstream_seconds)
 
     def exposition(self, accept: str) -> tuple[bytes, str]:
         """The scrape's body and content type: Prometheus text, or OpenMetrics on request."""
@@ -92,8 +80,8 @@ class Metrics:
         return encode(self.registry), content_type
 
 
-class _StateCollector(Collector):
-    """Numbers kept elsewhere as plain attributes, read at scrape time."""
+class _Collector(Collector):
+    """The plain numbers of Metrics and the mode cache, as Prometheus families."""
 
     def __init__(self, metrics: Metrics, cache: ModeCache, access_log: AccessLog | None) -> None:
         self.metrics = metrics
@@ -101,6 +89,8 @@ class _StateCollector(Collector):
         self.access_log = access_log
 
     def collect(self) -> Iterable[Metric]:
+        yield self._requests()
+        yield self._upstream()
         stats = self.cache.stats
         yield _gauge(
             "edge_in_flight_requests", "Public requests being served.", self.metrics.in_flight
@@ -151,6 +141,29 @@ class _StateCollector(Collector):
                 "Access lines lost: the queue was full, or stdout failed.",
                 self.access_log.dropped + self.access_log.failed,
             )
+
+    def _requests(self) -> Metric:
+        family = CounterMetricFamily(
+            "edge_requests",
+            "Public requests by front, mode, decision, reason and status class.",
+            labels=("front", "mode", "decision", "reason", "status"),
+        )
+        for (front, mode, decision, reason, status_class), count in self.metrics.requests.items():
+            status = _STATUS_CLASSES.get(status_class, "other")
+            labels = (front or _NONE, mode or _NONE, decision, reason or _NONE, status)
+            family.add_metric(labels, count)
+        return family
+
+    def _upstream(self) -> Metric:
+        family = HistogramMetricFamily(
+            "edge_upstream_seconds",
+            "Forwarded requests: seconds from sending to a portal to relaying its last byte.",
+            labels=("front",),
+        )
+        for front, latency in self.metrics.upstream.items():
+            buckets = list(zip(_BUCKET_LABELS, accumulate(latency.counts), strict=True))
+            family.add_metric((front.value,), buckets, latency.total)
+        return family
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -154,7 +154,7 @@ def test_one_json_line_per_request_with_what_ops_need(
 
         line = edge.access(forwarded.headers["x-request-id"])
         assert datetime.fromisoformat(line.pop("time")).utcoffset() is not None
-        duration, upstream = line.pop("duration_ms"), line.pop("upstream_ms")
+        duration, upstream = line.pop("duration_us"), line.pop("upstream_us")
         assert 0 <= upstream <= duration
         assert line == {
             "level": "info",
@@ -174,7 +174,7 @@ def test_one_json_line_per_request_with_what_ops_need(
         }
         line = edge.access(redirected.headers["x-request-id"])
         assert (line["decision"], line["status"], line["front"]) == ("redirect", 302, "legacy")
-        assert line["bytes"] == len(redirected.content) and line["upstream_ms"] is None
+        assert line["bytes"] == len(redirected.content) and line["upstream_us"] is None
         line = edge.access(blocked.headers["x-request-id"])
         assert (line["decision"], line["reason"], line["status"]) == ("refuse", "blocked", 403)
         assert (line["method"], line["tenant"], line["mode"]) == ("POST", "swim-school", "setup")

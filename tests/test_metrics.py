@@ -13,6 +13,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge.asgi import Receive, Scope, Send
+from edge.metrics import Metrics
+from edge.modes import MemoryStore, ModeCache
+from edge.proxy import Outcome
+from edge.served import Served
+from edge.tenants import Front
 from tests.stack import LEGACY_HOST, NEW_HOST, Stack, run_edge, settings_for, stack
 from tests.support import RedisServer, ServerThread, eventually, free_port
 from tests.test_forwarding import RawBackend, wait_event
@@ -32,11 +37,15 @@ def scrape(admin_url: str) -> tuple[Samples, str]:
     response = httpx.get(f"{admin_url}/metrics", timeout=10)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
+    return parse(response.text), response.text
+
+
+def parse(text: str) -> Samples:
     samples: Samples = {}
-    for family in text_string_to_metric_families(response.text):
+    for family in text_string_to_metric_families(text):
         for sample in family.samples:
             samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return samples, response.text
+    return samples
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
@@ -78,6 +87,22 @@ def test_requests_are_counted_by_front_mode_decision_and_status_class(
     # Bounded label values only: no tenant, path, query or host ever becomes a label.
     for private in ("acme-gym", "swim-school", "classes", "s3cret", "elsewhere"):
         assert private not in text
+
+
+def test_a_latency_on_a_bucket_bound_counts_in_that_bucket() -> None:
+    metrics = Metrics(ModeCache(MemoryStore()))
+    for seconds in (0.001, 0.0011, 30.0, 31.0):
+        served = Served("id", "GET", "/t/", "127.0.0.1", front=Front.NEW, status=200)
+        served.forwarded(Outcome(200, 0, seconds, None))
+        metrics.observe(served)
+    samples = parse(metrics.exposition("")[0].decode())
+    buckets = {"0.001": 1, "0.0025": 2, "1.0": 2, "30.0": 3, "+Inf": 4}
+    for le, count in buckets.items():
+        assert value(samples, "edge_upstream_seconds_bucket", front="new", le=le) == count
+    assert value(samples, "edge_upstream_seconds_count", front="new") == 4
+    assert value(samples, "edge_upstream_seconds_sum", front="new") == pytest.approx(61.0021)
+    assert value(samples, "edge_upstream_seconds_count", front="legacy") == 0
+    assert requests(samples, front="new", decision="forward", status="2xx") == 4
 
 
 def test_the_mode_cache_and_the_store_are_visible(redis_server: RedisServer, prefix: str) -> None:
