@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from tests.process import EdgeProcess
 from tests.stack import LEGACY_HOST, settings_for
@@ -23,12 +25,15 @@ BLOCKS = 8
 
 
 class HashingPortal:
-    """Hashes each upload it receives, saying when one has begun."""
+    """Hashes each upload it receives, saying when one has begun; echoes WebSocket messages."""
 
     def __init__(self) -> None:
         self.started = threading.Event()
+        self.closed: list[int] = []  # the close codes of its WebSockets
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            return await self.echo(receive, send)
         if scope["type"] != "http":
             return
         digest, length = hashlib.sha256(), 0
@@ -46,6 +51,13 @@ class HashingPortal:
         length_header = (b"content-length", str(len(body)).encode())
         await send({"type": "http.response.start", "status": 200, "headers": [length_header]})
         await send({"type": "http.response.body", "body": body})
+
+    async def echo(self, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        while (message := await receive())["type"] == "websocket.receive":
+            await send({"type": "websocket.send", "text": message["text"]})
+        self.closed.append(message["code"])
 
 
 class SlowUpload(threading.Thread):
@@ -137,3 +149,26 @@ def test_a_request_longer_than_the_grace_period_is_cut_and_edge_still_exits_0(
     upload.resume.set()
     upload.join(10)
     assert not upload.reply.startswith(b"HTTP/1.1 200")
+
+
+def test_sigterm_closes_websockets_both_ways_as_a_restart(
+    portal: tuple[ServerThread, HashingPortal], tmp_path: Path
+) -> None:
+    """An open WebSocket does not hold the shutdown for the grace period: both sides are told
+    1012 (service restart), so clients reconnect to another instance."""
+    server, app = portal
+    raw = settings_for(
+        server.url, server.url, "memory://", "edge:", server={"graceful_timeout": 30}
+    )
+    with EdgeProcess(raw, tmp_path) as edge:
+        sock = socket.create_connection(("127.0.0.1", edge.port), 10)
+        with connect(f"ws://{LEGACY_HOST}/acme/live", sock=sock, proxy=None) as ws:
+            ws.send("still there?")
+            assert ws.recv(timeout=10) == "still there?"
+            assert edge.process is not None
+            edge.process.send_signal(signal.SIGTERM)
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
+        assert edge.process.wait(30) == 0, edge.output()
+    eventually(lambda: app.closed == [1012])

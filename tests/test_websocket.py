@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import hashlib
 import json
 import socket
 import threading
@@ -390,19 +393,66 @@ def test_a_slow_portal_holds_the_client_back(edge: Edge) -> None:
     assert len(edge.seen("sink").received) == FLOOD
 
 
-def test_a_client_that_stops_answering_pings_is_dropped(redis_server: RedisServer) -> None:
-    portal = Portal()
-    with ServerThread(portal) as server:
+class SilentPortal:
+    """Accepts every WebSocket handshake on a raw socket, then never reads or answers again."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.connections: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.sock.accept()
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += conn.recv(65536)
+                key = next(
+                    line.split(b":", 1)[1].strip()
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"sec-websocket-key:")
+                )
+                accept = key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 4.2.2
+                digest = hashlib.sha1(accept, usedforsecurity=False).digest()
+                conn.sendall(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                    b"Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n"
+                    % base64.b64encode(digest)
+                )
+                self.connections.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.connections:
+            conn.close()
+
+
+@pytest.fixture(scope="module")
+def pinging_edge(redis_server: RedisServer) -> Iterator[Edge]:
+    """Pings every 0.2 s: the legacy front's portal answers them, the new front's never."""
+    prefix = unique_prefix()
+    redis_server.cli("SET", f"{prefix}mode:swim", "setup")
+    portal, silent = Portal(), SilentPortal()
+    with ExitStack() as running:
+        running.callback(silent.close)
+        server = running.enter_context(ServerThread(portal))
         raw = settings_for(
-            server.url,
-            server.url,
-            redis_server.url,
-            unique_prefix(),
-            websocket={"ping_interval": 0.2},
+            server.url, silent.url, redis_server.url, prefix, websocket={"ping_interval": 0.2}
         )
-        with run_edge(raw) as (_, public_url, _):
-            edge = Edge(int(public_url.rsplit(":", 1)[1]), portal)
-            with edge.handshake("/acme/echo?id=silent", LEGACY_HOST) as silent:
-                assert silent.recv(65536).startswith(b"HTTP/1.1 101")
-                # ... and then never reads again, nor answers a ping.
-                eventually(lambda: edge.seen("silent").closed is not None)
+        _, public_url, _ = running.enter_context(run_edge(raw))
+        yield Edge(int(public_url.rsplit(":", 1)[1]), portal)
+
+
+def test_a_client_that_stops_answering_pings_is_dropped(pinging_edge: Edge) -> None:
+    with pinging_edge.handshake("/acme/echo?id=silent", LEGACY_HOST) as silent:
+        assert silent.recv(65536).startswith(b"HTTP/1.1 101")
+        # ... and then never reads again, nor answers a ping.
+        eventually(lambda: pinging_edge.seen("silent").closed is not None)
+
+
+def test_a_portal_that_stops_answering_pings_is_dropped(pinging_edge: Edge) -> None:
+    with pinging_edge.connect("/swim/live") as ws, pytest.raises(ConnectionClosed) as closed:
+        ws.recv(timeout=10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1014
