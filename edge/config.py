@@ -101,6 +101,10 @@ class ServerSettings(_Section):
     trusted_proxies: tuple[str, ...] = ()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True
+    # Request head limits, as nginx's defaults: over them 414 (target) or 431 (headers).
+    max_url_bytes: int = Field(8192, ge=256, le=1_048_576)
+    max_header_bytes: int = Field(32768, ge=1024, le=1_048_576)
+    max_headers: int = Field(100, ge=16, le=10_000)
 
     @field_validator("trusted_proxies")
     @classmethod

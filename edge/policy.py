@@ -150,11 +150,17 @@ class Policy:
 
 
 def effective_method(method: str, overrides: Iterable[str]) -> str:
-    """The method to judge a request by: an override header that names a write wins."""
+    """The method to judge a request by: an override header that names a write wins.
+
+    A write that claims to be another write (PUT overridden to POST) is judged as both,
+    "PUT/POST", which no allow-list entry names: the backend sees one of them (override
+    headers are never forwarded), but a framework might act on the other.
+    """
     for value in overrides:
-        override = value.strip()
-        if override != method and override not in SAFE_METHODS:
-            return override or "POST"
+        override = value.strip() or "POST"
+        if override == method or override in SAFE_METHODS:
+            continue
+        return override if method in SAFE_METHODS else f"{method}/{override}"
     return method
 
 

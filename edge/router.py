@@ -35,6 +35,12 @@ from edge.websocket import WebSocketRelay, opening
 log = logging.getLogger("edge.router")
 
 _OVERRIDES = frozenset(name.encode() for name in METHOD_OVERRIDE_HEADERS)
+# Headers judged in the one pass over the request's headers (a set look-up costs the same as
+# one comparison, so screening more names costs the other headers nothing).
+_SCREENED = _OVERRIDES | {b"transfer-encoding"}
+# After a request whose framing could be read two ways, nothing more is read from its
+# connection: the rest of it could be a request smuggled past a proxy in front of edge.
+_CLOSE = ((b"connection", b"close"),)
 _RETRY_AFTER = b"2"
 
 
@@ -100,6 +106,7 @@ class Router:
         accept = b""
         hosts = 0
         overrides: list[str] = []
+        encodings = 0  # Transfer-Encoding headers; 2 for one that is not exactly "chunked"
         tenant_headers: dict[bytes, bytes] = {}
         for name, value in scope["headers"]:
             if name == b"host":
@@ -107,8 +114,11 @@ class Router:
                 hosts += 1
             elif name == b"accept":
                 accept = value
-            elif name in _OVERRIDES:
-                overrides.append(value.decode("latin-1"))
+            elif name in _SCREENED:
+                if name == b"transfer-encoding":
+                    encodings += 1 if value.lower() == b"chunked" else 2
+                else:
+                    overrides.append(value.decode("latin-1"))
             elif name in self.tenant_headers:
                 tenant_headers[name] = value
         as_json = wants_json(accept)
@@ -137,18 +147,25 @@ class Router:
 
         if hosts != 1:
             return await refuse(
-                400, "bad_request", "The request must carry exactly one Host header."
+                400, "bad_request", "The request must carry exactly one Host header.", extra=_CLOSE
             )
+        if encodings and (encodings > 1 or scope["http_version"] == "1.0"):
+            # RFC 9112 6.1: anything but one "chunked" is framing a proxy may read otherwise.
+            message = "The request's Transfer-Encoding is not acceptable."
+            return await refuse(400, "bad_request", message, extra=_CLOSE)
+        if scope["method"] == "CONNECT":
+            return await refuse(501, "bad_request", "CONNECT is not served here.", extra=_CLOSE)
         front = self.resolver.front(host.decode("latin-1"))
         if front is None:
             return await refuse(421, "unknown_host", "This site is not served here.")
         served.front = front.front
         path: str = scope["path"]
-        if not is_safe_path(path):
+        raw_path: bytes = scope["raw_path"]
+        if not is_safe_path(path, raw_path):
             return await refuse(400, "bad_request", "The request path is not acceptable.")
         header = tenant_headers.get(front.header.encode())
         tenant = front.tenant_of(
-            host.decode("latin-1"), path, header.decode("latin-1") if header else None
+            host.decode("latin-1"), path, header.decode("latin-1") if header else None, raw_path
         )
         if tenant is None:
             return await refuse(404, "no_tenant", "There is no such page.")

@@ -16,6 +16,7 @@ from edge import logs
 from edge.asgi import ASGIApp
 from edge.config import Settings
 from edge.modes import ModeStore
+from edge.protocol import HeadLimits
 from edge.websocket import WebSocketProtocol
 
 
@@ -54,7 +55,7 @@ def uvicorn_config(settings: Settings, app: ASGIApp | str) -> uvicorn.Config:
         factory=isinstance(app, str),
         workers=settings.server.workers,
         loop="uvloop",
-        http="httptools",
+        http=HeadLimits.from_settings(settings.server).protocol(),  # httptools, bounded heads
         # uvicorn's websockets-sansio (on the websockets library): its default, maintained,
         # and it can answer a refused handshake with a whole HTTP response.
         ws=WebSocketProtocol,

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from enum import StrEnum
 
 from edge.config import FrontSettings, Settings
 
 TENANT_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
-# What a path must never hold: it could change the tenant or dodge a rule once a backend
-# normalises it (dot segments, encoded or back slashes, control bytes).
-_UNSAFE_PATH = re.compile(r"(^|/)\.{1,2}(/|$)|%2[fF]|%5[cC]|\\|[\x00-\x1f\x7f]")
+# What a decoded path must never hold: it could change the tenant or dodge a rule once a
+# backend normalises it. Dot segments (also "..;", which Tomcat reads as ".."), back slashes,
+# control bytes.
+_UNSAFE_PATH = re.compile(r"(^|/)\.{1,2}(/|;|$)|\\|[\x00-\x1f\x7f]")
+# Once percent-decoded, never: a dot or slash still encoded (a backend that decodes twice
+# would see it).
+_DOUBLE_ENCODED = re.compile(r"%2[eEfF]|%5[cC]")
+# What the path as sent must never hold: an encoded slash or back slash is one segment to edge
+# and two to a backend that decodes before it routes.
+_ENCODED_SEPARATOR = re.compile(rb"%2[fF]|%5[cC]")
 
 
 class Front(StrEnum):
@@ -23,9 +31,21 @@ def is_tenant_id(value: str) -> bool:
     return TENANT_ID.fullmatch(value) is not None
 
 
-def is_safe_path(path: str) -> bool:
-    """True when the decoded path has no dot segment, encoded/back slash or control byte."""
-    return path.startswith("/") and _UNSAFE_PATH.search(path) is None
+def is_safe_path(path: str, raw_path: bytes) -> bool:
+    """True when the decoded path and the path as sent cannot name different things.
+
+    No dot segment, encoded or back slash, double encoding or control byte, also once a
+    backend applies Unicode compatibility normalisation (full-width dots and slashes).
+    """
+    if not path.startswith("/") or _UNSAFE_PATH.search(path) is not None:
+        return False
+    if b"%" not in raw_path:
+        return True  # nothing was decoded (and a raw path is ASCII)
+    return (
+        _ENCODED_SEPARATOR.search(raw_path) is None
+        and _DOUBLE_ENCODED.search(path) is None
+        and (path.isascii() or _UNSAFE_PATH.search(unicodedata.normalize("NFKC", path)) is None)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,10 +75,18 @@ class FrontRule:
                     return label
         return None
 
-    def tenant_of(self, host: str, path: str, header: str | None) -> str | None:
-        """The tenant id by this front's rule, or None when absent or malformed."""
+    def tenant_of(
+        self, host: str, path: str, header: str | None, raw_path: bytes = b""
+    ) -> str | None:
+        """The tenant id by this front's rule, or None when absent or malformed.
+
+        By the path rule the segment must be sent as it is: a percent-encoded one ("%61cme")
+        would name the tenant to edge and something else to a backend routing on the raw path.
+        """
         if self.rule == "path":
             candidate = path[1:].partition("/")[0]
+            if b"%" in raw_path and b"%" in raw_path[1:].partition(b"/")[0]:
+                return None
         elif self.rule == "subdomain":
             candidate = self.subdomain_of(_without_port(host.lower())) or ""
         else:

@@ -287,6 +287,10 @@ def test_subdomain_portals_put_the_tenant_in_the_host_from_config_only() -> None
         ("GET", [" PUT "], "PUT"),
         ("GET", [""], "POST"),
         ("HEAD", ["GET", "PATCH"], "PATCH"),
+        ("POST", ["POST"], "POST"),
+        ("POST", [""], "POST"),
+        ("PUT", ["POST"], "PUT/POST"),
+        ("POST", ["DELETE"], "POST/DELETE"),
     ],
 )
 def test_a_method_override_that_names_a_write_is_judged_as_that_write(

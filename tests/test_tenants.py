@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import pytest
 
 from edge import config
@@ -74,6 +76,24 @@ def test_tenant_from_the_first_path_segment(path: str, tenant: str | None) -> No
 
 
 @pytest.mark.parametrize(
+    ("path", "raw_path", "tenant"),
+    [
+        ("/acme/x", b"/acme/x", "acme"),
+        ("/acme/x y", b"/acme/x%20y", "acme"),
+        ("/acme/x", b"/%61cme/x", None),
+        ("/acme/x", b"/acm%65/x", None),
+        ("/acme", b"/%61cme", None),
+    ],
+)
+def test_the_tenant_segment_must_be_sent_as_it_is(
+    path: str, raw_path: bytes, tenant: str | None
+) -> None:
+    front = resolver().front("parents.example.com")
+    assert front is not None
+    assert front.tenant_of("parents.example.com", path, None, raw_path) == tenant
+
+
+@pytest.mark.parametrize(
     ("host", "tenant"),
     [
         ("acme.portal.example.com", "acme"),
@@ -117,21 +137,46 @@ def test_tenant_from_a_header(header: str | None, tenant: str | None) -> None:
         ("/acme/classes", True),
         ("/acme/classes/", True),
         ("/acme/a.b/c..d", True),
+        ("/acme/x;y=1", True),
+        ("/acme/caf\u00e9", True),
         ("/acme/../other/x", False),
         ("/acme/./x", False),
         ("/acme/..", False),
         ("/..", False),
+        ("/acme/..;/other", False),
+        ("/acme/.;x/other", False),
         ("/acme/x%2Fy", False),
         ("/acme/x%2fy", False),
         ("/acme/x%5Cy", False),
+        ("/acme/%2e%2e/other", False),
+        ("/acme/%2E./other", False),
         ("/acme\\..\\other", False),
+        ("/acme/\uff0e\uff0e/other", False),
+        ("/acme\uff0f..\uff0fother", False),
+        ("/acme/\uff3c..", False),
         ("/acme/\x00", False),
         ("/acme/\r\n", False),
         ("acme/x", False),
     ],
 )
 def test_paths_that_could_change_the_tenant_are_not_safe(path: str, safe: bool) -> None:
-    assert is_safe_path(path) is safe
+    """Decoded paths, each sent percent-encoded: a "%2e" left after decoding was "%252e"."""
+    assert is_safe_path(path, quote(path, safe="/;\\").encode()) is safe
+
+
+@pytest.mark.parametrize(
+    ("path", "raw_path", "safe"),
+    [
+        ("/acme/a/b", b"/acme/a%2fb", False),
+        ("/acme/a/b", b"/acme/a%2Fb", False),
+        ("/acme/a\\b", b"/acme/a%5cb", False),
+        ("/acme/a b", b"/acme/a%20b", True),
+        ("/acme/50%", b"/acme/50%25", True),
+        ("/acme/login", b"/acme/%6cogin", True),
+    ],
+)
+def test_an_encoded_separator_is_not_safe(path: str, raw_path: bytes, safe: bool) -> None:
+    assert is_safe_path(path, raw_path) is safe
 
 
 @pytest.mark.parametrize("value", ["a", "acme-gym", "0", "a-" * 31 + "a"])

@@ -1,0 +1,105 @@
+"""Limits on the request head: target length (414), header bytes and count (431).
+
+llhttp and uvicorn buffer a request head until it ends, however long; edge's protocol stops
+at the configured limits, answers, and closes the connection before the app sees anything.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from edge import config
+from tests.rawhttp import Reply, exchange
+from tests.stack import NEW_HOST, Stack, settings_for, stack
+from tests.support import RedisServer, unique_prefix
+
+ACTIVE = "dance"
+URL_BYTES, HEADER_BYTES, HEADERS = 1024, 4096, 20
+BASE = [("host", NEW_HOST), ("connection", "close")]
+
+
+@pytest.fixture(scope="module")
+def edge(redis_server: RedisServer) -> Iterator[Stack]:
+    prefix = unique_prefix()
+    redis_server.cli("SET", f"{prefix}mode:{ACTIVE}", "active")
+    limits = {"max_url_bytes": URL_BYTES, "max_header_bytes": HEADER_BYTES, "max_headers": HEADERS}
+    with stack(redis_server.url, prefix, server=limits) as running:
+        yield running
+
+
+def get(edge: Stack, target: str, headers: list[tuple[str, str]] = BASE) -> Reply:
+    lines = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    port = int(edge.public_url.rsplit(":", 1)[1])
+    return exchange(port, f"GET {target} HTTP/1.1\r\n{lines}\r\n".encode())
+
+
+def padded(size: int) -> list[tuple[str, str]]:
+    """BASE plus one header, so that names and values come to exactly size bytes."""
+    used = sum(len(name) + len(value) for name, value in BASE) + len("x-pad")
+    return [*BASE, ("x-pad", "p" * (size - used))]
+
+
+def test_a_target_at_the_limit_passes_and_one_byte_more_is_414(edge: Stack) -> None:
+    path = f"/{ACTIVE}/"
+    at_limit = path + "a" * (URL_BYTES - len(path) - 3) + "?q="
+    assert len(at_limit) == URL_BYTES
+    assert get(edge, at_limit).status == 200
+    before = edge.reached_backend()
+    over = get(edge, at_limit + "b")
+    assert over.statuses == [414] and over.closed
+    assert edge.reached_backend() == before
+
+
+def test_headers_at_the_byte_limit_pass_and_one_byte_more_is_431(edge: Stack) -> None:
+    assert get(edge, f"/{ACTIVE}/", padded(HEADER_BYTES)).status == 200
+    before = edge.reached_backend()
+    over = get(edge, f"/{ACTIVE}/", padded(HEADER_BYTES + 1))
+    assert over.statuses == [431] and over.closed
+    assert edge.reached_backend() == before
+
+
+def test_headers_at_the_count_limit_pass_and_one_more_is_431(edge: Stack) -> None:
+    extra = [(f"x-{n}", "1") for n in range(HEADERS - len(BASE))]
+    assert get(edge, f"/{ACTIVE}/", [*BASE, *extra]).status == 200
+    over = get(edge, f"/{ACTIVE}/", [*BASE, *extra, ("x-one-more", "1")])
+    assert over.statuses == [431] and over.closed
+
+
+def test_a_header_that_never_ends_is_cut_off(edge: Stack) -> None:
+    """The server stops reading and answers long before the client runs out of patience; what
+    it accepted meanwhile is bounded by the limits plus one socket read, not by the client."""
+    port = int(edge.public_url.rsplit(":", 1)[1])
+    sent, ceiling, chunk = 0, 64 * 1024 * 1024, b"a" * 65536
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"GET /{ACTIVE}/ HTTP/1.1\r\nHost: {NEW_HOST}\r\nX-Endless: ".encode())
+        try:
+            while sent < ceiling:
+                sock.sendall(chunk)
+                sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        assert sent < ceiling, "the server kept reading a header without end"
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except ConnectionResetError:
+            pass
+    assert answer.startswith(b"HTTP/1.1 431 ")
+
+
+def test_the_limits_are_validated_and_default_to_nginxs() -> None:
+    raw = settings_for("http://127.0.0.1:1", "http://127.0.0.1:2", "memory://", "edge:")
+    server = config.from_mapping(raw).server
+    assert (server.max_url_bytes, server.max_header_bytes, server.max_headers) == (
+        8192,
+        32768,
+        100,
+    )
+    for key, value in [("max_headers", 5), ("max_url_bytes", 10), ("max_header_bytes", "big")]:
+        bad = {**raw, "server": {**raw["server"], key: value}}
+        with pytest.raises(config.ConfigError, match=f"server.{key}: "):
+            config.from_mapping(bad)
