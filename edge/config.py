@@ -39,6 +39,7 @@ DEFAULT_CONFIG = Path(__file__).with_name("demo.toml")
 _HOST_RE = re.compile(
     r"^(\*\.)?[a-z0-9]([a-z0-9-]{0,62})(\.[a-z0-9]([a-z0-9-]{0,62}))*(:\d{1,5})?$"
 )
+_DOMAIN_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,62})(\.[a-z0-9]([a-z0-9-]{0,62}))*")
 _TENANT_PLACEHOLDER = "{tenant}"
 
 
@@ -255,6 +256,19 @@ class FrontSettings(_Section):
     tenant: TenantRule = "path"
     tenant_header: str = "X-Tenant"
     home: PathTemplate | None = None
+    # The Host the portal gets: the client's ("preserve"), or its own URL's ("backend").
+    host_header: Literal["preserve", "backend"] = "preserve"
+    # A Location pointing at the backend's own URL is rewritten to point at public_url.
+    rewrite_location: bool = False
+    # The Domain of a Set-Cookie from the portal, where it names one, is rewritten to this.
+    cookie_domain: str | None = None
+
+    @field_validator("cookie_domain")
+    @classmethod
+    def _cookie_domain(cls, value: str | None) -> str | None:
+        if value is not None and not _DOMAIN_RE.fullmatch(value.lower()):
+            raise ValueError(f"{value!r} is not a domain name such as portal.example.com")
+        return value.lower() if value is not None else None
 
     @field_validator("hosts")
     @classmethod

@@ -1,6 +1,11 @@
 """Which headers cross the proxy, each way, and who the client is behind trusted proxies.
 
 Works on the ASGI header list (lowercase names, bytes) with set look-ups, no regex.
+
+Forwarding headers from a trusted proxy: X-Forwarded-For/-Proto/-Host are believed, and a
+Forwarded header (RFC 7239) only when there is no X-Forwarded-For (a proxy that speaks only
+RFC 7239). Both chains are passed on, each with the peer that connected to edge appended, so
+they stay consistent. From anyone else both kinds are dropped and X-Forwarded-* rebuilt.
 """
 
 from __future__ import annotations
@@ -8,9 +13,12 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
+from edge.config import FrontSettings
 from edge.policy import METHOD_OVERRIDE_HEADERS
 
 Header = tuple[bytes, bytes]
@@ -31,8 +39,17 @@ HOP_BY_HOP = frozenset(
 # Set by the proxy itself after filtering, whoever the client is.
 _OWN = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id"})
 # Expect is answered by our own server; the backend gets the body without waiting.
-_DROP_TRUSTED = HOP_BY_HOP | _OWN | {b"expect"} | {h.encode() for h in METHOD_OVERRIDE_HEADERS}
-_DROP_UNTRUSTED = _DROP_TRUSTED | {b"forwarded", b"x-real-ip"}
+_DROP_TRUSTED = (
+    HOP_BY_HOP | _OWN | {b"expect", b"forwarded"} | {h.encode() for h in METHOD_OVERRIDE_HEADERS}
+)
+_DROP_UNTRUSTED = _DROP_TRUSTED | {b"x-real-ip"}
+# By whether the client is a trusted proxy, and whether the backend gets the client's Host.
+_DROP = {
+    (trusted, keep_host): (_DROP_TRUSTED if trusted else _DROP_UNTRUSTED)
+    | (frozenset() if keep_host else {b"host"})
+    for trusted in (True, False)
+    for keep_host in (True, False)
+}
 _PREFIXES_TRUSTED = (b"x-edge-",)
 _PREFIXES_UNTRUSTED = (b"x-edge-", b"x-forwarded-")
 _NEVER_NAMED = frozenset({b"close", b"host", b""}) | HOP_BY_HOP
@@ -40,6 +57,94 @@ _DROP_RESPONSE = HOP_BY_HOP | {b"x-request-id"}
 _MAX_REQUEST_ID = 200
 _UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
 _UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseRewrite:
+    """A backend's response headers as the public host should show them: a Location under the
+    backend's own URL points at the public URL, a Set-Cookie's Domain is the public one."""
+
+    backend_prefixes: tuple[bytes, ...]  # lower-case: "http://portal.internal:8000", "//..."
+    public_url: bytes | None  # None: Locations are left alone; may hold {tenant}
+    cookie_domain: bytes | None  # None: cookies are left alone
+
+    def for_tenant(self, tenant: str) -> ResponseRewrite:
+        if self.public_url is None or b"{tenant}" not in self.public_url:
+            return self
+        return replace(self, public_url=self.public_url.replace(b"{tenant}", tenant.encode()))
+
+    def apply(self, headers: list[Header]) -> list[Header]:
+        rewritten: list[Header] = []
+        for name, value in headers:
+            if name == b"location" and self.public_url is not None:
+                value = self._location(value, self.public_url)
+            elif name == b"set-cookie" and self.cookie_domain is not None:
+                value = self._cookie(value, self.cookie_domain)
+            rewritten.append((name, value))
+        return rewritten
+
+    def _location(self, value: bytes, public_url: bytes) -> bytes:
+        for prefix in self.backend_prefixes:
+            rest = value[len(prefix) :]
+            if value[: len(prefix)].lower() == prefix and rest[:1] in (b"", b"/", b"?", b"#"):
+                return public_url + rest
+        return value
+
+    @staticmethod
+    def _cookie(value: bytes, domain: bytes) -> bytes:
+        cookie, *attributes = value.split(b";")
+        named = [attribute.partition(b"=")[0].strip().lower() for attribute in attributes]
+        if b"domain" not in named:
+            return value  # a host-only cookie stays one
+        return b";".join(
+            [cookie]
+            + [
+                b" Domain=" + domain if name == b"domain" else attribute
+                for name, attribute in zip(named, attributes, strict=True)
+            ]
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """A front's portal: where its requests go, and how headers cross on the way."""
+
+    url: str
+    keep_host: bool = True  # send the client's Host; else the backend URL's
+    rewrite: ResponseRewrite | None = None
+
+    @classmethod
+    def from_settings(cls, front: FrontSettings) -> Backend:
+        rewrite = None
+        if front.rewrite_location or front.cookie_domain:
+            rewrite = ResponseRewrite(
+                _url_prefixes(front.backend),
+                front.public_url.encode() if front.rewrite_location else None,
+                front.cookie_domain.encode() if front.cookie_domain else None,
+            )
+        return cls(front.backend, front.host_header == "preserve", rewrite)
+
+    def for_tenant(self, tenant: str) -> Backend:
+        """The same backend, with {tenant} filled into the public URL Locations point at."""
+        if self.rewrite is None:
+            return self
+        rewrite = self.rewrite.for_tenant(tenant)
+        return self if rewrite is self.rewrite else replace(self, rewrite=rewrite)
+
+
+def _url_prefixes(url: str) -> tuple[bytes, ...]:
+    """How a backend may write its own URL in a Location: with or without a default port,
+    and scheme-relative."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    default = 443 if parts.scheme == "https" else 80
+    ports = [f":{parts.port}"] if parts.port not in (None, default) else ["", f":{default}"]
+    return tuple(
+        f"{scheme}//{host}{port}{parts.path}".lower().encode()
+        for port in ports
+        for scheme in (f"{parts.scheme}:", "")
+    )
 
 
 class ClientView(NamedTuple):
@@ -81,6 +186,7 @@ def client_view(scope: Mapping[str, Any], trusted: Callable[[str], bool]) -> Cli
         return ClientView(peer, scope["scheme"], host.decode("latin-1"), new_request_id())
 
     forwarded_for: list[bytes] = []
+    forwarded: list[bytes] = []
     proto = forwarded_host = request_id = b""
     for name, value in scope["headers"]:
         if name == b"host":
@@ -93,6 +199,12 @@ def client_view(scope: Mapping[str, Any], trusted: Callable[[str], bool]) -> Cli
             forwarded_host = value
         elif name == b"x-request-id":
             request_id = value.strip()
+        elif name == b"forwarded":
+            forwarded.append(value)
+    if forwarded and not forwarded_for:
+        forwarded_for, nearest = _rfc7239(forwarded)
+        proto = proto or nearest.get(b"proto", b"")
+        forwarded_host = forwarded_host or nearest.get(b"host", b"")
     forwarded_proto = _last(proto).lower()
     return ClientView(
         _original_client(forwarded_for, peer, trusted),
@@ -117,6 +229,29 @@ def _last(value: bytes) -> str:
     return value.rpartition(b",")[2].strip().decode("latin-1")
 
 
+def _rfc7239(values: list[bytes]) -> tuple[list[bytes], dict[bytes, bytes]]:
+    """A Forwarded header as X-Forwarded-For hops, and the nearest proxy's element.
+
+    Trusted proxies write it, so quoted values holding "," or ";" are not looked for.
+    """
+    hops: list[bytes] = []
+    element: dict[bytes, bytes] = {}
+    for value in values:
+        for text in value.split(b","):
+            element = {}
+            for pair in text.split(b";"):
+                key, _, item = pair.partition(b"=")
+                element[key.strip().lower()] = item.strip().strip(b'"')
+            node = element.get(b"for", b"")  # "192.0.2.1:4711", "[2001:db8::1]:4711", "unknown"
+            bracketed = node[:1] == b"["
+            hops.append(node[1:].partition(b"]")[0] if bracketed else node.partition(b":")[0])
+    return [b", ".join(hops)], element
+
+
+def _forwarded_node(ip: str) -> str:
+    return f'"[{ip}]"' if ":" in ip else ip
+
+
 def _original_client(forwarded_for: list[bytes], peer: str, trusted: Callable[[str], bool]) -> str:
     """As uvicorn's proxy_headers: the nearest address that is not itself a trusted proxy."""
     hops = [hop.strip().decode("latin-1") for value in forwarded_for for hop in value.split(b",")]
@@ -128,21 +263,24 @@ def _original_client(forwarded_for: list[bytes], peer: str, trusted: Callable[[s
 
 
 def upstream_headers(
-    headers: Iterable[Header], view: ClientView, peer: str, extra: Iterable[Header]
+    headers: Iterable[Header],
+    view: ClientView,
+    peer: str,
+    extra: Iterable[Header],
+    keep_host: bool = True,
 ) -> tuple[list[tuple[str, str]], bool]:
     """The request headers for the backend, and whether the request has a body.
 
     Values are handed to aiohttp as str and it writes them as UTF-8, so they are decoded as
-    UTF-8 (byte-exact); only a value that is not UTF-8 falls back to Latin-1.
+    UTF-8 (byte-exact); only a value that is not UTF-8 falls back to Latin-1. Without
+    ``keep_host`` aiohttp sends the backend URL's host.
     """
-    drop, prefixes = (
-        (_DROP_TRUSTED, _PREFIXES_TRUSTED)
-        if view.trusted
-        else (_DROP_UNTRUSTED, _PREFIXES_UNTRUSTED)
-    )
+    drop = _DROP[view.trusted, keep_host]
+    prefixes = _PREFIXES_TRUSTED if view.trusted else _PREFIXES_UNTRUSTED
     out: list[tuple[str, str]] = []
     named: set[bytes] | None = None
     forwarded_for: list[str] = []
+    forwarded: list[bytes] = []
     has_body = chunked = False
     for name, value in headers:
         if name in drop or name.startswith(prefixes):
@@ -150,8 +288,11 @@ def upstream_headers(
                 named = _connection_tokens(value, named)
             elif name == b"transfer-encoding":
                 chunked = True
-            elif name == b"x-forwarded-for" and view.trusted:
-                forwarded_for.append(value.decode("latin-1"))
+            elif view.trusted:
+                if name == b"x-forwarded-for":
+                    forwarded_for.append(value.decode("latin-1"))
+                elif name == b"forwarded":
+                    forwarded.append(value)
             continue
         if name == b"content-length" and value != b"0":
             has_body = True
@@ -166,6 +307,13 @@ def upstream_headers(
     if named:
         names = {name.decode("latin-1") for name in named}
         out = [header for header in out if header[0] not in names]
+    if forwarded:
+        if not forwarded_for:  # a proxy that speaks only RFC 7239: the same hops in both
+            forwarded_for = [_rfc7239(forwarded)[0][0].decode("latin-1")]
+        elements = [value.decode("latin-1") for value in forwarded]
+        if peer:
+            elements.append(f"for={_forwarded_node(peer)}")
+        out.append(("forwarded", ", ".join(elements)))
     if peer:
         forwarded_for.append(peer)
     if forwarded_for:
@@ -178,7 +326,12 @@ def upstream_headers(
     return out, has_body
 
 
-def downstream_headers(raw: Iterable[Header], status: int, request_id: bytes) -> list[Header]:
+def downstream_headers(
+    raw: Iterable[Header],
+    status: int,
+    request_id: bytes,
+    rewrite: ResponseRewrite | None = None,
+) -> list[Header]:
     """The backend's response headers for the client: raw bytes, every Set-Cookie kept."""
     out: list[Header] = []
     named: set[bytes] | None = None
@@ -194,6 +347,8 @@ def downstream_headers(raw: Iterable[Header], status: int, request_id: bytes) ->
         named = (named or set()) | {b"content-length"}
     if named:
         out = [header for header in out if header[0] not in named]
+    if rewrite is not None:
+        out = rewrite.apply(out)
     out.append((b"x-request-id", request_id))
     return out
 

@@ -16,6 +16,7 @@ from yarl import URL
 from edge.asgi import Receive, Scope, Send
 from edge.config import UpstreamSettings
 from edge.headers import (
+    Backend,
     ClientView,
     client_view,
     downstream_headers,
@@ -207,7 +208,7 @@ class Forwarder:
         scope: Scope,
         receive: Receive,
         send: Send,
-        backend: str,
+        backend: Backend,
         extra_headers: list[tuple[bytes, bytes]],
         view: ClientView,
     ) -> Outcome:
@@ -216,7 +217,7 @@ class Forwarder:
             raise RuntimeError("Forwarder.start() has not run")
         client = scope.get("client")
         headers, has_body = upstream_headers(
-            scope["headers"], view, client[0] if client else "", extra_headers
+            scope["headers"], view, client[0] if client else "", extra_headers, backend.keep_host
         )
         method: str = scope["method"]
         exchange = _Exchange(receive, has_body)
@@ -226,7 +227,7 @@ class Forwarder:
         try:
             response = await session.request(
                 method,
-                URL(backend + request_target(scope), encoded=True),
+                URL(backend.url + request_target(scope), encoded=True),
                 headers=headers,
                 data=exchange.body() if has_body else None,
                 allow_redirects=False,
@@ -242,7 +243,10 @@ class Forwarder:
                         "type": "http.response.start",
                         "status": status,
                         "headers": downstream_headers(
-                            response.raw_headers, status, view.request_id.encode("latin-1")
+                            response.raw_headers,
+                            status,
+                            view.request_id.encode("latin-1"),
+                            backend.rewrite,
                         ),
                     }
                 )

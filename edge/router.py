@@ -9,7 +9,7 @@ from time import perf_counter
 
 from edge.asgi import Receive, Scope, Send
 from edge.config import Settings
-from edge.headers import ClientView
+from edge.headers import Backend, ClientView
 from edge.logs import AccessLog
 from edge.metrics import Metrics
 from edge.modes import MISSING, ModeCache, StoreUnavailable
@@ -70,7 +70,10 @@ class Router:
         # Counts for safe activation; unflushed (and so bounded, then dropped) unless started.
         self.traffic = traffic or Traffic(cache.store, settings)
         self.preview = PreviewGate(settings) if settings.policy.private_preview else None
-        self.backends = {Front.LEGACY: settings.legacy.backend, Front.NEW: settings.new.backend}
+        self.backends = {
+            Front.LEGACY: Backend.from_settings(settings.legacy),
+            Front.NEW: Backend.from_settings(settings.new),
+        }
         self.tenant_headers = frozenset(
             rule.header.encode() for rule in self.resolver.fronts if rule.rule == "header"
         )
@@ -216,7 +219,12 @@ class Router:
             act = self.forwarder.forward if scope["type"] == "http" else self.websockets.relay
             try:
                 outcome = await act(
-                    scope, receive, send, self.backends[decision.front], edge_headers, view
+                    scope,
+                    receive,
+                    send,
+                    self.backends[decision.front].for_tenant(tenant),
+                    edge_headers,
+                    view,
                 )
             except UpstreamAborted as exc:
                 served.forwarded(exc.outcome, aborted=True)

@@ -21,7 +21,7 @@ from yarl import URL
 
 from edge.asgi import Message, Receive, Scope, Send
 from edge.config import UpstreamSettings, WebSocketSettings
-from edge.headers import ClientView, upstream_headers
+from edge.headers import Backend, ClientView, upstream_headers
 from edge.proxy import (
     CLIENT_CLOSED,
     NO_AUTO_HEADERS,
@@ -121,7 +121,7 @@ class WebSocketRelay:
         scope: Scope,
         receive: Receive,
         send: Send,
-        backend: str,
+        backend: Backend,
         extra_headers: list[tuple[bytes, bytes]],
         view: ClientView,
     ) -> Outcome:
@@ -133,11 +133,11 @@ class WebSocketRelay:
         started = loop.time()
         client = scope.get("client")
         headers, _ = upstream_headers(
-            scope["headers"], view, client[0] if client else "", extra_headers
+            scope["headers"], view, client[0] if client else "", extra_headers, backend.keep_host
         )
         try:
             upstream = await session.ws_connect(
-                URL(backend + request_target(scope), encoded=True),
+                URL(backend.url + request_target(scope), encoded=True),
                 protocols=scope.get("subprotocols", ()),
                 headers=[header for header in headers if header[0] not in _HANDSHAKE_HEADERS],
                 heartbeat=self._settings.ping_interval,

@@ -17,6 +17,7 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 
+from edge import headers as edge_headers
 from edge.config import UpstreamSettings
 from edge.headers import (
     ClientView,
@@ -221,7 +222,7 @@ class RawBackend:
 
 class ProxyApp:
     def __init__(self, backend: str, trusted: tuple[str, ...] = (), **upstream: Any) -> None:
-        self.backend = backend
+        self.backend = edge_headers.Backend(backend)
         self.forwarder = Forwarder(UpstreamSettings(**upstream), trusted)
         self.outcomes: dict[str, Outcome] = {}  # by request target
         self.views: list[ClientView] = []
@@ -441,7 +442,7 @@ def test_trusted_proxy_headers_are_kept_and_extended(trusting_proxy: ServerThrea
     assert values(headers, "x-forwarded-proto") == ["https"]
     assert values(headers, "x-forwarded-host") == ["www.portal.test"]
     assert values(headers, "x-forwarded-port") == ["443"]
-    assert values(headers, "forwarded") == ["for=6.6.6.6"]
+    assert values(headers, "forwarded") == ["for=6.6.6.6, for=127.0.0.1"]
     assert values(headers, "x-real-ip") == ["6.6.6.6"]
     assert values(headers, "x-request-id") == ["chosen-by-client"]
     assert values(headers, "host") == ["portal.test"]
