@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
+from urllib.parse import urlsplit, urlunsplit
 
 from edge import config
 from edge.config import Settings
@@ -193,13 +194,22 @@ def cmd_check_config(args: argparse.Namespace, settings: Settings) -> int:
     print(f"{source}: ok")
     print(f"  legacy front {', '.join(settings.legacy.hosts)} → {settings.legacy.backend}")
     print(f"  new front    {', '.join(settings.new.hosts)} → {settings.new.backend}")
-    print(f"  store        {settings.store.url} (prefix {settings.store.prefix!r})")
+    print(f"  store        {_redacted(settings.store.url)} (prefix {settings.store.prefix!r})")
     print(f"  sunset       {sunset.isoformat() if sunset else 'none'}")
     print(
         f"  listening    {settings.server.host}:{settings.server.port}, "
         f"admin {settings.admin.host}:{settings.admin.port}"
     )
     return 0
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password, for printing."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def tenant_ops(settings: Settings) -> TenantOps:

@@ -166,3 +166,12 @@ def test_with_the_embedded_store_the_cli_moves_tenants_through_the_admin_api(
         assert "--force" in refused.stderr
         history = edge("tenant", "history", "acme", "--config", str(path))
         assert "by carol" in history.stdout
+
+
+def test_check_config_never_prints_the_store_password(tmp_path: Path) -> None:
+    path = tmp_path / "edge.toml"
+    path.write_text(CONFIG.format(url="redis://ops:s3cret-pw@127.0.0.1:6390/0", prefix="edge:"))
+    result = edge("check-config", "--config", str(path))
+    assert result.returncode == 0
+    assert "s3cret-pw" not in result.stdout
+    assert "redis://ops:***@127.0.0.1:6390/0" in result.stdout
