@@ -244,8 +244,10 @@ def _rfc7239(values: list[bytes]) -> tuple[list[bytes], dict[bytes, bytes]]:
                 element[key.strip().lower()] = item.strip().strip(b'"')
             node = element.get(b"for", b"")  # "192.0.2.1:4711", "[2001:db8::1]:4711", "unknown"
             bracketed = node[:1] == b"["
-            hops.append(node[1:].partition(b"]")[0] if bracketed else node.partition(b":")[0])
-    return [b", ".join(hops)], element
+            hop = node[1:].partition(b"]")[0] if bracketed else node.partition(b":")[0]
+            if hop:
+                hops.append(hop)
+    return hops, element
 
 
 def _forwarded_node(ip: str) -> str:
@@ -309,7 +311,7 @@ def upstream_headers(
         out = [header for header in out if header[0] not in names]
     if forwarded:
         if not forwarded_for:  # a proxy that speaks only RFC 7239: the same hops in both
-            forwarded_for = [_rfc7239(forwarded)[0][0].decode("latin-1")]
+            forwarded_for = [hop.decode("latin-1") for hop in _rfc7239(forwarded)[0]]
         elements = [value.decode("latin-1") for value in forwarded]
         if peer:
             elements.append(f"for={_forwarded_node(peer)}")

@@ -131,6 +131,13 @@ def test_a_proxy_that_speaks_only_rfc_7239_is_understood(behind_a_proxy: Stack) 
     ]
 
 
+def test_a_forwarded_element_without_an_address_adds_no_hop(behind_a_proxy: Stack) -> None:
+    seen = last_seen(behind_a_proxy, f"/{LEGACY}/", LEGACY_HOST, [("Forwarded", "proto=https")])
+    assert all_values(seen, "x-forwarded-for") == ["127.0.0.1"]
+    assert all_values(seen, "x-forwarded-proto") == ["https"]
+    assert all_values(seen, "forwarded") == ["proto=https, for=127.0.0.1"]
+
+
 def test_the_portal_gets_the_clients_host_unless_configured_otherwise(
     plain: Stack, behind_a_proxy: Stack
 ) -> None:
