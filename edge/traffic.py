@@ -61,8 +61,9 @@ class Traffic:
         """A legacy-portal GET answered 2xx. On the request path: one dict operation."""
         key = (tenant, path)
         pending = self._deep_links
-        if key in pending:
-            pending[key] += 1
+        count = pending.get(key)
+        if count is not None:
+            pending[key] = count + 1
         elif len(pending) < self.max_pending:
             pending[key] = 1
         else:
@@ -72,8 +73,9 @@ class Traffic:
         """A new-portal response in ``phase`` (setup or active). One dict operation."""
         key = (tenant, phase, status)
         pending = self._responses
-        if key in pending:
-            pending[key] += 1
+        count = pending.get(key)
+        if count is not None:
+            pending[key] = count + 1
         elif len(pending) < self.max_pending:
             pending[key] = 1
         else:
