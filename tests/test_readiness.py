@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,11 @@ from edge import config
 from edge.asgi import Receive, Scope, Send
 from edge.config import StoreSettings
 from edge.modes import ChangeRefused, ModeStore, open_store
+from edge.modes.base import MoveOutcome
 from edge.modes.traffic import TrafficCounts
 from edge.policy import Mode
 from edge.readiness import USER_AGENT, NotReady, ReadinessCheck
+from edge.schedule import Scheduler
 from tests.stack import ADMIN_TOKEN, LEGACY_HOST, NEW_HOST, RecordingBackend, Stack, stack
 from tests.support import RedisServer, ServerThread, eventually
 from tests.test_cli import edge as run_edge
@@ -348,3 +351,30 @@ def test_the_dashboard_shows_readiness_and_activates_below_it_only_with_force(
         assert redis_server.cli("GET", f"{prefix}mode:acme") == "active"
         history = client.get("/tenants/acme")
         assert "dashboard:alice" in text_of(history)
+
+
+async def test_schedules_and_bulk_moves_go_through_the_same_guard(
+    store: ModeStore, new_portal: tuple[RecordingBackend, str]
+) -> None:
+    _, url = new_portal
+    store.activation_guard = ReadinessCheck(settings_for(url), store).guard
+    await store.set_mode("acme", Mode.SETUP, actor="ana")
+
+    moved = await store.move_many([("acme", "active"), ("quiet-gym", "active")], actor="ana")
+    assert [(result.tenant, result.outcome) for result in moved] == [
+        ("acme", MoveOutcome.REFUSED),
+        ("quiet-gym", MoveOutcome.MOVED),  # no recorded traffic: coverage unknown, allowed
+    ]
+    assert "acme: 84.0% of 100 recorded requests" in (moved[0].reason or "")
+
+    due = datetime.now(UTC) + timedelta(seconds=0.2)
+    await store.schedule_move("acme", Mode.ACTIVE, due, actor="ana")
+    await asyncio.sleep((due - datetime.now(UTC)).total_seconds() + 0.05)
+    assert await Scheduler(store).run_due() == []  # refused, and dropped with a warning
+    assert await store.get("acme") == "setup"
+
+    due = datetime.now(UTC) + timedelta(seconds=0.2)
+    await store.schedule_move("acme", Mode.ACTIVE, due, actor="ana", force=True)
+    await asyncio.sleep((due - datetime.now(UTC)).total_seconds() + 0.05)
+    [change] = await Scheduler(store).run_due()
+    assert (change.mode, change.note) == (Mode.ACTIVE, "forced: readiness not checked")
