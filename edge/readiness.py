@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from edge.config import Settings
+from edge.headers import Backend
 from edge.modes import ChangeRefused, ModeStore
 from edge.policy import Mode, Policy
 
@@ -152,7 +153,8 @@ class ReadinessCheck:
     def __init__(self, settings: Settings, store: ModeStore) -> None:
         self.store = store
         self.policy = Policy.from_settings(settings)
-        self.backend = settings.new.backend
+        # As forwarding does: the client's Host (here the public one), or the backend URL's.
+        self.backend = Backend.from_settings(settings.new)
         self.keep = settings.policy.deep_links
         self.threshold = settings.policy.activation_coverage
         self.rate = settings.policy.readiness_rate
@@ -177,7 +179,7 @@ class ReadinessCheck:
     async def probe(self, tenant: str, links: Sequence[tuple[str, int]]) -> ReadinessReport:
         public = urlsplit(self.policy.new_page(tenant, "/"))
         headers = {
-            "host": public.netloc,
+            **({"host": public.netloc} if self.backend.keep_host else {}),
             "user-agent": USER_AGENT,
             "x-edge-tenant": tenant,
             "x-edge-mode": Mode.SETUP.value,
@@ -192,7 +194,9 @@ class ReadinessCheck:
             async with slots:
                 await pace.wait()
                 try:
-                    async with client.stream("GET", self.backend + target, headers=headers) as r:
+                    async with client.stream(
+                        "GET", self.backend.url + target, headers=headers
+                    ) as r:
                         return r.status_code, None
                 except httpx.HTTPError as exc:
                     return None, str(exc) or type(exc).__name__

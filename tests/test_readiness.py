@@ -121,6 +121,18 @@ async def test_coverage_is_the_share_of_recorded_requests_that_resolve(
         assert seen.header("user-agent") == USER_AGENT
 
 
+async def test_probes_send_the_host_the_portal_gets_from_edge(
+    store: ModeStore, new_portal: tuple[RecordingBackend, str]
+) -> None:
+    backend, url = new_portal
+    settings = settings_for(url)
+    own_host = settings.model_copy(
+        update={"new": settings.new.model_copy(update={"host_header": "backend"})}
+    )
+    await ReadinessCheck(own_host, store).report("acme")
+    assert {seen.header("host") for seen in backend.seen} == {url.removeprefix("http://")}
+
+
 async def test_a_portal_that_cannot_be_reached_covers_nothing(store: ModeStore) -> None:
     report = await ReadinessCheck(settings_for("http://127.0.0.1:9"), store).report("acme")
     assert report.coverage == 0
