@@ -1,0 +1,202 @@
+"""What one bench run measured, and its summary: medians, ratios to edge, the issue's targets."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from bench.load import LoadResult, Transfer
+from bench.nginx import nginx_binary
+
+EDGE = "edge"
+FORWARD_ONLY = "edge forward-only"
+BARE = "bare forwarder"
+PEERS = ("asgiproxy", "fastapi-proxy-lib")
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class TenantRun:
+    load: LoadResult
+    hits: int
+    misses: int
+    cold: bool
+
+    @property
+    def hit_rate(self) -> float:
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+
+@dataclass
+class Results:
+    rounds: int
+    duration: float
+    tenants: int
+    spread: int
+    load: dict[str, dict[int, list[LoadResult]]] = field(default_factory=dict)
+    transfers: dict[str, dict[str, list[tuple[Transfer, int]]]] = field(default_factory=dict)
+    idle_rss: dict[str, int] = field(default_factory=dict)
+    tenant_runs: list[TenantRun] = field(default_factory=list)
+    started: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def add_load(self, target: str, connections: int, run: LoadResult) -> LoadResult:
+        self.load.setdefault(target, {}).setdefault(connections, []).append(run)
+        return run
+
+    def add_tenants(self, run: TenantRun) -> TenantRun:
+        self.tenant_runs.append(run)
+        return run
+
+    def add_transfer(self, target: str, direction: str, transfer: Transfer, peak: int) -> None:
+        self.transfers.setdefault(target, {}).setdefault(direction, []).append((transfer, peak))
+
+    def summary(self) -> dict[str, Any]:
+        load = {
+            target: {str(c): _load_summary(runs) for c, runs in by_connections.items()}
+            for target, by_connections in self.load.items()
+        }
+        for by_connections in load.values():
+            for c, entry in by_connections.items():
+                edge = load.get(EDGE, {}).get(c)
+                entry["vs_edge"] = entry["rps"] / edge["rps"] if edge and edge["rps"] else None
+        return {
+            "date": self.started.isoformat(timespec="seconds"),
+            "machine": machine(),
+            "settings": {
+                "rounds": self.rounds,
+                "seconds_per_run": self.duration,
+                "connections": sorted({c for runs in self.load.values() for c in runs}),
+                "load": "wrk --latency, 2 threads (1 at 1 connection), keep-alive, 26-byte body",
+            },
+            "load": load,
+            "streaming": {
+                target: self._streaming(target, by_direction)
+                for target, by_direction in self.transfers.items()
+            },
+            "tenants": self._tenants(load),
+            "targets": targets(load),
+        }
+
+    def _streaming(
+        self, target: str, by_direction: dict[str, list[tuple[Transfer, int]]]
+    ) -> dict[str, Any]:
+        summary: dict[str, Any] = {"idle_rss_mib": self.idle_rss.get(target, 0) / MIB}
+        for direction, runs in by_direction.items():
+            summary[direction] = {
+                "mib_s": statistics.median(t.mib_s for t, _ in runs),
+                "peak_rss_mib": max(peak for _, peak in runs) / MIB,
+                "runs_mib_s": [round(t.mib_s, 1) for t, _ in runs],
+            }
+        return summary
+
+    def _tenants(self, load: dict[str, Any]) -> dict[str, Any]:
+        cold = [run for run in self.tenant_runs if run.cold]
+        warm = [run for run in self.tenant_runs if not run.cold]
+        edge = load.get(EDGE, {}).get("50")
+        summary: dict[str, Any] = {"stored": self.tenants, "spread_over": self.spread}
+        if cold:
+            summary["cold"] = _tenant_summary(cold)
+        if warm:
+            summary["warm"] = _tenant_summary(warm)
+            summary["warm"]["vs_edge_one_tenant"] = (
+                summary["warm"]["rps"] / edge["rps"] if edge else None
+            )
+        return summary
+
+
+def _load_summary(runs: list[LoadResult]) -> dict[str, Any]:
+    return {
+        "rps": statistics.median(run.rps for run in runs),
+        "p50_ms": statistics.median(run.p50_ms for run in runs),
+        "p99_ms": statistics.median(run.p99_ms for run in runs),
+        "cpu_us": statistics.median(run.cpu_us or 0.0 for run in runs),
+        "clean": all(run.clean for run in runs),
+        "runs_rps": [round(run.rps) for run in runs],
+    }
+
+
+def _tenant_summary(runs: list[TenantRun]) -> dict[str, Any]:
+    hits = sum(run.hits for run in runs)
+    misses = sum(run.misses for run in runs)
+    return {
+        **_load_summary([run.load for run in runs]),
+        "hits": hits,
+        "misses": misses,
+        "hit_rate": hits / (hits + misses) if hits + misses else 0.0,
+    }
+
+
+def targets(load: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, each a ratio within this run; absent targets are left out."""
+    checks: list[dict[str, Any]] = []
+    edge = load.get(EDGE, {}).get("50")
+    if edge is None:
+        return checks
+    peers = [(name, load[name]["50"]) for name in PEERS if name in load]
+    if peers:
+        name, best = max(peers, key=lambda peer: peer[1]["rps"])
+        ratio = edge["rps"] / best["rps"]
+        checks.append(
+            _check(f"edge ≥ 1.2x the best Python peer ({name}) at 50 connections", ratio, 1.2, "x")
+        )
+        checks.append(
+            {
+                "name": f"edge p99 lower than {name}'s at 50 connections",
+                "value": edge["p99_ms"],
+                "goal": f"< {best['p99_ms']:.2f} ms",
+                "shown": f"{edge['p99_ms']:.2f} ms vs {best['p99_ms']:.2f} ms",
+                "met": edge["p99_ms"] < best["p99_ms"],
+            }
+        )
+    if FORWARD_ONLY in load:
+        ratio = edge["rps"] / load[FORWARD_ONLY]["50"]["rps"]
+        checks.append(
+            _check("mode look-up and policy cost ≤ 5% (edge / forward-only)", ratio, 0.95, "x")
+        )
+    if BARE in load:
+        ratio = edge["rps"] / load[BARE]["50"]["rps"]
+        name = "routing, access log and metrics together (edge / bare forwarder), no goal"
+        checks.append({**_check(name, ratio, 0, "x"), "goal": "none", "met": None})
+    if "nginx" in load:
+        ratio = edge["rps"] / load["nginx"]["50"]["rps"]
+        name = "edge ≥ 12% of nginx's throughput at 50 connections"
+        checks.append(_check(name, ratio, 0.12, "%"))
+    return checks
+
+
+def _check(name: str, value: float, goal: float, unit: str) -> dict[str, Any]:
+    shown = f"{value:.1%}" if unit == "%" else f"{value:.2f}x"
+    wanted = f"≥ {goal:.0%}" if unit == "%" else f"≥ {goal:.2f}x"
+    return {"name": name, "value": value, "goal": wanted, "shown": shown, "met": value >= goal}
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            names = (line.split(":", 1)[1] for line in cpuinfo if line.startswith("model name"))
+            model = next(names, "").strip()
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "nginx": _version([nginx_binary(), "-v"]),
+        "wrk": _version(["wrk", "-v"]),
+    }
+
+
+def _version(argv: list[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=10)
+    except OSError:
+        return "?"
+    return (done.stdout + done.stderr).strip().splitlines()[0] if done.stdout + done.stderr else "?"

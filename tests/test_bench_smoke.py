@@ -1,0 +1,55 @@
+"""The bench runs end to end, so that it cannot rot. Its numbers are not judged here: a test
+machine is too noisy for that, and the bench's own ratios are for people to read."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_the_bench_measures_every_case_in_smoke_mode(tmp_path: Path) -> None:
+    # --smoke: one round, without the Python peers and the chart, whose packages live in
+    # bench/.venv rather than the test environment.
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--duration", "1", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((tmp_path / "results.json").read_text())
+
+    load = summary["load"]
+    assert set(load) == {"direct", "nginx", "edge", "edge forward-only", "bare forwarder"}
+    for target, by_connections in load.items():
+        assert set(by_connections) == {"1", "50"}, target
+        for entry in by_connections.values():
+            assert entry["clean"], (target, entry)  # every answer a 2xx, no socket error
+            assert entry["rps"] > 0 and entry["p99_ms"] >= entry["p50_ms"] > 0
+            assert entry["cpu_us"] > 0
+    assert load["edge"]["50"]["vs_edge"] == 1.0
+
+    assert set(summary["streaming"]) == {"direct", "nginx", "edge"}
+    for target in ("direct", "nginx", "edge"):
+        streaming = summary["streaming"][target]
+        for direction in ("download", "upload"):
+            assert streaming[direction]["mib_s"] > 0, (target, direction)
+            assert streaming[direction]["peak_rss_mib"] > 0, (target, direction)
+
+    tenants = summary["tenants"]
+    assert tenants["stored"] == 100_000 and tenants["spread_over"] == 10_000
+    assert tenants["cold"]["misses"] > 0  # the cache filled from Redis
+    assert tenants["warm"]["hits"] > 0 and tenants["warm"]["clean"]
+    assert 0 < tenants["warm"]["hit_rate"] <= 1
+
+    checks = {check["name"] for check in summary["targets"]}
+    assert any("forward-only" in name for name in checks)
+    assert any("nginx" in name for name in checks)
+    assert any("bare forwarder" in name for name in checks)
+    assert "targets (ratios within this run)" in done.stdout
