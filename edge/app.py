@@ -7,6 +7,7 @@ can never be reached through the public listener.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Mapping
 
@@ -102,6 +103,11 @@ class EdgeApp:
                     log.exception("edge could not start")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
+                # What survives now (modules, config, apps) lives as long as the process: frozen,
+                # the cyclic GC's full collections stop walking it. Each took ~50 ms under load,
+                # ~10% of the CPU per request and a p99 spike (bench/, issue 6).
+                gc.collect()
+                gc.freeze()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.scheduler.stop()
