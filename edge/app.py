@@ -53,6 +53,7 @@ class EdgeApp:
         self.store.activation_guard = self.readiness.guard
         self.traffic = Traffic(self.store, settings)
         self.watch = WatchMonitor(self.store, self.traffic, settings)
+        self.metrics.registry.register(self.traffic)
         self.metrics.registry.register(self.watch)
         self.router = Router(
             settings,

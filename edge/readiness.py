@@ -194,10 +194,9 @@ class ReadinessCheck:
             async with slots:
                 await pace.wait()
                 try:
-                    async with client.stream(
-                        "GET", self.backend.url + target, headers=headers
-                    ) as r:
-                        return r.status_code, None
+                    url = self.backend.url + target
+                    async with client.stream("GET", url, headers=headers) as response:
+                        return response.status_code, None
                 except httpx.HTTPError as exc:
                     return None, str(exc) or type(exc).__name__
 

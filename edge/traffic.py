@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import suppress
 from datetime import UTC, datetime, timedelta
+
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from edge.config import Settings
 from edge.modes import ModeStore, StoreUnavailable
@@ -36,7 +39,7 @@ def normalise(path: str) -> str | None:
     return path
 
 
-class Traffic:
+class Traffic(Collector):
     def __init__(
         self,
         store: ModeStore,
@@ -51,7 +54,7 @@ class Traffic:
         # Active tenants inside their watch window, as of the last refresh.
         self.watched: frozenset[str] = frozenset()
         self.max_pending = MAX_PENDING
-        self.dropped = 0
+        self.dropped = 0  # requests not counted: too many distinct keys, or a failed flush
         self._deep_links: dict[tuple[str, str], int] = {}
         self._responses: dict[tuple[str, str, int], int] = {}
         self._task: asyncio.Task[None] | None = None
@@ -108,8 +111,10 @@ class Traffic:
         try:
             if counts:
                 await self.store.add_traffic(counts, self.keep)
+                counts = TrafficCounts()  # written
             activated = await self.store.activations(self.clock() - self.window)
         except StoreUnavailable as exc:
+            self.dropped += counts.requests()
             if not self._failing:
                 log.warning("traffic counts could not be written, dropping them: %s", exc)
             self._failing = True
@@ -118,6 +123,14 @@ class Traffic:
             log.info("traffic counts are written again")
         self._failing = False
         self.watched = frozenset(activated)
+
+    def collect(self) -> Iterable[Metric]:
+        yield CounterMetricFamily(
+            "edge_traffic_uncounted",
+            "Requests left out of the deep-link and watch counts: too many distinct ones "
+            "between two flushes, or the store unreachable at a flush.",
+            value=self.dropped,
+        )
 
     async def start(self) -> None:
         if self._task is None:

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from edge import config
 from edge.config import StoreSettings
@@ -131,12 +132,16 @@ async def test_a_flush_that_cannot_reach_the_store_drops_its_counts_and_recovers
     try:
         traffic = traffic_for(store)
         traffic.deep_link("acme", "/acme/lost")
+        traffic.response("acme", "setup", 200)
         own_redis.stop()
         await traffic.flush()  # logged, not raised
         own_redis.start()
         traffic.deep_link("acme", "/acme/kept")
         await traffic.flush()
         assert await store.deep_links("acme", 10) == [("/acme/kept", 1)]
+        registry = CollectorRegistry()
+        registry.register(traffic)
+        assert registry.get_sample_value("edge_traffic_uncounted_total") == 2
     finally:
         await store.close()
 

@@ -38,3 +38,11 @@ class TrafficCounts:
 
     def __bool__(self) -> bool:
         return bool(self.deep_links or self.responses)
+
+    def requests(self) -> int:
+        """How many requests these counts stand for."""
+        links = sum(n for paths in self.deep_links.values() for n in paths.values())
+        answers = sum(
+            n for phases in self.responses.values() for c in phases.values() for n in c.values()
+        )
+        return links + answers
