@@ -277,7 +277,7 @@ def cmd_tenant_set(args: argparse.Namespace, settings: Settings) -> int:
         else:
             print(f"{args.tenant}: already {mode}, nothing changed")
         if change.note:
-            print(f"  readiness: {change.note}")
+            print(f"  {change.note}")  # what the readiness check found
         return 0
 
     return run_tenant_command(settings, action)

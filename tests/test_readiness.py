@@ -330,7 +330,7 @@ def test_a_tenant_whose_portal_lacks_pages_is_refused_activation_until_they_exis
     activated = run_edge("tenant", "set", "acme", "active", *cli)
     assert activated.returncode == 0, activated.stderr
     assert "setup → active" in activated.stdout
-    assert "readiness: acme: 100.0% of 10 recorded requests" in activated.stdout
+    assert "\n  acme: 100.0% of 10 recorded requests" in activated.stdout
     assert redis_server.cli("GET", f"{prefix}mode:acme") == "active"
     probes = [seen for seen in edge.new.seen if seen.header("user-agent") == USER_AGENT]
     assert probes and all(seen.method == "GET" for seen in probes)
@@ -390,3 +390,38 @@ async def test_schedules_and_bulk_moves_go_through_the_same_guard(
     await asyncio.sleep((due - datetime.now(UTC)).total_seconds() + 0.05)
     [change] = await Scheduler(store).run_due()
     assert (change.mode, change.note) == (Mode.ACTIVE, "forced: readiness not checked")
+
+
+def test_with_the_embedded_store_the_cli_asks_the_running_edge(tmp_path: Path) -> None:
+    with stack("memory://", "edge:", policy={"path_rules": RULES}) as edge:
+        edge.new.statuses["/acme/billing/invoices"] = 404
+        admin_port = edge.edge.settings.admin.port
+        config_file = tmp_path / "edge.toml"
+        config_file.write_text(
+            CLI_CONFIG.format(
+                url="memory://",
+                prefix="edge:",
+                legacy_host=LEGACY_HOST,
+                legacy="http://127.0.0.1:9",
+                new_host=NEW_HOST,
+                new="http://127.0.0.1:9",  # the CLI never probes: the running edge does
+            )
+            + f'[admin]\nport = {admin_port}\ntoken = "{ADMIN_TOKEN}"\n'
+        )
+        cli = ["--config", str(config_file)]
+        with edge.client() as client, edge.admin() as admin:
+            for path in ["/acme/classes", "/acme/invoices"]:
+                client.get(path, headers={"Host": LEGACY_HOST})
+            eventually(lambda: admin.get("/api/tenants/acme/readiness").json()["requests"] == 2)
+        checked = run_edge("tenant", "readiness", "acme", *cli)
+        assert checked.returncode == 1
+        assert "acme: 50.0% of 2 recorded requests (2 paths) resolve" in checked.stdout
+        refused = run_edge("tenant", "set", "acme", "active", *cli)
+        assert refused.returncode == 1
+        assert "refused: acme: 50.0% of 2 recorded requests" in refused.stderr
+        forced = run_edge("tenant", "set", "acme", "active", "--force", *cli)
+        assert forced.returncode == 0, forced.stderr
+        assert "\n  forced: readiness not checked" in forced.stdout
+        watched = run_edge("tenant", "watch", "acme", *cli)
+        assert watched.returncode == 0
+        assert "too few responses since activation to judge" in watched.stdout
