@@ -3,8 +3,8 @@
 Every line has ``time``, ``level`` and ``logger``; other logs add ``message`` and their
 ``extra`` fields, access lines add the request's fields. The access log skips the logging
 machinery (a record, a formatter and a locked handler per request would cost more than the
-metrics): the router builds each line with orjson and queues it; a thread writes the queue out
-in batches, so a slow stdout never blocks the loop. When the queue is full lines are dropped
+metrics): each line is built with orjson on the loop and queued; a thread writes the queue
+out in batches, so a slow stdout never blocks the loop. When the queue is full lines are dropped
 and counted, rather than memory growing without bound.
 """
 
@@ -51,7 +51,8 @@ class JsonFormatter(logging.Formatter):
         line.update((k, v) for k, v in vars(record).items() if k not in _RECORD_FIELDS)
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(line, option=orjson.OPT_UTC_Z, default=str).decode()
+        options = orjson.OPT_UTC_Z | orjson.OPT_NON_STR_KEYS
+        return orjson.dumps(line, option=options, default=str).decode()
 
 
 def configure(server: ServerSettings) -> None:
