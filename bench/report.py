@@ -110,53 +110,40 @@ def draw(summary: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import StrMethodFormatter
 
     load = summary["load"]
     names = list(load)
-    figure, axes = plt.subplots(2, 2, figsize=(14, 9.5))
+    figure, axes = plt.subplots(3, 2, figsize=(14, 13))
     figure.suptitle(
-        f"edge side by side: {summary['date']}, {summary['machine']['cpus']} CPUs, "
-        f"medians of {summary['settings']['rounds']} interleaved rounds (wrk, loopback)",
+        f"edge side by side, {summary['date']}: {summary['machine']['cpus']} CPUs, loopback, "
+        f"wrk, medians of {summary['settings']['rounds']} interleaved rounds",
         fontsize=13,
     )
-    for axis, connections in zip(axes[0], ("50", "1"), strict=True):
-        values = [load[name].get(connections, {}).get("rps", 0) for name in names]
-        _bars(axis, names, values, "{:,.0f}")
-        axis.set_title(
-            f"requests/s at {connections} connection{'s' if connections != '1' else ''}"
-            " (more is better)"
-        )
-    p99 = [load[name].get("50", {}).get("p99_ms", 0) for name in names]
-    _bars(axes[1][0], names, p99, "{:.1f} ms")
-    axes[1][0].set_title("p99 latency at 50 connections, ms (less is better)")
 
-    streaming = summary["streaming"]
-    axis = axes[1][1]
-    if streaming:
-        proxies = list(streaming)
-        rows = range(len(proxies))
-        height = 0.38
-        sides = ((-height / 2, "download", "#4c72b0"), (height / 2, "upload", "#dd8452"))
-        for offset, direction, colour in sides:
-            values = [streaming[p].get(direction, {}).get("mib_s", 0) for p in proxies]
-            peaks = [streaming[p].get(direction, {}).get("peak_rss_mib", 0) for p in proxies]
-            places = [row + offset for row in rows]
-            bars = axis.barh(places, values, height, label=direction, color=colour)
-            for bar, value, peak in zip(bars, values, peaks, strict=True):
-                axis.annotate(
-                    f" {value:,.0f} MiB/s, peak RSS {peak:.0f} MiB",
-                    (bar.get_width(), bar.get_y() + bar.get_height() / 2),
-                    va="center",
-                    fontsize=8,
-                )
-        axis.set_yticks(list(rows), proxies)
-        axis.invert_yaxis()
-        axis.legend(loc="lower right", fontsize=8)
-        axis.set_xlim(0, axis.get_xlim()[1] * 1.6)
-        axis.set_title("100 MiB through each proxy, MiB/s (more is better)")
-    else:
-        axis.set_visible(False)
-    figure.tight_layout()
+    def metric(connections: str, key: str) -> list[float]:
+        return [load[name].get(connections, {}).get(key, 0) for name in names]
+
+    more = "(more is better)"
+    panels = (
+        (axes[0][0], metric("50", "rps"), "{:,.0f}", f"requests/s at 50 connections {more}"),
+        (axes[0][1], metric("1", "rps"), "{:,.0f}", f"requests/s at 1 connection {more}"),
+        (axes[1][0], metric("50", "p99_ms"), "{:.1f} ms", "p99 latency at 50 connections, ms"),
+        (
+            axes[1][1],
+            metric("50", "cpu_us"),
+            "{:.0f} µs",
+            "CPU µs per request at 50 connections (the cost; less is better)",
+        ),
+    )
+    for axis, values, label, title in panels:
+        _bars(axis, names, values, label)
+        axis.set_title(title)
+    _streaming(axes[2][0], summary["streaming"])
+    _tenants(axes[2][1], summary["tenants"])
+    for axis in axes.flat:
+        axis.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+    figure.tight_layout(rect=(0, 0, 1, 0.97))
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
@@ -174,3 +161,52 @@ def _bars(axis: Any, names: list[str], values: list[float], label: str) -> None:
         )
     axis.set_xlim(0, max(values, default=1) * 1.2 or 1)
     axis.grid(axis="x", alpha=0.3)
+
+
+def _streaming(axis: Any, streaming: dict[str, Any]) -> None:
+    if not streaming:
+        axis.set_visible(False)
+        return
+    proxies = list(streaming)
+    rows = range(len(proxies))
+    height = 0.38
+    sides = ((-height / 2, "download", "#4c72b0"), (height / 2, "upload", "#dd8452"))
+    for offset, direction, colour in sides:
+        values = [streaming[p].get(direction, {}).get("mib_s", 0) for p in proxies]
+        peaks = [streaming[p].get(direction, {}).get("peak_rss_mib", 0) for p in proxies]
+        places = [row + offset for row in rows]
+        bars = axis.barh(places, values, height, label=direction, color=colour)
+        for bar, value, peak in zip(bars, values, peaks, strict=True):
+            axis.annotate(
+                f" {value:,.0f} MiB/s, peak RSS {peak:.0f} MiB",
+                (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+                va="center",
+                fontsize=8,
+            )
+    axis.set_yticks(list(rows), proxies)
+    axis.invert_yaxis()
+    axis.legend(loc="lower right", fontsize=8)
+    axis.set_xlim(0, axis.get_xlim()[1] * 1.7)
+    axis.grid(axis="x", alpha=0.3)
+    axis.set_title("100 MiB through each proxy, MiB/s, and its peak RSS")
+
+
+def _tenants(axis: Any, tenants: dict[str, Any]) -> None:
+    phases = [phase for phase in ("cold", "warm") if phase in tenants]
+    if not phases:
+        axis.set_visible(False)
+        return
+    values = [tenants[phase]["rps"] for phase in phases]
+    bars = axis.barh(phases, values, color=["#8c8c8c", "#c44e52"][: len(phases)])
+    axis.invert_yaxis()
+    for bar, phase in zip(bars, phases, strict=True):
+        entry = tenants[phase]
+        axis.annotate(
+            f" {entry['rps']:,.0f} req/s, cache hit rate {entry['hit_rate']:.1%}",
+            (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+            va="center",
+            fontsize=9,
+        )
+    axis.set_xlim(0, max(values) * 1.8)
+    axis.grid(axis="x", alpha=0.3)
+    axis.set_title(f"edge, {tenants['stored']:,} tenants, requests over {tenants['spread_over']:,}")

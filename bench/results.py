@@ -133,18 +133,38 @@ def _tenant_summary(runs: list[TenantRun]) -> dict[str, Any]:
 
 
 def targets(load: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets, each a ratio within this run; absent targets are left out."""
+    """The issue's targets, each a ratio of edge to another target within this run.
+
+    Each is judged on requests/s, as the issue states it; ``by_cpu`` gives the same ratio from
+    the CPU each spends per request (the other's over edge's), which other load on the
+    machine moves far less.
+    """
     checks: list[dict[str, Any]] = []
     edge = load.get(EDGE, {}).get("50")
     if edge is None:
         return checks
+
+    def ratio(name: str, wording: str, goal: float | None, unit: str = "x") -> None:
+        other = load[name]["50"]
+        value = edge["rps"] / other["rps"]
+        by_cpu = other["cpu_us"] / edge["cpu_us"] if edge["cpu_us"] else 0.0
+        shown = (lambda x: f"{x:.1%}") if unit == "%" else (lambda x: f"{x:.2f}x")
+        wanted = "none" if goal is None else f"≥ {shown(goal)}"
+        checks.append(
+            {
+                "name": wording,
+                "value": value,
+                "by_cpu": by_cpu,
+                "goal": wanted,
+                "shown": f"{shown(value)} (by CPU per request {shown(by_cpu)})",
+                "met": None if goal is None else value >= goal,
+            }
+        )
+
     peers = [(name, load[name]["50"]) for name in PEERS if name in load]
     if peers:
         name, best = max(peers, key=lambda peer: peer[1]["rps"])
-        ratio = edge["rps"] / best["rps"]
-        checks.append(
-            _check(f"edge ≥ 1.2x the best Python peer ({name}) at 50 connections", ratio, 1.2, "x")
-        )
+        ratio(name, f"edge ≥ 1.2x the best Python peer ({name}) at 50 connections", 1.2)
         checks.append(
             {
                 "name": f"edge p99 lower than {name}'s at 50 connections",
@@ -155,25 +175,12 @@ def targets(load: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     if FORWARD_ONLY in load:
-        ratio = edge["rps"] / load[FORWARD_ONLY]["50"]["rps"]
-        checks.append(
-            _check("mode look-up and policy cost ≤ 5% (edge / forward-only)", ratio, 0.95, "x")
-        )
+        ratio(FORWARD_ONLY, "mode look-up and policy cost ≤ 5% (edge / forward-only)", 0.95)
     if BARE in load:
-        ratio = edge["rps"] / load[BARE]["50"]["rps"]
-        name = "routing, access log and metrics together (edge / bare forwarder), no goal"
-        checks.append({**_check(name, ratio, 0, "x"), "goal": "none", "met": None})
+        ratio(BARE, "routing, access log and metrics together (edge / bare forwarder)", None)
     if "nginx" in load:
-        ratio = edge["rps"] / load["nginx"]["50"]["rps"]
-        name = "edge ≥ 12% of nginx's throughput at 50 connections"
-        checks.append(_check(name, ratio, 0.12, "%"))
+        ratio("nginx", "edge ≥ 12% of nginx's throughput at 50 connections", 0.12, "%")
     return checks
-
-
-def _check(name: str, value: float, goal: float, unit: str) -> dict[str, Any]:
-    shown = f"{value:.1%}" if unit == "%" else f"{value:.2f}x"
-    wanted = f"≥ {goal:.0%}" if unit == "%" else f"≥ {goal:.2f}x"
-    return {"name": name, "value": value, "goal": wanted, "shown": shown, "met": value >= goal}
 
 
 def machine() -> dict[str, Any]:
