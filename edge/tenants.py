@@ -37,12 +37,15 @@ def is_safe_path(path: str, raw_path: bytes) -> bool:
     No dot segment, encoded or back slash, double encoding or control byte, also once a
     backend applies Unicode compatibility normalisation (full-width dots and slashes).
     """
-    if not path.startswith("/") or _UNSAFE_PATH.search(path) is not None:
+    if not path.startswith("/"):
         return False
     if b"%" not in raw_path:
-        return True  # nothing was decoded (and a raw path is ASCII)
+        # Nothing was decoded, and the parser refuses control and non-ASCII bytes in a request
+        # target: only a dot segment or a back slash can be wrong (most paths have neither).
+        return ("/." not in path and "\\" not in path) or _UNSAFE_PATH.search(path) is None
     return (
-        _ENCODED_SEPARATOR.search(raw_path) is None
+        _UNSAFE_PATH.search(path) is None
+        and _ENCODED_SEPARATOR.search(raw_path) is None
         and _DOUBLE_ENCODED.search(path) is None
         and (path.isascii() or _UNSAFE_PATH.search(unicodedata.normalize("NFKC", path)) is None)
     )

@@ -112,6 +112,18 @@ def test_ambiguous_framing_is_refused_and_ends_the_connection(edge: Stack, rest:
     never_smuggled(edge)
 
 
+def test_control_and_non_ascii_bytes_in_the_target_are_refused(edge: Stack) -> None:
+    """The router relies on this: a path as sent holds neither (only percent-encoded)."""
+    before = edge.reached_backend()
+    for byte in [*range(0x20), 0x7F, 0x80, 0xC3, 0xFF]:
+        target = b"/" + ACTIVE.encode() + b"/a" + bytes([byte]) + b"b"
+        data = b"GET " + target + b" HTTP/1.1\r\nHost: " + NEW_HOST.encode() + b"\r\n\r\n"
+        port = int(edge.public_url.rsplit(":", 1)[1])
+        reply = exchange(port, data)
+        assert reply.statuses == [400] and reply.closed, hex(byte)
+    assert edge.reached_backend() == before
+
+
 def test_transfer_encoding_on_http_1_0_is_refused(edge: Stack) -> None:
     head = HEAD.replace("HTTP/1.1", "HTTP/1.0")
     reply = send(edge, f"{head}Transfer-Encoding: chunked\r\n\r\n{CHUNKED_EMPTY}{SMUGGLED}")
