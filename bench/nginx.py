@@ -70,6 +70,7 @@ _PROXY = """\
             proxy_request_buffering off;
             proxy_buffering off;
             proxy_buffer_size 64k;
+            proxy_buffers 4 64k;
             client_body_buffer_size 64k;
         }}
     }}

@@ -24,6 +24,7 @@ class Service:
         log: Path,
         env: Mapping[str, str] | None = None,
         serves_in_child: bool = False,
+        cwd: Path | None = None,
     ) -> None:
         self.name = name
         self.serves_in_child = serves_in_child  # nginx: a master and one worker
@@ -31,6 +32,7 @@ class Service:
         self.port = port
         self.log = log
         self.env = {**os.environ, **(env or {})}
+        self.cwd = cwd  # `python -m` imports from here first, before PYTHONPATH
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -40,7 +42,7 @@ class Service:
     def start(self, timeout: float = 30.0) -> Service:
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                self.argv, stdout=out, stderr=subprocess.STDOUT, env=self.env
+                self.argv, stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd
             )
         deadline = time.monotonic() + timeout
         while not _listening(self.port):

@@ -144,9 +144,10 @@ class Stage:
         port: int,
         env: dict[str, str] | None = None,
         serves_in_child: bool = False,
+        cwd: Path = REPO,
     ) -> Service:
         log = self.work / f"{name.replace(' ', '-').replace(',', '')}.log"
-        service = Service(name, argv, port, log, env, serves_in_child)
+        service = Service(name, argv, port, log, env, serves_in_child, cwd)
         self._stack.callback(service.stop)
         return service.start()
 
@@ -161,7 +162,7 @@ class Stage:
             "EDGE_SERVER__PORT": str(port),
             "EDGE_ADMIN__PORT": str(admin_port),
         }
-        service = self._run(name, [sys.executable, *args], port, env)
+        service = self._run(name, [sys.executable, *args], port, env, cwd=source)
         return Target(name, service, admin_port=admin_port)
 
     def _peer(self, name: str, app: str, backend: str) -> Target:
