@@ -357,6 +357,8 @@ def downstream_headers(
 
 def _connection_tokens(value: bytes, named: set[bytes] | None) -> set[bytes] | None:
     """Header names listed in a Connection header that are not already dropped anyway."""
+    if value.lower() in _NEVER_NAMED:  # the usual "keep-alive" or "close", without a set
+        return named
     tokens = {token.strip().lower() for token in value.split(b",")} - _NEVER_NAMED
     if not tokens:
         return named
