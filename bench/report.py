@@ -149,17 +149,24 @@ def draw(summary: dict[str, Any], path: Path) -> None:
 
 
 def _bars(axis: Any, names: list[str], values: list[float], label: str) -> None:
+    """One bar per target; one far beyond the rest is cut at the edge, so the rest stay legible."""
     colours = ["#c44e52" if name == EDGE else "#8c8c8c" for name in names]
-    bars = axis.barh(names, values, color=colours)
+    ordered = [*sorted(values, reverse=True), 0.0, 0.0]
+    limit = ordered[0] * 1.2 if ordered[0] <= 3 * ordered[1] else ordered[1] * 1.6
+    bars = axis.barh(names, [min(value, limit) for value in values], color=colours)
     axis.invert_yaxis()
     for bar, value in zip(bars, values, strict=True):
+        cut = value > limit
+        text = f"{label.format(value)} (off scale) " if cut else f" {label.format(value)}"
         axis.annotate(
-            " " + label.format(value),
+            text,
             (bar.get_width(), bar.get_y() + bar.get_height() / 2),
             va="center",
+            ha="right" if cut else "left",
+            color="white" if cut else "black",
             fontsize=9,
         )
-    axis.set_xlim(0, max(values, default=1) * 1.2 or 1)
+    axis.set_xlim(0, limit or 1)
     axis.grid(axis="x", alpha=0.3)
 
 
