@@ -20,8 +20,8 @@ from edge.policy import Mode
 from tests.support import RedisServer, free_port, wait_for_port
 
 
-def _open(server: RedisServer, prefix: str = "edge:") -> ModeStore:
-    return open_store(StoreSettings(url=server.url, prefix=prefix, timeout=0.5))
+def _open(server: RedisServer, prefix: str = "edge:", timeout: float = 0.5) -> ModeStore:
+    return open_store(StoreSettings(url=server.url, prefix=prefix, timeout=timeout))
 
 
 @pytest.fixture
@@ -62,7 +62,9 @@ async def test_prefix_special_characters_do_not_widen_the_listing(
 
 async def test_forward_only_holds_across_clients(redis_server: RedisServer, prefix: str) -> None:
     """Separate clients (separate instances) race; the compare-and-set in Redis decides."""
-    stores = [_open(redis_server, prefix) for _ in range(3)]
+    # A generous timeout: this is about atomicity, and 120 calls at once on a busy machine
+    # can take longer than the production 0.5 s.
+    stores = [_open(redis_server, prefix, timeout=10) for _ in range(3)]
     try:
         tenants = [f"race-{n}" for n in range(40)]
         targets = [Mode.SETUP, Mode.ACTIVE, Mode.SETUP]
