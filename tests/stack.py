@@ -78,7 +78,9 @@ def settings_for(
     legacy_url: str, new_url: str, store_url: str, prefix: str, **sections: dict[str, Any]
 ) -> dict[str, Any]:
     raw: dict[str, Any] = {
-        "server": {"host": "127.0.0.1", "port": 0},
+        # The access log's writer thread would print between pytest's captures; its own
+        # tests (test_access_log.py) read it from a real `edge serve`.
+        "server": {"host": "127.0.0.1", "port": 0, "access_log": False},
         "store": {
             "url": store_url,
             "prefix": prefix,
