@@ -23,6 +23,7 @@ log = logging.getLogger("edge.modes")
 
 _MIN_BACKOFF = 0.05
 _MAX_BACKOFF = 1.0
+_STOP_RETRY = 0.5  # seconds before a cancellation that did not take is sent again
 
 
 class _Missing(enum.Enum):
@@ -139,9 +140,14 @@ class ModeCache:
 
     async def stop(self) -> None:
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # A cancellation can be lost inside the Redis client (a read timeout firing in the
+        # same instant swallows it, leaving the listener blocked on its next read), so it
+        # is sent again until every task has really ended.
+        while tasks:
+            for task in tasks:
+                task.cancel()
+            _, pending = await asyncio.wait(tasks, timeout=_STOP_RETRY)
+            tasks = list(pending)
         self.listening = False
 
     async def _fetch(self, tenant: str, mark: int) -> Mode | None:
