@@ -111,7 +111,9 @@ def test_a_change_no_replica_confirmed_is_not_reported_done(prefix: str) -> None
     assert replica.process is not None
     try:
         eventually(lambda: "master_link_status:up" in replica.cli("INFO", "replication"))
-        store = {"url": master.url, "prefix": prefix, "wait_replicas": 1}
+        # A generous store timeout (WAIT gets half): a healthy replica on a busy machine must
+        # confirm in time; the stopped one below still never does.
+        store = {"url": master.url, "prefix": prefix, "wait_replicas": 1, "timeout": 4}
         set_modes(store, {"gym-a": Mode.SETUP})
         os.kill(replica.process.pid, signal.SIGSTOP)
         with pytest.raises(StoreUnavailable, match="only 0 of 1 replicas confirmed it"):
