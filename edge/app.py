@@ -18,6 +18,7 @@ from edge.asgi import ASGIApp, Receive, Scope, Send
 from edge.config import Settings
 from edge.metrics import Metrics
 from edge.modes import ModeCache, ModeStore, open_store
+from edge.modes.counts import ModeCounter
 from edge.proxy import Forwarder
 from edge.readiness import ReadinessCheck
 from edge.router import Router
@@ -64,6 +65,8 @@ class EdgeApp:
             traffic=self.traffic,
             websockets=self.websockets,
         )
+        # One count of tenants per mode, shared, so a change through either drops it.
+        counter = ModeCounter(self.store)
         self.admin = AdminApi(
             self.store,
             self.cache,
@@ -71,9 +74,10 @@ class EdgeApp:
             self.metrics,
             readiness=self.readiness,
             watch=self.watch,
+            counter=counter,
         ).app()
         self.admin = Dashboard(
-            settings, self.store, readiness=self.readiness, watch=self.watch
+            settings, self.store, readiness=self.readiness, watch=self.watch, counter=counter
         ).around(self.admin)
         self.by_port: dict[int, ASGIApp] = {**(side_apps or {})}
         self.by_port[settings.admin.port] = self.admin
@@ -97,9 +101,9 @@ class EdgeApp:
                     await self.cache.start()
                     await self.traffic.start()
                     await self.watch.start()
+                    await self.scheduler.start()
                     if self.access_log is not None:
                         self.access_log.start()
-                    await self.scheduler.start()
                 except Exception as exc:
                     log.exception("edge could not start")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})

@@ -70,12 +70,13 @@ class AdminApi:
         *,
         readiness: ReadinessCheck | None = None,
         watch: WatchMonitor | None = None,
+        counter: ModeCounter | None = None,
     ) -> None:
         self.store = store
         self.cache = cache
         self.token = token.encode()
         self.metrics = metrics
-        self.counter = ModeCounter(store)
+        self.counter = counter or ModeCounter(store)
         self.readiness = readiness
         self.watch = watch
 

@@ -8,10 +8,7 @@ read-only and need no login (the admin API's reads need none either). A move goe
 
 from __future__ import annotations
 
-import time
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,6 +27,7 @@ from edge.admin.wording import describe_move, sunset_distance, what_customers_se
 from edge.asgi import ASGIApp
 from edge.config import Settings
 from edge.modes import ChangeRefused, ModeStore, StoreUnavailable
+from edge.modes.counts import ModeCounter
 from edge.policy import Mode, Policy
 from edge.preview import PreviewGate
 from edge.readiness import ReadinessCheck
@@ -40,7 +38,6 @@ PAGE_SIZE = 50
 HISTORY_SHOWN = 50
 # A count of tenants per mode reads every key: reuse it for a while (the page says when it
 # was taken); a move made here drops it.
-COUNTS_MAX_AGE = 30.0
 NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._@-")
 SEARCH_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 TEMPLATES = Path(__file__).with_name("templates")
@@ -67,16 +64,6 @@ class PageError(Exception):
         self.status, self.title, self.message, self.back = status, title, message, back
 
 
-@dataclass(frozen=True)
-class ModeCounts:
-    counts: dict[str, int]
-    at: datetime
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-
 class Dashboard:
     def __init__(
         self,
@@ -86,6 +73,7 @@ class Dashboard:
         *,
         readiness: ReadinessCheck | None = None,
         watch: WatchMonitor | None = None,
+        counter: ModeCounter | None = None,
     ) -> None:
         self.store = store
         self.readiness = readiness
@@ -101,7 +89,7 @@ class Dashboard:
         env.filters["when"] = _when
         env.filters["mode_name"] = _mode_name
         self.templates = Jinja2Templates(env=env)
-        self._counts: tuple[float, ModeCounts] | None = None
+        self.counter = counter or ModeCounter(store)
 
     def around(self, api: ASGIApp) -> Starlette:
         """The admin app: the dashboard's pages, and every other path to ``api``."""
@@ -162,7 +150,7 @@ class Dashboard:
                 else None
             ),
             "open_tenant": search if is_tenant_id(search) and search not in shown else None,
-            "counts": await self._mode_counts(),
+            "counts": await self.counter.count(),
             "sunset": self.policy.sunset,
             "sunset_distance": (
                 sunset_distance(self.policy.sunset, self.clock()) if self.policy.sunset else None
@@ -266,7 +254,7 @@ class Dashboard:
             raise PageError(
                 409, "Change refused", f"{refused}. Nothing was changed.", back
             ) from None
-        self._counts = None
+        self.counter.forget()
         return RedirectResponse(f"{back}?moved=1", status_code=303)
 
     # Logging in and out
@@ -341,19 +329,6 @@ class Dashboard:
         if target is None:
             raise PageError(400, "Unknown mode", f"{value!r} is not a mode.", f"/tenants/{tenant}")
         return target
-
-    async def _mode_counts(self) -> ModeCounts:
-        cached = self._counts
-        if cached is not None and time.monotonic() - cached[0] < COUNTS_MAX_AGE:
-            return cached[1]
-        stored = await self.store.modes()
-        tally = Counter(value if Mode.parse(value) else "invalid" for value in stored.values())
-        counts = ModeCounts(
-            {**{mode.value: tally[mode.value] for mode in Mode}, "invalid": tally["invalid"]},
-            self.clock(),
-        )
-        self._counts = (time.monotonic(), counts)
-        return counts
 
     def _render(
         self,
