@@ -198,6 +198,16 @@ class _ProxyRequest(ClientRequest):
         self._skip_auto_headers = self._NO_AUTO
 
 
+def upstream_timeout(upstream: UpstreamSettings) -> aiohttp.ClientTimeout:
+    """Connect within connect_timeout; each read (and so the answer's head) within read_timeout."""
+    return aiohttp.ClientTimeout(
+        total=None,
+        connect=upstream.connect_timeout,
+        sock_connect=upstream.connect_timeout,
+        sock_read=upstream.read_timeout,
+    )
+
+
 class Forwarder:
     """Forwards requests to backends over one pooled aiohttp session per process."""
 
@@ -217,12 +227,7 @@ class Forwarder:
                 limit_per_host=upstream.pool_size_per_host,
                 keepalive_timeout=upstream.keepalive_timeout,
             ),
-            timeout=aiohttp.ClientTimeout(
-                total=None,
-                connect=upstream.connect_timeout,
-                sock_connect=upstream.connect_timeout,
-                sock_read=upstream.read_timeout,
-            ),
+            timeout=upstream_timeout(upstream),
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
             skip_auto_headers=NO_AUTO_HEADERS,

@@ -28,6 +28,7 @@ from edge.proxy import (
     Outcome,
     request_target,
     send_upstream_failure,
+    upstream_timeout,
 )
 from edge.responses import send_response
 
@@ -100,12 +101,7 @@ class WebSocketRelay:
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self._settings.max_connections),
             # sock_read bounds the wait for the handshake answer; aiohttp lifts it after.
-            timeout=aiohttp.ClientTimeout(
-                total=None,
-                connect=upstream.connect_timeout,
-                sock_connect=upstream.connect_timeout,
-                sock_read=upstream.read_timeout,
-            ),
+            timeout=upstream_timeout(upstream),
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=NO_AUTO_HEADERS,
             trust_env=False,
