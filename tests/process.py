@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +44,10 @@ class EdgeProcess:
                 [sys.executable, "-m", "edge", "serve", "--config", str(self.config)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                # A group of its own, so that its workers are stopped with it; faulthandler,
+                # so that a process that hangs can be asked where (wait_exit).
+                start_new_session=True,
+                env={**os.environ, "PYTHONFAULTHANDLER": "1"},
             )
         try:
             wait_for_port(self.port, timeout=30)
@@ -55,8 +61,19 @@ class EdgeProcess:
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            self.process.kill()
+            os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+
+    def wait_exit(self, timeout: float) -> int:
+        """The exit status; a process group still running after ``timeout`` seconds is made to
+        dump every thread's stack (SIGABRT to faulthandler) and the test fails with its log."""
+        assert self.process is not None
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGABRT)
+            self.process.wait(10)
+            raise AssertionError(f"edge did not exit in {timeout} s:\n{self.output()}") from None
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")

@@ -126,7 +126,7 @@ def test_sigterm_lets_an_upload_in_flight_finish_then_exits_0(
         eventually(lambda: refused(edge.port) and refused(edge.admin_port), within=10)
         upload.resume.set()
         upload.join(30)
-        assert edge.process.wait(30) == 0, edge.output()
+        assert edge.wait_exit(30) == 0, edge.output()
 
     head, _, body = upload.reply.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200"), upload.reply[:500]
@@ -145,7 +145,7 @@ def test_a_request_longer_than_the_grace_period_is_cut_and_edge_still_exits_0(
         assert app.started.wait(30)
         assert edge.process is not None
         edge.process.send_signal(signal.SIGTERM)
-        assert edge.process.wait(30) == 0, edge.output()
+        assert edge.wait_exit(30) == 0, edge.output()
     upload.resume.set()
     upload.join(10)
     assert not upload.reply.startswith(b"HTTP/1.1 200")
@@ -170,5 +170,5 @@ def test_sigterm_closes_websockets_both_ways_as_a_restart(
             with pytest.raises(ConnectionClosed) as closed:
                 ws.recv(timeout=10)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
-        assert edge.process.wait(30) == 0, edge.output()
+        assert edge.wait_exit(30) == 0, edge.output()
     eventually(lambda: app.closed == [1012])
