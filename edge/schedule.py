@@ -13,6 +13,7 @@ import contextlib
 import logging
 from datetime import datetime
 
+from edge.background import Background
 from edge.modes import Change, ChangeRefused, ModeStore, StoreUnavailable
 from edge.modes.base import Schedule
 
@@ -48,7 +49,7 @@ class Scheduler:
         self.store = store
         self.interval = interval
         self.lease = lease
-        self._task: asyncio.Task[None] | None = None
+        self._background = Background("scheduler")
         self._failing = False
 
     async def run_due(self) -> list[Change]:
@@ -108,15 +109,10 @@ class Scheduler:
         return any(change.via == via(schedule) for change in history)
 
     async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._loop(), name="edge scheduler")
+        self._background.start(self._loop)
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._background.stop()
 
     async def _loop(self) -> None:
         while True:

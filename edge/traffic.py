@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
-from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from edge.background import Background
 from edge.config import Settings
 from edge.modes import ModeStore, StoreUnavailable
 from edge.modes.traffic import TrafficCounts, status_class
@@ -57,7 +57,7 @@ class Traffic(Collector):
         self.dropped = 0  # requests not counted: too many distinct keys, or a failed flush
         self._deep_links: dict[tuple[str, str], int] = {}
         self._responses: dict[tuple[str, str, int], int] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._background = Background("traffic flush")
         self._failing = False
 
     def deep_link(self, tenant: str, path: str) -> None:
@@ -133,16 +133,11 @@ class Traffic(Collector):
         )
 
     async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="edge traffic flush")
+        self._background.start(self._run)
 
     async def stop(self) -> None:
         """Stop the task and write what is left."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
+        await self._background.stop()
         await self.flush()
 
     async def _run(self) -> None:

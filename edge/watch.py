@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from edge.background import Background
 from edge.config import Settings
 from edge.modes import ModeStore, StoreUnavailable
 from edge.policy import Mode
@@ -142,7 +142,7 @@ class WatchMonitor(Collector):
         self.settings = settings
         self.clock = clock
         self.alerting: dict[str, tuple[str, ...]] = {}  # tenant → kinds that rose
-        self._task: asyncio.Task[None] | None = None
+        self._background = Background("watch")
 
     async def report(self, tenant: str) -> WatchReport:
         return await watch_report(self.store, tenant, self.settings, self.clock())
@@ -183,15 +183,10 @@ class WatchMonitor(Collector):
         yield alerts
 
     async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="edge watch")
+        self._background.start(self._run)
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
+        await self._background.stop()
 
     async def _run(self) -> None:
         while True:

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from edge.background import Background
 from edge.modes.base import ModeEvent, ModeStore, StoreUnavailable
 from edge.policy import Mode
 
@@ -23,7 +24,6 @@ log = logging.getLogger("edge.modes")
 
 _MIN_BACKOFF = 0.05
 _MAX_BACKOFF = 1.0
-_STOP_RETRY = 0.5  # seconds before a cancellation that did not take is sent again
 
 
 class _Missing(enum.Enum):
@@ -66,7 +66,7 @@ class ModeCache:
         self._events_applied = 0
         self._invalid: dict[str, str] = {}  # tenant → the invalid value last warned about
         self._loading: dict[str, asyncio.Task[Mode | None]] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._background = Background("mode cache")
         self._resync_failing = False
 
     def __len__(self) -> int:
@@ -131,23 +131,10 @@ class ModeCache:
         return True
 
     async def start(self) -> None:
-        if self._tasks:
-            return
-        for job in (self._listen(), self._resync_loop()):
-            task = asyncio.create_task(job)
-            task.add_done_callback(_log_crash)
-            self._tasks.append(task)
+        self._background.start(self._listen, self._resync_loop)
 
     async def stop(self) -> None:
-        tasks, self._tasks = self._tasks, []
-        # A cancellation can be lost inside the Redis client (a read timeout firing in the
-        # same instant swallows it, leaving the listener blocked on its next read), so it
-        # is sent again until every task has really ended.
-        while tasks:
-            for task in tasks:
-                task.cancel()
-            _, pending = await asyncio.wait(tasks, timeout=_STOP_RETRY)
-            tasks = list(pending)
+        await self._background.stop()
         self.listening = False
 
     async def _fetch(self, tenant: str, mark: int) -> Mode | None:
@@ -237,8 +224,3 @@ class ModeCache:
         while True:
             await asyncio.sleep(self.resync_interval)
             await self.resync()
-
-
-def _log_crash(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        log.error("mode cache task %s stopped", task.get_name(), exc_info=exc)
