@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 from edge.config import FrontSettings
@@ -264,26 +264,29 @@ def _original_client(forwarded_for: list[bytes], peer: str, trusted: Callable[[s
     return hops[0] if hops else peer
 
 
+BodyFraming = Literal["none", "length", "chunked"]
+
+
 def upstream_headers(
     headers: Iterable[Header],
     view: ClientView,
     peer: str,
     extra: Iterable[Header],
+    backend_host: bytes,
     keep_host: bool = True,
-) -> tuple[list[tuple[str, str]], bool]:
-    """The request headers for the backend, and whether the request has a body.
+) -> tuple[list[Header], BodyFraming]:
+    """The request headers for the backend, raw bytes, and how its body (if any) is framed.
 
-    Values are handed to aiohttp as str and it writes them as UTF-8, so they are decoded as
-    UTF-8 (byte-exact); only a value that is not UTF-8 falls back to Latin-1. Without
-    ``keep_host`` aiohttp sends the backend URL's host.
+    The client's Host goes to the backend with ``keep_host``; else, or when the client sent
+    none, ``backend_host`` does. A body the client sent chunked goes on chunked.
     """
     drop = _DROP[view.trusted, keep_host]
     prefixes = _PREFIXES_TRUSTED if view.trusted else _PREFIXES_UNTRUSTED
-    out: list[tuple[str, str]] = []
+    out: list[Header] = []
     named: set[bytes] | None = None
-    forwarded_for: list[str] = []
+    forwarded_for: list[bytes] = []
     forwarded: list[bytes] = []
-    has_body = chunked = False
+    length = chunked = has_host = False
     for name, value in headers:
         if name in drop or name.startswith(prefixes):
             if name == b"connection":
@@ -292,40 +295,41 @@ def upstream_headers(
                 chunked = True
             elif view.trusted:
                 if name == b"x-forwarded-for":
-                    forwarded_for.append(value.decode("latin-1"))
+                    forwarded_for.append(value)
                 elif name == b"forwarded":
                     forwarded.append(value)
             continue
-        if name == b"content-length" and value != b"0":
-            has_body = True
-        try:
-            text = value.decode()
-        except UnicodeDecodeError:
-            text = value.decode("latin-1")
-        out.append((name.decode("latin-1"), text))
+        if name == b"content-length":
+            length = value != b"0"
+        elif name == b"host":
+            has_host = True
+        out.append((name, value))
     if chunked:
-        has_body = True
         named = (named or set()) | {b"content-length"}
     if named:
-        names = {name.decode("latin-1") for name in named}
-        out = [header for header in out if header[0] not in names]
+        out = [header for header in out if header[0] not in named]
+    if not has_host:
+        out.append((b"host", backend_host))
     if forwarded:
         if not forwarded_for:  # a proxy that speaks only RFC 7239: the same hops in both
-            forwarded_for = [hop.decode("latin-1") for hop in _rfc7239(forwarded)[0]]
-        elements = [value.decode("latin-1") for value in forwarded]
+            forwarded_for = _rfc7239(forwarded)[0]
+        elements = list(forwarded)
         if peer:
-            elements.append(f"for={_forwarded_node(peer)}")
-        out.append(("forwarded", ", ".join(elements)))
+            elements.append(f"for={_forwarded_node(peer)}".encode("latin-1"))
+        out.append((b"forwarded", b", ".join(elements)))
     if peer:
-        forwarded_for.append(peer)
+        forwarded_for.append(peer.encode("latin-1"))
     if forwarded_for:
-        out.append(("x-forwarded-for", ", ".join(forwarded_for)))
-    out.append(("x-forwarded-proto", view.proto))
+        out.append((b"x-forwarded-for", b", ".join(forwarded_for)))
+    out.append((b"x-forwarded-proto", view.proto.encode("latin-1")))
     if view.host:
-        out.append(("x-forwarded-host", view.host))
-    out.append(("x-request-id", view.request_id))
-    out.extend((name.decode("latin-1"), value.decode("latin-1")) for name, value in extra)
-    return out, has_body
+        out.append((b"x-forwarded-host", view.host.encode("latin-1")))
+    out.append((b"x-request-id", view.request_id.encode("latin-1")))
+    out.extend(extra)
+    if chunked:
+        out.append((b"transfer-encoding", b"chunked"))
+        return out, "chunked"
+    return out, "length" if length else "none"
 
 
 def downstream_headers(

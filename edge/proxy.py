@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import quote_from_bytes
-
-import aiohttp
-from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
-from multidict import CIMultiDict
-from yarl import URL
 
 from edge.asgi import Receive, Scope, Send
 from edge.config import UpstreamSettings
@@ -24,6 +19,14 @@ from edge.headers import (
     upstream_headers,
 )
 from edge.responses import send_response
+from edge.upstream import (
+    Connection,
+    Origin,
+    UpstreamDisconnected,
+    UpstreamError,
+    UpstreamPool,
+    request_head,
+)
 
 CLIENT_CLOSED = 499  # nginx's status for "the client went away before the answer"
 _GONE = "client disconnected"
@@ -31,7 +34,6 @@ _WATCH_AFTER = 0.5  # seconds before a request still waiting for its answer watc
 _WATCH_TICK = 0.1  # and at most this much later
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _URL_SAFE = "/!$&'()*+,;=:@-._~%?"
-NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
 
 @dataclass(slots=True)
@@ -59,22 +61,6 @@ class UpstreamAborted(Exception):
 
 class _ClientGone(Exception):
     pass
-
-
-class _NotRetried(Exception):
-    pass
-
-
-async def _never_retry(request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
-    # aiohttp 3.14 (ClientSession._request) resends once on ClientOSError or
-    # ServerDisconnectedError, from a fresh or a reused connection, for every method in
-    # client.IDEMPOTENT_METHODS: GET HEAD OPTIONS TRACE, and also PUT and DELETE. POST and
-    # PATCH are never retried. An exception outside those types ends its retry loop, so writes
-    # go out at most once; safe methods keep the retry (it heals a stale pooled connection).
-    try:
-        return await handler(request)
-    except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
-        raise _NotRetried from exc
 
 
 class _WatchList:
@@ -185,60 +171,24 @@ class _Exchange:
         return self.cancelled and task is not None and task.uncancel() == 0
 
 
-class _ProxyRequest(ClientRequest):
-    """Adds none of aiohttp's own headers (Accept, Accept-Encoding, User-Agent, Content-Type).
-
-    The session's skip_auto_headers says the same, but makes aiohttp build and copy header
-    dicts for every request to honour it: about 5% of the proxy's throughput.
-    """
-
-    _NO_AUTO: ClassVar[CIMultiDict[None]] = CIMultiDict((name, None) for name in NO_AUTO_HEADERS)
-
-    def update_auto_headers(self, skip_auto_headers: Iterable[str] | None) -> None:
-        self._skip_auto_headers = self._NO_AUTO
-
-
-def upstream_timeout(upstream: UpstreamSettings) -> aiohttp.ClientTimeout:
-    """Connect within connect_timeout; each read (and so the answer's head) within read_timeout."""
-    return aiohttp.ClientTimeout(
-        total=None,
-        connect=upstream.connect_timeout,
-        sock_connect=upstream.connect_timeout,
-        sock_read=upstream.read_timeout,
-    )
-
-
 class Forwarder:
-    """Forwards requests to backends over one pooled aiohttp session per process."""
+    """Forwards requests to backends over one connection pool per process."""
 
     def __init__(self, upstream: UpstreamSettings, trusted_proxies: Sequence[str]) -> None:
         self._upstream = upstream
         self._trusted = trust_checker(trusted_proxies)
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: UpstreamPool | None = None
         self._watchlist = _WatchList()
 
     async def start(self) -> None:
-        """Create the process's one pooled session; call inside the running loop."""
-        upstream = self._upstream
+        """Create the process's pool; call inside the running loop."""
         self._watchlist = _WatchList()  # its timer belongs to this loop
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                limit=upstream.pool_size,
-                limit_per_host=upstream.pool_size_per_host,
-                keepalive_timeout=upstream.keepalive_timeout,
-            ),
-            timeout=upstream_timeout(upstream),
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
-            skip_auto_headers=NO_AUTO_HEADERS,
-            request_class=_ProxyRequest,
-            trust_env=False,
-        )
+        self._pool = UpstreamPool(self._upstream)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
 
     def client_view(self, scope: Scope) -> ClientView:
         return client_view(scope, self._trusted)
@@ -252,92 +202,124 @@ class Forwarder:
         extra_headers: list[tuple[bytes, bytes]],
         view: ClientView,
     ) -> Outcome:
-        session = self._session
-        if session is None:
+        pool = self._pool
+        if pool is None:
             raise RuntimeError("Forwarder.start() has not run")
+        origin = Origin.of(backend.url)
         client = scope.get("client")
-        headers, has_body = upstream_headers(
-            scope["headers"], view, client[0] if client else "", extra_headers, backend.keep_host
+        headers, framing = upstream_headers(
+            scope["headers"],
+            view,
+            client[0] if client else "",
+            extra_headers,
+            origin.host_header,
+            backend.keep_host,
         )
         method: str = scope["method"]
-        exchange = _Exchange(receive, has_body, self._watchlist)
+        head = request_head(method, origin.path + request_target(scope), headers)
+        exchange = _Exchange(receive, framing != "none", self._watchlist)
         loop = asyncio.get_running_loop()
         started = loop.time()
         status = sent = 0
+        connection: Connection | None = None
+        upload: asyncio.Task[None] | None = None
         try:
-            response = await session.request(
-                method,
-                URL(backend.url + request_target(scope), encoded=True),
-                headers=headers,
-                data=exchange.body() if has_body else None,
-                allow_redirects=False,
-                middlewares=None if method in _SAFE else (_never_retry,),
-            )
+            connection, upload = await _send(pool, origin, method, head, framing, exchange)
             try:
-                status = response.status
-                content = response.content
-                if not content.is_eof() and response.content_length is None:
-                    _read_as_stream(response, self._upstream.stream_idle_timeout)
+                status = connection.status
                 await send(
                     {
                         "type": "http.response.start",
                         "status": status,
                         "headers": downstream_headers(
-                            response.raw_headers,
+                            connection.headers,
                             status,
                             view.request_id.encode("latin-1"),
                             backend.rewrite,
                         ),
                     }
                 )
-                chunk = await content.readany()
-                if not content.at_eof():
+                chunk = await connection.read()
+                if not connection.at_eof:
                     exchange.watch()
-                while not content.at_eof():
+                while not connection.at_eof:
                     sent += len(chunk)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    chunk = await content.readany()
+                    chunk = await connection.read()
                 exchange.finish()
                 sent += len(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": False})
-            except (aiohttp.ClientError, OSError) as exc:
+            except (UpstreamError, OSError) as exc:
                 error = f"after {sent} bytes: {_describe(exc)}"
                 raise UpstreamAborted(Outcome(status, sent, loop.time() - started, error)) from exc
-            finally:
-                response.release()  # closes, rather than pools, a connection not read to its end
         except asyncio.CancelledError:
             if not exchange.cancelled_alone():
                 raise
             return Outcome(status or CLIENT_CLOSED, sent, loop.time() - started, _GONE)
-        except (aiohttp.ClientError, _NotRetried, OSError) as exc:
+        except (UpstreamError, _ClientGone, OSError) as exc:
             exchange.finish()
             if exchange.client_gone:
                 return Outcome(CLIENT_CLOSED, 0, loop.time() - started, _GONE)
-            # ServerTimeoutError and ConnectionTimeoutError are TimeoutErrors too.
             status = 504 if isinstance(exc, TimeoutError) else 502
             await send_upstream_failure(send, status, view.request_id)
             return Outcome(status, 0, loop.time() - started, _describe(exc))
         finally:
             exchange.finish()
+            if connection is not None:
+                if upload is not None and not upload.done():
+                    upload.cancel()  # the portal answered before the whole body was sent
+                    connection.close()
+                pool.release(connection)
         return Outcome(status, sent, loop.time() - started, None)
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, _NotRetried) and exc.__cause__ is not None:
-        exc = exc.__cause__
-    return f"{type(exc).__name__}: {exc}"
+async def _send(
+    pool: UpstreamPool,
+    origin: Origin,
+    method: str,
+    head: bytes,
+    framing: str,
+    exchange: _Exchange,
+) -> tuple[Connection, asyncio.Task[None] | None]:
+    """Send the request; return once the answer's head is in.
 
-
-def _read_as_stream(response: ClientResponse, idle_timeout: float) -> None:
-    """From the headers on, the body's reads may wait up to idle_timeout (0: for ever).
-
-    Until then aiohttp's sock_read (read_timeout) bounds every read; an event stream or a long
-    poll is idle between events by design.
+    A request with a safe method and no body is sent once more, on a new connection, when
+    the portal closes the connection without a word: the usual fate of a pooled connection
+    the portal has just timed out. A write is never sent twice.
     """
-    connection = response.connection
-    if connection is not None and connection.protocol is not None:
-        connection.protocol.read_timeout = idle_timeout or None
-        connection.protocol.start_timeout()
+    retry = method in _SAFE and framing == "none"
+    fresh = False
+    while True:
+        connection = await pool.acquire(origin, fresh)
+        connection.send_head(head, method == "HEAD", framing != "none")
+        upload = None
+        if framing != "none":
+            upload = asyncio.create_task(_upload(connection, exchange, framing == "chunked"))
+        try:
+            await connection.head()
+        except UpstreamDisconnected:
+            pool.release(connection)
+            if not retry or fresh:
+                raise
+            fresh = True
+            continue
+        except BaseException:
+            if upload is not None:
+                upload.cancel()
+            pool.release(connection)
+            raise
+        return connection, upload
+
+
+async def _upload(connection: Connection, exchange: _Exchange, chunked: bool) -> None:
+    try:
+        await connection.send_body(exchange.body(), chunked)
+    except (_ClientGone, UpstreamError, OSError) as exc:  # the exchange ends with it
+        connection.fail(exc)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 def request_target(scope: Scope) -> str:

@@ -22,15 +22,11 @@ from yarl import URL
 from edge.asgi import Message, Receive, Scope, Send
 from edge.config import UpstreamSettings, WebSocketSettings
 from edge.headers import Backend, ClientView, upstream_headers
-from edge.proxy import (
-    CLIENT_CLOSED,
-    NO_AUTO_HEADERS,
-    Outcome,
-    request_target,
-    send_upstream_failure,
-    upstream_timeout,
-)
+from edge.proxy import CLIENT_CLOSED, Outcome, request_target, send_upstream_failure
 from edge.responses import send_response
+from edge.upstream import Origin
+
+_NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
 # aiohttp writes the upstream handshake's own.
 _HANDSHAKE_HEADERS = frozenset(
@@ -103,7 +99,7 @@ class WebSocketRelay:
             # sock_read bounds the wait for the handshake answer; aiohttp lifts it after.
             timeout=upstream_timeout(upstream),
             cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=NO_AUTO_HEADERS,
+            skip_auto_headers=_NO_AUTO_HEADERS,
             trust_env=False,
         )
 
@@ -128,9 +124,15 @@ class WebSocketRelay:
         loop = asyncio.get_running_loop()
         started = loop.time()
         client = scope.get("client")
-        headers, _ = upstream_headers(
-            scope["headers"], view, client[0] if client else "", extra_headers, backend.keep_host
+        raw, _ = upstream_headers(
+            scope["headers"],
+            view,
+            client[0] if client else "",
+            extra_headers,
+            Origin.of(backend.url).host_header,
+            backend.keep_host,
         )
+        headers = [(name.decode("latin-1"), _text(value)) for name, value in raw]
         try:
             upstream = await session.ws_connect(
                 URL(backend.url + request_target(scope), encoded=True),
@@ -241,3 +243,22 @@ def _sendable(code: int) -> int:
     if (1000 <= code <= 1014 and code not in (1004, 1006)) or 3000 <= code < 5000:
         return code
     return _GOING_AWAY
+
+
+def upstream_timeout(upstream: UpstreamSettings) -> aiohttp.ClientTimeout:
+    """Connect within connect_timeout; the handshake's answer within read_timeout."""
+    return aiohttp.ClientTimeout(
+        total=None,
+        connect=upstream.connect_timeout,
+        sock_connect=upstream.connect_timeout,
+        sock_read=upstream.read_timeout,
+    )
+
+
+def _text(value: bytes) -> str:
+    """aiohttp writes header values as UTF-8: decoded so, they go out byte-exact (a value that
+    is not UTF-8 falls back to Latin-1)."""
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return value.decode("latin-1")

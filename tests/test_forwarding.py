@@ -757,18 +757,43 @@ def test_client_view_walks_back_through_trusted_proxies() -> None:
     )  # fmt: skip
     view = client_view(scope, trust_checker(["10.0.0.0/8"]))
     assert view == ClientView("198.51.100.7", "https", "portal.test", "abc", trusted=True)
-    headers, has_body = upstream_headers(scope["headers"], view, "10.0.0.7", [])
-    assert ("x-forwarded-for", "198.51.100.7, 10.0.0.5, 10.0.0.6, 10.0.0.7") in headers
-    assert not has_body
+    headers, framing = upstream_headers(scope["headers"], view, "10.0.0.7", [], b"portal:8000")
+    assert (b"x-forwarded-for", b"198.51.100.7, 10.0.0.5, 10.0.0.6, 10.0.0.7") in headers
+    assert (b"host", b"internal") in headers
+    assert framing == "none"
 
 
 def test_transfer_encoding_wins_over_content_length() -> None:
     view = ClientView("1.2.3.4", "http", "h", "id")
-    headers, has_body = upstream_headers(
-        [(b"content-length", b"10"), (b"transfer-encoding", b"chunked")], view, "1.2.3.4", []
+    headers, framing = upstream_headers(
+        [(b"content-length", b"10"), (b"transfer-encoding", b"chunked")],
+        view,
+        "1.2.3.4",
+        [],
+        b"portal:8000",
     )
-    assert has_body
-    assert not {"content-length", "transfer-encoding"} & {name for name, _ in headers}
+    assert framing == "chunked"
+    assert b"content-length" not in {name for name, _ in headers}
+    assert [value for name, value in headers if name == b"transfer-encoding"] == [b"chunked"]
+
+
+@pytest.mark.parametrize(
+    ("sent", "keep_host", "host", "framing"),
+    [
+        ([(b"host", b"portal.test")], True, b"portal.test", "none"),
+        ([(b"host", b"portal.test")], False, b"portal:8000", "none"),
+        ([], True, b"portal:8000", "none"),  # HTTP/1.0 without a Host: the backend's
+        ([(b"host", b"h"), (b"content-length", b"0")], True, b"h", "none"),
+        ([(b"host", b"h"), (b"content-length", b"5")], True, b"h", "length"),
+    ],
+)
+def test_the_backend_gets_exactly_one_host_and_the_body_framing(
+    sent: list[tuple[bytes, bytes]], keep_host: bool, host: bytes, framing: str
+) -> None:
+    view = ClientView("1.2.3.4", "http", "h", "id")
+    headers, got = upstream_headers(sent, view, "1.2.3.4", [], b"portal:8000", keep_host)
+    assert [value for name, value in headers if name == b"host"] == [host]
+    assert got == framing
 
 
 def test_downstream_headers_keep_raw_values_and_drop_named_ones() -> None:

@@ -1,0 +1,193 @@
+"""The forwarding leg's own HTTP/1.1 client (edge.upstream), against a scripted portal on a
+real socket: keep-alive reuse, the pool's limit, and answers a portal may give that a plain
+client never sees (interim 1xx, a body that runs until close, HEAD, unsolicited bytes)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import httpx
+import pytest
+
+from tests.test_forwarding import ProxyApp, serve_proxy
+
+WAIT = 10
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+Answer = Callable[[bytes], bytes | None]  # request head → the bytes to send back; None: hang up
+
+
+class ScriptedPortal:
+    """Answers each request on a connection in turn, keeping the connection open, unless the
+    answer says ``Connection: close`` or has no length."""
+
+    def __init__(self, answer: Answer, delay: float = 0.0) -> None:
+        self.answer = answer
+        self.delay = delay
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(WAIT)
+            buffer = b""
+            try:
+                while True:
+                    while b"\r\n\r\n" not in buffer:
+                        if not (data := conn.recv(65536)):
+                            return
+                        buffer += data
+                    head, _, buffer = buffer.partition(b"\r\n\r\n")
+                    self.requests.append(head)
+                    length = _content_length(head)
+                    while len(buffer) < length:
+                        if not (data := conn.recv(65536)):
+                            return
+                        buffer += data
+                    buffer = buffer[length:]
+                    time.sleep(self.delay)
+                    reply = self.answer(head)
+                    if reply is None:
+                        return
+                    conn.sendall(reply)
+                    lowered = reply.lower()
+                    if b"connection: close" in lowered or b"content-length" not in lowered:
+                        return
+            except OSError:
+                return
+
+    def __enter__(self) -> ScriptedPortal:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
+def _content_length(head: bytes) -> int:
+    for line in head.lower().split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name == b"content-length":
+            return int(value)
+    return 0
+
+
+@contextmanager
+def proxied(
+    answer: Answer, delay: float = 0.0, **upstream: object
+) -> Iterator[tuple[ScriptedPortal, str]]:
+    with (
+        ScriptedPortal(answer, delay) as portal,
+        serve_proxy(ProxyApp(portal.url, **upstream)) as server,
+    ):
+        yield portal, server.url
+
+
+def test_a_kept_alive_connection_carries_the_next_request() -> None:
+    with proxied(lambda _: OK) as (portal, url):
+        for _ in range(3):
+            assert httpx.get(url + "/acme-gym/", timeout=WAIT).text == "ok"
+    assert portal.connections == 1 and len(portal.requests) == 3
+
+
+def test_interim_answers_are_skipped_for_the_final_one() -> None:
+    early = b"HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload\r\n\r\n"
+    with proxied(lambda _: early + OK) as (_, url):
+        response = httpx.get(url + "/acme-gym/", timeout=WAIT)
+    assert (response.status_code, response.text) == (200, "ok")
+    assert "link" not in response.headers
+
+
+def test_a_body_that_runs_until_the_portal_closes_arrives_whole() -> None:
+    body = b"x" * 300_000
+    until_close = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + body
+    with proxied(lambda _: until_close) as (portal, url):
+        first = httpx.get(url + "/acme-gym/", timeout=WAIT)
+        second = httpx.get(url + "/acme-gym/", timeout=WAIT)
+    assert first.content == body and second.content == body
+    assert portal.connections == 2  # such a connection cannot carry another request
+
+
+def test_a_head_answer_ends_with_its_headers() -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nContent-Type: text/html\r\n\r\n"
+    with proxied(lambda _: head) as (_, url):
+        response = httpx.head(url + "/acme-gym/", timeout=WAIT)
+        again = httpx.head(url + "/acme-gym/", timeout=WAIT)
+    assert response.status_code == 200 and again.status_code == 200
+    assert response.headers["content-length"] == "1000"
+    assert response.content == b""
+
+
+def test_bytes_after_an_answer_end_that_connection_not_the_next_request() -> None:
+    with proxied(lambda _: OK + b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nextra") as (
+        portal,
+        url,
+    ):
+        first = httpx.get(url + "/acme-gym/", timeout=WAIT)
+        time.sleep(0.2)  # the stray answer arrives
+        second = httpx.get(url + "/acme-gym/", timeout=WAIT)
+    assert first.text == "ok" and second.text == "ok"
+    assert portal.connections == 2
+
+
+def test_switching_protocols_on_a_plain_request_is_a_502() -> None:
+    upgrade = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n"
+    with proxied(lambda _: upgrade) as (_, url):
+        assert httpx.get(url + "/acme-gym/", timeout=WAIT).status_code == 502
+
+
+def test_a_full_pool_makes_requests_wait_for_a_connection() -> None:
+    with (
+        proxied(lambda _: OK, delay=0.2, pool_size=1) as (portal, url),
+        concurrent.futures.ThreadPoolExecutor(4) as pool,
+    ):
+        answers = list(pool.map(lambda _: httpx.get(url + "/acme-gym/", timeout=WAIT), range(4)))
+    assert [answer.text for answer in answers] == ["ok"] * 4
+    assert portal.connections == 1
+
+
+def test_waiting_for_a_place_in_the_pool_is_bounded_by_connect_timeout() -> None:
+    with (
+        proxied(lambda _: OK, delay=2, pool_size=1, connect_timeout=0.3) as (_, url),
+        concurrent.futures.ThreadPoolExecutor(2) as pool,
+    ):
+        slow = pool.submit(httpx.get, url + "/acme-gym/", timeout=WAIT)
+        time.sleep(0.1)
+        waiting = httpx.get(url + "/acme-gym/", timeout=WAIT)
+        assert slow.result().text == "ok"
+    assert waiting.status_code == 504
+
+
+@pytest.mark.parametrize("size", [0, 5, 200_000])
+def test_request_bodies_go_out_with_their_length(size: int) -> None:
+    seen: list[bytes] = []
+
+    def answer(head: bytes) -> bytes:
+        seen.append(head)
+        return OK
+
+    with proxied(answer) as (_, url):
+        response = httpx.post(url + "/acme-gym/", content=b"y" * size, timeout=WAIT)
+    assert response.text == "ok"
+    assert f"content-length: {size}".encode() in seen[0].lower()
