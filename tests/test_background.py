@@ -19,8 +19,7 @@ async def test_stop_ends_a_task_that_swallows_its_first_cancellation() -> None:
             await asyncio.sleep(3600)
         except asyncio.CancelledError:
             rounds.append("swallowed")
-        while True:
-            await asyncio.sleep(3600)
+        await asyncio.Event().wait()
 
     background = Background("test")
     background.start(stubborn)
