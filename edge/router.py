@@ -127,54 +127,33 @@ class Router:
                     overrides.append(value.decode("latin-1"))
             elif name in self.tenant_headers:
                 tenant_headers[name] = value
-        as_json = wants_json(accept)
-        head_only = scope["method"] == "HEAD"
-        own_headers = [(b"x-request-id", view.request_id.encode())]
-
-        async def refuse(
-            status: int,
-            reason: str,
-            message: str,
-            tenant: str | None = None,
-            mode: str | None = None,
-            extra: tuple[tuple[bytes, bytes], ...] = (),
-        ) -> None:
-            served.status, served.reason = status, reason
-            served.bytes = await send_refusal(
-                send,
-                status,
-                message,
-                tenant=tenant,
-                mode=mode,
-                as_json=as_json,
-                headers=[*own_headers, *extra],
-                head_only=head_only,
-            )
-
+        asked = (scope, send, served, accept)  # what a refusal needs
         if hosts != 1:
-            return await refuse(
-                400, "bad_request", "The request must carry exactly one Host header.", extra=_CLOSE
-            )
+            message = "The request must carry exactly one Host header."
+            return await _refuse(*asked, 400, "bad_request", message, extra=_CLOSE)
         if encodings and (encodings > 1 or scope["http_version"] == "1.0"):
             # RFC 9112 6.1: anything but one "chunked" is framing a proxy may read otherwise.
             message = "The request's Transfer-Encoding is not acceptable."
-            return await refuse(400, "bad_request", message, extra=_CLOSE)
+            return await _refuse(*asked, 400, "bad_request", message, extra=_CLOSE)
         if scope["method"] == "CONNECT":
-            return await refuse(501, "bad_request", "CONNECT is not served here.", extra=_CLOSE)
-        front = self.resolver.front(host.decode("latin-1"))
+            return await _refuse(
+                *asked, 501, "bad_request", "CONNECT is not served here.", extra=_CLOSE
+            )
+        host_name = host.decode("latin-1")
+        front = self.resolver.front(host_name)
         if front is None:
-            return await refuse(421, "unknown_host", "This site is not served here.")
+            return await _refuse(*asked, 421, "unknown_host", "This site is not served here.")
         served.front = front.front
         path: str = scope["path"]
         raw_path: bytes = scope["raw_path"]
         if not is_safe_path(path, raw_path):
-            return await refuse(400, "bad_request", "The request path is not acceptable.")
-        header = tenant_headers.get(front.header.encode())
+            return await _refuse(*asked, 400, "bad_request", "The request path is not acceptable.")
+        header = tenant_headers.get(front.header.encode()) if tenant_headers else None
         tenant = front.tenant_of(
-            host.decode("latin-1"), path, header.decode("latin-1") if header else None, raw_path
+            host_name, path, header.decode("latin-1") if header else None, raw_path
         )
         if tenant is None:
-            return await refuse(404, "no_tenant", "There is no such page.")
+            return await _refuse(*asked, 404, "no_tenant", "There is no such page.")
         served.tenant = tenant
 
         mode = self.cache.cached(tenant)
@@ -182,7 +161,8 @@ class Router:
             try:
                 mode = await self.cache.load(tenant)
             except StoreUnavailable:
-                return await refuse(
+                return await _refuse(
+                    *asked,
                     503,
                     "store_unavailable",
                     "Routing is briefly unavailable; please retry.",
@@ -250,13 +230,39 @@ class Router:
                 decision.status,
                 permanent=decision.permanent,
                 headers=[
-                    *own_headers,
+                    (b"x-request-id", served.request_id.encode()),
                     (b"x-edge-mode", mode_label.encode()),
                     *([(b"set-cookie", grant.set_cookie)] if grant else []),
                 ],
-                head_only=head_only,
+                head_only=scope["method"] == "HEAD",
             )
         else:
-            await refuse(
-                decision.status, decision.reason.value, decision.message, tenant, mode_label
+            await _refuse(
+                *asked, decision.status, decision.reason.value, decision.message, tenant, mode_label
             )
+
+
+async def _refuse(
+    scope: Scope,
+    send: Send,
+    served: Served,
+    accept: bytes,
+    status: int,
+    reason: str,
+    message: str,
+    tenant: str | None = None,
+    mode: str | None = None,
+    extra: tuple[tuple[bytes, bytes], ...] = (),
+) -> None:
+    """edge's own refusal of a request, in JSON or HTML as its Accept asks."""
+    served.status, served.reason = status, reason
+    served.bytes = await send_refusal(
+        send,
+        status,
+        message,
+        tenant=tenant,
+        mode=mode,
+        as_json=wants_json(accept),
+        headers=[(b"x-request-id", served.request_id.encode()), *extra],
+        head_only=scope["method"] == "HEAD",
+    )
