@@ -6,6 +6,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import lru_cache
 
 from edge.config import FrontSettings, Settings
 
@@ -27,6 +28,7 @@ class Front(StrEnum):
     NEW = "new"
 
 
+@lru_cache(maxsize=4096)  # the tenants of the moment: a look-up costs a third of a match
 def is_tenant_id(value: str) -> bool:
     return TENANT_ID.fullmatch(value) is not None
 
@@ -97,6 +99,10 @@ class FrontRule:
         return candidate if is_tenant_id(candidate) else None
 
 
+_UNSEEN = object()
+_SEEN_MAX = 1024  # distinct Host values remembered; a flood of made-up ones starts it over
+
+
 class Resolver:
     """Finds the front of a Host header; each front then finds the tenant by its rule."""
 
@@ -108,9 +114,18 @@ class Resolver:
         self._by_host: dict[str, FrontRule] = {}
         for rule in self.fronts:
             self._by_host.update(dict.fromkeys(rule.exact_hosts, rule))
+        self._seen: dict[str, FrontRule | None] = {}  # Host values as sent, answered
 
     def front(self, host: str) -> FrontRule | None:
         """The front for a Host header value (any case, with or without a port)."""
+        rule = self._seen.get(host, _UNSEEN)
+        if rule is _UNSEEN:
+            if len(self._seen) >= _SEEN_MAX:
+                self._seen.clear()
+            rule = self._seen[host] = self._find(host)
+        return rule  # type: ignore[return-value]
+
+    def _find(self, host: str) -> FrontRule | None:
         host = host.lower()
         rule = self._by_host.get(host)
         if rule is not None:
