@@ -323,6 +323,7 @@ class Connection(asyncio.Protocol):
         self.pool.untrack(self)
 
     def fail(self, error: BaseException) -> None:
+        """End the exchange with ``error`` (unless its answer is complete) and the connection."""
         if self._error is None and not self._complete:
             self._error = error
         self.close()
