@@ -352,13 +352,14 @@ class UpstreamPool:
         self.keepalive_timeout = settings.keepalive_timeout
         self.limit = settings.pool_size
         self.limit_per_origin = settings.pool_size_per_host or settings.pool_size
-        self._idle: dict[Origin, list[Connection]] = {}
+        self._idle: dict[Origin, collections.deque[Connection]] = {}  # oldest first
         self._busy: set[Connection] = set()
         self._open: collections.Counter[Origin] = collections.Counter()
         self._total = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._tracked: dict[Connection, None] = {}
         self._sweeper: asyncio.TimerHandle | None = None
+        self._reaper: asyncio.TimerHandle | None = None
         shortest = min(t for t in (self.read_timeout, self.stream_idle_timeout) if t > 0)
         self._tick = min(max(shortest / 10, _TICK_MIN), _TICK_MAX)
         self._tls: ssl.SSLContext | None = None
@@ -412,8 +413,11 @@ class UpstreamPool:
         self.untrack(connection)
         self._busy.discard(connection)
         if connection.reusable():
-            connection.idle_since = asyncio.get_running_loop().time()
-            self._idle.setdefault(connection.origin, []).append(connection)
+            loop = asyncio.get_running_loop()
+            connection.idle_since = loop.time()
+            self._idle.setdefault(connection.origin, collections.deque()).append(connection)
+            if self._reaper is None:
+                self._reaper = loop.call_later(self.keepalive_timeout, self._reap)
             self._wake_one()
         else:
             connection.close()
@@ -446,9 +450,10 @@ class UpstreamPool:
             self.retire(connection)
         self._busy.clear()
         self._idle.clear()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
+        for timer in (self._sweeper, self._reaper):
+            if timer is not None:
+                timer.cancel()
+        self._sweeper = self._reaper = None
 
     def _reuse(self, origin: Origin) -> Connection | None:
         idle = self._idle.get(origin)
@@ -473,6 +478,22 @@ class UpstreamPool:
             connection.time_out()
         self._sweeper = loop.call_later(self._tick, self._sweep) if self._tracked else None
 
+    def _reap(self) -> None:
+        """Close the connections idle for keepalive_timeout, before the portal closes them."""
+        loop = asyncio.get_running_loop()
+        expired = loop.time() - self.keepalive_timeout
+        oldest: float | None = None
+        for idle in self._idle.values():
+            while idle and idle[0].idle_since <= expired:
+                connection = idle.popleft()
+                connection.close()
+                self.retire(connection)
+            if idle and (oldest is None or idle[0].idle_since < oldest):
+                oldest = idle[0].idle_since
+        self._reaper = (
+            None if oldest is None else loop.call_at(oldest + self.keepalive_timeout, self._reap)
+        )
+
     def _room_for(self, origin: Origin) -> bool:
         return self._total < self.limit and self._open[origin] < self.limit_per_origin
 
@@ -480,7 +501,7 @@ class UpstreamPool:
         """Make room by closing the longest idle connection, if there is one."""
         for idle in self._idle.values():
             if idle:
-                connection = idle.pop(0)
+                connection = idle.popleft()
                 connection.close()
                 self.retire(connection)
                 return True

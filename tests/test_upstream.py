@@ -14,6 +14,7 @@ from contextlib import contextmanager
 import httpx
 import pytest
 
+from tests.support import eventually
 from tests.test_forwarding import ProxyApp, serve_proxy
 
 WAIT = 10
@@ -30,6 +31,7 @@ class ScriptedPortal:
         self.answer = answer
         self.delay = delay
         self.connections = 0
+        self.open = 0
         self.requests: list[bytes] = []
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.sock.settimeout(0.2)
@@ -44,9 +46,16 @@ class ScriptedPortal:
             except TimeoutError:
                 continue
             self.connections += 1
+            self.open += 1
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
+        try:
+            self._converse(conn)
+        finally:
+            self.open -= 1
+
+    def _converse(self, conn: socket.socket) -> None:
         with conn:
             conn.settimeout(WAIT)
             buffer = b""
@@ -109,6 +118,15 @@ def test_a_kept_alive_connection_carries_the_next_request() -> None:
         for _ in range(3):
             assert httpx.get(url + "/acme-gym/", timeout=WAIT).text == "ok"
     assert portal.connections == 1 and len(portal.requests) == 3
+
+
+def test_an_idle_connection_is_closed_after_keepalive_timeout() -> None:
+    with proxied(lambda _: OK, keepalive_timeout=0.3) as (portal, url):
+        assert httpx.get(url + "/acme-gym/", timeout=WAIT).text == "ok"
+        assert portal.open == 1  # kept for the next request
+        eventually(lambda: portal.open == 0)
+        assert httpx.get(url + "/acme-gym/", timeout=WAIT).text == "ok"
+    assert portal.connections == 2
 
 
 def test_interim_answers_are_skipped_for_the_final_one() -> None:
