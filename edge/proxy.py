@@ -12,6 +12,7 @@ from edge.asgi import Receive, Scope, Send
 from edge.config import UpstreamSettings
 from edge.headers import (
     Backend,
+    BodyFraming,
     ClientView,
     client_view,
     downstream_headers,
@@ -278,7 +279,7 @@ async def _send(
     origin: Origin,
     method: str,
     head: bytes,
-    framing: str,
+    framing: BodyFraming,
     exchange: _Exchange,
 ) -> tuple[Connection, asyncio.Task[None] | None]:
     """Send the request; return once the answer's head is in.

@@ -100,7 +100,6 @@ class Connection(asyncio.Protocol):
         # The exchange's answer, as far as it has come.
         self.status = 0
         self.headers: list[Header] = []
-        self.streamed = False  # a body of unannounced length: no Content-Length
         self._framed = False  # its end is announced (Content-Length or chunked)
         self._has_length = False
         self._interim = False
@@ -168,8 +167,7 @@ class Connection(asyncio.Protocol):
         self.status = status
         self._keep_alive = self._parser.should_keep_alive()
         no_body = self._head_only or status in (204, 304)
-        self.streamed = not no_body and not self._has_length
-        if self.streamed:
+        if not no_body and not self._has_length:  # a stream: events, a long poll
             self._timeout = self.pool.stream_idle_timeout
         self._head_done = True
         if self._head_only:
@@ -202,7 +200,7 @@ class Connection(asyncio.Protocol):
         body's first chunk: a request whose body turns out broken never reaches the portal."""
         self._head_only = head_only
         self.status = 0
-        self.streamed = self._head_done = self._complete = False
+        self._head_done = self._complete = False
         self._expecting = True
         self._timeout = self.pool.read_timeout
         self._last_progress = self._loop.time()
