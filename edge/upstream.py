@@ -78,6 +78,31 @@ def request_head(method: str, target: str, headers: Iterable[Header]) -> bytes:
     return b"".join(parts)
 
 
+class _Signal:
+    """A task's wait for what a protocol callback reports; one waiter at a time."""
+
+    __slots__ = ("_future", "_loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._future: asyncio.Future[None] | None = None
+
+    @property
+    def waiting(self) -> bool:
+        future = self._future
+        return future is not None and not future.done()
+
+    def wait(self) -> asyncio.Future[None]:
+        """What the next fire() resolves (a future, not a coroutine: no frame per wait)."""
+        self._future = future = self._loop.create_future()
+        return future
+
+    def fire(self) -> None:
+        future = self._future
+        if future is not None and not future.done():
+            future.set_result(None)
+
+
 class Connection(asyncio.Protocol):
     """One keep-alive connection to a portal, carrying one exchange at a time."""
 
@@ -89,8 +114,8 @@ class Connection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._parser = httptools.HttpResponseParser(self)
         self._head_only = False
-        self._waiter: asyncio.Future[None] | None = None  # for the answer
-        self._drain_waiter: asyncio.Future[None] | None = None  # for the portal to read
+        self._answer = _Signal(self._loop)  # more of the answer came, or the connection ended
+        self._drained = _Signal(self._loop)  # the portal read what was written
         self._last_progress = 0.0
         self._timeout = pool.read_timeout
         self._writing_paused = False
@@ -134,15 +159,15 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._ended(exc)
         self._writing_paused = False
-        self._wake()
-        self._wake_writer()
+        self._answer.fire()
+        self._drained.fire()
 
     def pause_writing(self) -> None:
         self._writing_paused = True
 
     def resume_writing(self) -> None:
         self._writing_paused = False
-        self._wake_writer()
+        self._drained.fire()
 
     # -- httptools callbacks -------------------------------------------------------------------
 
@@ -174,7 +199,7 @@ class Connection(asyncio.Protocol):
             # httptools cannot be told a HEAD answer has no body: it would wait for one.
             self._keep_alive = False
             self._finish()
-        self._wake()
+        self._answer.fire()
 
     def on_body(self, body: bytes) -> None:
         if self._complete:
@@ -184,14 +209,14 @@ class Connection(asyncio.Protocol):
         if self._buffered >= _HIGH_WATER and not self._reading_paused and self.transport:
             self._reading_paused = True
             self.transport.pause_reading()
-        self._wake()
+        self._answer.fire()
 
     def on_message_complete(self) -> None:
         if self._interim:
             self._interim = False
             return
         self._finish()
-        self._wake()
+        self._answer.fire()
 
     # -- the exchange --------------------------------------------------------------------------
 
@@ -233,7 +258,7 @@ class Connection(asyncio.Protocol):
             transport.write(data)
             self._last_progress = loop.time()
             if self._writing_paused:
-                await self._drain()
+                await self._wait(self._drained)
         if self._error is None and not self._complete:
             transport.write(self._pending_head + (b"0\r\n\r\n" if chunked else b""))
             self._pending_head = b""
@@ -242,14 +267,14 @@ class Connection(asyncio.Protocol):
     async def head(self) -> None:
         """Wait for the answer's status and headers."""
         while not self._head_done:
-            await self._wait()
+            await self._wait(self._answer)
 
     async def read(self) -> bytes:
         """The next part of the body as it arrives; b"" at its end."""
         while not self._chunks:
             if self._complete:
                 return b""
-            await self._wait()
+            await self._wait(self._answer)
         chunks = self._chunks
         chunk = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
@@ -268,7 +293,7 @@ class Connection(asyncio.Protocol):
 
     def overdue(self, now: float) -> bool:
         return (
-            (self._waiter is not None or self._drain_waiter is not None)
+            (self._answer.waiting or self._drained.waiting)
             and not self._client_turn
             and self._timeout > 0
             and now - self._last_progress > self._timeout
@@ -285,35 +310,12 @@ class Connection(asyncio.Protocol):
 
     # -- inside ------------------------------------------------------------------------------
 
-    async def _wait(self) -> None:
+    async def _wait(self, signal: _Signal) -> None:
         if self._error is not None:
             raise self._error
-        self._waiter = self._loop.create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
+        await signal.wait()
         if self._error is not None:
             raise self._error
-
-    async def _drain(self) -> None:
-        self._drain_waiter = self._loop.create_future()
-        try:
-            await self._drain_waiter
-        finally:
-            self._drain_waiter = None
-        if self._error is not None:
-            raise self._error
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def _wake_writer(self) -> None:
-        waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
     def _finish(self) -> None:
         self._complete = True
@@ -325,8 +327,8 @@ class Connection(asyncio.Protocol):
         if self._error is None and not self._complete:
             self._error = error
         self.close()
-        self._wake()
-        self._wake_writer()
+        self._answer.fire()
+        self._drained.fire()
 
     def _ended(self, exc: Exception | None) -> None:
         self.closed = True
