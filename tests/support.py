@@ -281,3 +281,92 @@ def eventually(check: Callable[[], bool], within: float = 5.0) -> None:
 
 def data_file(name: str) -> Path:
     return Path(__file__).with_name("data") / name
+
+
+Answer = Callable[[bytes], bytes | None]  # request head → the bytes to send back; None: hang up
+
+
+class ScriptedPortal:
+    """A bare TCP portal on loopback: reads each request (head, and a body of announced length)
+    and sends ``answer(head)`` back as raw bytes, or hangs up on None. The connection stays
+    open for the next request unless ``hang_up``, or the answer says ``Connection: close`` or
+    has no length."""
+
+    def __init__(self, answer: Answer, delay: float = 0.0, hang_up: bool = False) -> None:
+        self.answer = answer
+        self.delay = delay
+        self.hang_up = hang_up
+        self.connections = 0
+        self.open = 0
+        self.requests: list[bytes] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            self.open += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            self._converse(conn)
+        finally:
+            self.open -= 1
+
+    def _converse(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(10)
+            buffer = b""
+            try:
+                while True:
+                    while b"\r\n\r\n" not in buffer:
+                        if not (data := conn.recv(65536)):
+                            return
+                        buffer += data
+                    head, _, buffer = buffer.partition(b"\r\n\r\n")
+                    self.requests.append(head)
+                    length = _content_length(head)
+                    while len(buffer) < length:
+                        if not (data := conn.recv(65536)):
+                            return
+                        buffer += data
+                    buffer = buffer[length:]
+                    time.sleep(self.delay)
+                    reply = self.answer(head)
+                    if reply is None:
+                        return
+                    conn.sendall(reply)
+                    lowered = reply.lower()
+                    if (
+                        self.hang_up
+                        or b"connection: close" in lowered
+                        or b"content-length" not in lowered
+                    ):
+                        return
+            except OSError:
+                return
+
+    def __enter__(self) -> ScriptedPortal:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
+def _content_length(head: bytes) -> int:
+    for line in head.lower().split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name == b"content-length":
+            return int(value)
+    return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gzip
 import hashlib
 import json
@@ -27,7 +26,7 @@ from edge.headers import (
     upstream_headers,
 )
 from edge.proxy import Forwarder, Outcome, UpstreamAborted
-from tests.support import ServerThread, free_port
+from tests.support import ScriptedPortal, ServerThread, free_port
 
 ROUTER_HEADERS = [(b"x-edge-tenant", b"acme-gym"), (b"x-edge-mode", b"setup")]
 GZIPPED = gzip.compress(b"the same words again and again " * 500, mtime=0)
@@ -176,45 +175,6 @@ async def watch_disconnect(receive: Any, gone: threading.Event) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
     gone.set()
-
-
-class RawBackend:
-    """A bare TCP backend: counts requests, answers each with ``reply`` (or hangs up)."""
-
-    def __init__(self, reply: bytes | None = None) -> None:
-        self.reply = reply
-        self.requests: list[bytes] = []
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.settimeout(5)
-                head = b""
-                with contextlib.suppress(OSError):
-                    while b"\r\n\r\n" not in head and (data := conn.recv(65536)):
-                        head += data
-                self.requests.append(head)
-                if self.reply is not None:
-                    conn.sendall(self.reply)
-
-    def __enter__(self) -> RawBackend:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.sock.close()
 
 
 # --- the proxy under test: a minimal raw ASGI app around Forwarder.forward ---------------------
@@ -544,7 +504,10 @@ def test_gzip_body_passes_byte_for_byte(proxy: tuple[ServerThread, ProxyApp]) ->
 
 def test_not_modified_drops_the_announced_length() -> None:
     reply = b'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\nContent-Length: 42\r\n\r\n'
-    with RawBackend(reply) as raw, serve_proxy(ProxyApp(raw.url)) as server:
+    with (
+        ScriptedPortal(lambda _: reply, hang_up=True) as raw,
+        serve_proxy(ProxyApp(raw.url)) as server,
+    ):
         response = httpx.get(server.url + "/acme-gym/logo.png", headers={"if-none-match": '"v1"'})
     assert response.status_code == 304
     assert response.headers["etag"] == '"v1"'
@@ -642,7 +605,7 @@ def test_backend_slower_than_read_timeout_is_504(
 @pytest.mark.parametrize("body", [b"", b"{}"], ids=["no-body", "body"])
 @pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
 def test_writes_are_sent_once_even_when_the_backend_hangs_up(method: str, body: bytes) -> None:
-    with RawBackend(reply=None) as raw, serve_proxy(ProxyApp(raw.url)) as server:
+    with ScriptedPortal(lambda _: None) as raw, serve_proxy(ProxyApp(raw.url)) as server:
         response = httpx.request(method, server.url + "/acme-gym/enrol", content=body, timeout=WAIT)
         assert response.status_code == 502
         time.sleep(0.3)  # a retry, if any, would arrive right away
@@ -651,7 +614,7 @@ def test_writes_are_sent_once_even_when_the_backend_hangs_up(method: str, body: 
 
 def test_safe_methods_keep_aiohttps_single_retry() -> None:
     """Shows the write test above would catch a retry: aiohttp resends a GET once."""
-    with RawBackend(reply=None) as raw, serve_proxy(ProxyApp(raw.url)) as server:
+    with ScriptedPortal(lambda _: None) as raw, serve_proxy(ProxyApp(raw.url)) as server:
         response = httpx.get(server.url + "/acme-gym/", timeout=WAIT)
         assert response.status_code == 502
         assert len(raw.requests) == 2

@@ -19,8 +19,8 @@ from edge.proxy import Outcome
 from edge.served import Served
 from edge.tenants import Front
 from tests.stack import LEGACY_HOST, NEW_HOST, Stack, run_edge, settings_for, stack
-from tests.support import RedisServer, ServerThread, eventually, free_port
-from tests.test_forwarding import RawBackend, wait_event
+from tests.support import RedisServer, ScriptedPortal, ServerThread, eventually, free_port
+from tests.test_forwarding import wait_event
 
 LEGACY = {"Host": LEGACY_HOST}
 NEW = {"Host": NEW_HOST}
@@ -157,7 +157,7 @@ def test_upstream_failures_are_told_apart(redis_server: RedisServer, prefix: str
     dies_mid_body = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 10
     redis_server.cli("SET", f"{prefix}mode:acme-gym", "setup")
     closed_port = f"http://127.0.0.1:{free_port()}"
-    with RawBackend(dies_mid_body) as new_backend:
+    with ScriptedPortal(lambda _: dies_mid_body, hang_up=True) as new_backend:
         raw = settings_for(closed_port, new_backend.url, redis_server.url, prefix)
         with run_edge(raw) as (_, public_url, admin_url):
             with httpx.Client(base_url=public_url, timeout=10) as client:

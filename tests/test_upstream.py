@@ -5,101 +5,18 @@ client never sees (interim 1xx, a body that runs until close, HEAD, unsolicited 
 from __future__ import annotations
 
 import concurrent.futures
-import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import httpx
 import pytest
 
-from tests.support import eventually
+from tests.support import Answer, ScriptedPortal, eventually
 from tests.test_forwarding import ProxyApp, serve_proxy
 
 WAIT = 10
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-
-Answer = Callable[[bytes], bytes | None]  # request head → the bytes to send back; None: hang up
-
-
-class ScriptedPortal:
-    """Answers each request on a connection in turn, keeping the connection open, unless the
-    answer says ``Connection: close`` or has no length."""
-
-    def __init__(self, answer: Answer, delay: float = 0.0) -> None:
-        self.answer = answer
-        self.delay = delay
-        self.connections = 0
-        self.open = 0
-        self.requests: list[bytes] = []
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            self.connections += 1
-            self.open += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        try:
-            self._converse(conn)
-        finally:
-            self.open -= 1
-
-    def _converse(self, conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(WAIT)
-            buffer = b""
-            try:
-                while True:
-                    while b"\r\n\r\n" not in buffer:
-                        if not (data := conn.recv(65536)):
-                            return
-                        buffer += data
-                    head, _, buffer = buffer.partition(b"\r\n\r\n")
-                    self.requests.append(head)
-                    length = _content_length(head)
-                    while len(buffer) < length:
-                        if not (data := conn.recv(65536)):
-                            return
-                        buffer += data
-                    buffer = buffer[length:]
-                    time.sleep(self.delay)
-                    reply = self.answer(head)
-                    if reply is None:
-                        return
-                    conn.sendall(reply)
-                    lowered = reply.lower()
-                    if b"connection: close" in lowered or b"content-length" not in lowered:
-                        return
-            except OSError:
-                return
-
-    def __enter__(self) -> ScriptedPortal:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.sock.close()
-
-
-def _content_length(head: bytes) -> int:
-    for line in head.lower().split(b"\r\n"):
-        name, _, value = line.partition(b":")
-        if name == b"content-length":
-            return int(value)
-    return 0
 
 
 @contextmanager
