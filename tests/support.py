@@ -113,15 +113,19 @@ class ClusterServers:
     """
 
     def __init__(self, masters: int = 3, replicas: int = 0) -> None:
+        self.masters = masters
         self.replicas = replicas
+        self.servers = self._new_servers()
+
+    def _new_servers(self) -> list[RedisServer]:
         cluster_args = (
             *("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
             *("--cluster-node-timeout", "1000", "--cluster-require-full-coverage", "no"),
         )
         # The bus port is given: the default, port + 10000, may be taken or past 65535.
-        self.servers = [
+        return [
             RedisServer(args=(*cluster_args, "--cluster-port", str(free_port())))
-            for _ in range(masters * (1 + replicas))
+            for _ in range(self.masters * (1 + self.replicas))
         ]
 
     @property
@@ -129,17 +133,26 @@ class ClusterServers:
         seeds = ",".join(f"127.0.0.1:{server.port}" for server in self.servers[:2])
         return f"redis+cluster://{seeds}"
 
-    def start(self) -> ClusterServers:
-        for server in self.servers:
-            server.start()
-        nodes = [f"127.0.0.1:{server.port}" for server in self.servers]
-        replicas = ("--cluster-replicas", str(self.replicas))
-        subprocess.run(
-            ["redis-cli", "--cluster", "create", *nodes, *replicas, "--cluster-yes"],
-            capture_output=True,
-            check=True,
-            timeout=60,
-        )
+    def start(self, attempts: int = 3) -> ClusterServers:
+        # A port found free may be taken before its node binds it (by another client's
+        # ephemeral port), and that node dies: the cluster is then formed anew on new ports.
+        for attempt in range(1, attempts + 1):
+            for server in self.servers:
+                server.start()
+            nodes = [f"127.0.0.1:{server.port}" for server in self.servers]
+            replicas = ("--cluster-replicas", str(self.replicas))
+            created = subprocess.run(
+                ["redis-cli", "--cluster", "create", *nodes, *replicas, "--cluster-yes"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            if created.returncode == 0:
+                break
+            self.stop()
+            if attempt == attempts:
+                raise RuntimeError(f"redis-cli --cluster create failed:\n{created.stdout}")
+            self.servers = self._new_servers()
         eventually(self._ready, 30)
         return self
 
