@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any
 from urllib.parse import quote_from_bytes
 
@@ -219,8 +220,7 @@ class Forwarder:
         method: str = scope["method"]
         head = request_head(method, origin.path + request_target(scope), headers)
         exchange = _Exchange(receive, framing != "none", self._watchlist)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        started = perf_counter()  # loop.time() is uvloop's, in whole milliseconds
         status = sent = 0
         connection: Connection | None = None
         upload: asyncio.Task[None] | None = None
@@ -252,18 +252,20 @@ class Forwarder:
                 await send({"type": "http.response.body", "body": chunk, "more_body": False})
             except (UpstreamError, OSError) as exc:
                 error = f"after {sent} bytes: {_describe(exc)}"
-                raise UpstreamAborted(Outcome(status, sent, loop.time() - started, error)) from exc
+                raise UpstreamAborted(
+                    Outcome(status, sent, perf_counter() - started, error)
+                ) from exc
         except asyncio.CancelledError:
             if not exchange.cancelled_alone():
                 raise
-            return Outcome(status or CLIENT_CLOSED, sent, loop.time() - started, _GONE)
+            return Outcome(status or CLIENT_CLOSED, sent, perf_counter() - started, _GONE)
         except (UpstreamError, _ClientGone, OSError) as exc:
             exchange.finish()
             if exchange.client_gone:
-                return Outcome(CLIENT_CLOSED, 0, loop.time() - started, _GONE)
+                return Outcome(CLIENT_CLOSED, 0, perf_counter() - started, _GONE)
             status = 504 if isinstance(exc, TimeoutError) else 502
             await send_upstream_failure(send, status, view.request_id)
-            return Outcome(status, 0, loop.time() - started, _describe(exc))
+            return Outcome(status, 0, perf_counter() - started, _describe(exc))
         finally:
             exchange.finish()
             if connection is not None:
@@ -271,7 +273,7 @@ class Forwarder:
                     upload.cancel()  # the portal answered before the whole body was sent
                     connection.close()
                 pool.release(connection)
-        return Outcome(status, sent, loop.time() - started, None)
+        return Outcome(status, sent, perf_counter() - started, None)
 
 
 async def _send(

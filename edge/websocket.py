@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from time import perf_counter
 
 import aiohttp
 from aiohttp import WSMsgType
@@ -121,8 +122,7 @@ class WebSocketRelay:
         session = self._session
         if session is None:
             raise RuntimeError("WebSocketRelay.start() has not run")
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        started = perf_counter()  # loop.time() is uvloop's, in whole milliseconds
         client = scope.get("client")
         raw, _ = upstream_headers(
             scope["headers"],
@@ -146,11 +146,11 @@ class WebSocketRelay:
             status = exc.status if 400 <= exc.status < 600 else 502
             request_id = [(b"x-request-id", view.request_id.encode("latin-1"))]
             await send_response(send, status, _REFUSED, b"text/plain; charset=utf-8", request_id)
-            return Outcome(status, 0, loop.time() - started, f"handshake refused: {exc.message}")
+            return Outcome(status, 0, perf_counter() - started, f"handshake refused: {exc.message}")
         except (aiohttp.ClientError, OSError) as exc:
             status = 504 if isinstance(exc, TimeoutError) else 502
             await send_upstream_failure(send, status, view.request_id)
-            return Outcome(status, 0, loop.time() - started, f"{type(exc).__name__}: {exc}")
+            return Outcome(status, 0, perf_counter() - started, f"{type(exc).__name__}: {exc}")
         link = _Link(upstream, receive, send)
         try:
             await send(
@@ -162,9 +162,9 @@ class WebSocketRelay:
             )
         except OSError:  # uvicorn's ClientDisconnected: the client left during the handshake
             await upstream.close(code=_GOING_AWAY)
-            return Outcome(CLIENT_CLOSED, 0, loop.time() - started, "client disconnected")
+            return Outcome(CLIENT_CLOSED, 0, perf_counter() - started, "client disconnected")
         error = await link.run()
-        return Outcome(101, link.bytes_out, loop.time() - started, error)
+        return Outcome(101, link.bytes_out, perf_counter() - started, error)
 
 
 class _Link:
