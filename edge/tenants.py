@@ -21,6 +21,8 @@ _DOUBLE_ENCODED = re.compile(r"%2[eEfF]|%5[cC]")
 # What the path as sent must never hold: an encoded slash or back slash is one segment to edge
 # and two to a backend that decodes before it routes.
 _ENCODED_SEPARATOR = re.compile(rb"%2[fF]|%5[cC]")
+# Looked for in bytes as an int: ``b"%" in raw`` goes through the buffer protocol, 6x slower.
+_PERCENT = ord("%")
 
 
 class Front(StrEnum):
@@ -39,9 +41,9 @@ def is_safe_path(path: str, raw_path: bytes) -> bool:
     No dot segment, encoded or back slash, double encoding or control byte, also once a
     backend applies Unicode compatibility normalisation (full-width dots and slashes).
     """
-    if not path.startswith("/"):
+    if path[:1] != "/":
         return False
-    if b"%" not in raw_path:
+    if _PERCENT not in raw_path:
         # Nothing was decoded, and the parser refuses control and non-ASCII bytes in a request
         # target: only a dot segment or a back slash can be wrong (most paths have neither).
         return ("/." not in path and "\\" not in path) or _UNSAFE_PATH.search(path) is None
@@ -90,7 +92,7 @@ class FrontRule:
         """
         if self.rule == "path":
             candidate = path[1:].partition("/")[0]
-            if b"%" in raw_path and b"%" in raw_path[1:].partition(b"/")[0]:
+            if _PERCENT in raw_path and _PERCENT in raw_path[1:].partition(b"/")[0]:
                 return None
         elif self.rule == "subdomain":
             candidate = self.subdomain_of(_without_port(host.lower())) or ""
