@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -53,6 +54,10 @@ BASE = {
 def make_policy(**policy: object) -> Policy:
     raw = {**BASE, "policy": {**BASE["policy"], **policy}}  # type: ignore[dict-item]
     return Policy.from_settings(config.from_mapping(raw))
+
+
+def at(instant: datetime) -> Callable[[], datetime]:
+    return lambda: instant
 
 
 POLICY = make_policy()
@@ -111,14 +116,14 @@ def _same(decision: object, expected: object) -> bool:
 def test_routing_matrix(
     front: Front, mode: Mode, method: str, now: datetime, expected: object
 ) -> None:
-    decision = decide(front, "acme", mode, method, "/acme/", "", now, POLICY)
+    decision = decide(front, "acme", mode, method, "/acme/", "", at(now), POLICY)
     assert _same(decision, expected), decision
 
 
 @pytest.mark.parametrize("front", [L, N])
 @pytest.mark.parametrize("method", ["GET", "POST"])
 def test_an_invalid_stored_mode_is_an_error_and_never_a_write(front: Front, method: str) -> None:
-    decision = decide(front, "acme", None, method, "/acme/", "", BEFORE, POLICY)
+    decision = decide(front, "acme", None, method, "/acme/", "", at(BEFORE), POLICY)
     assert isinstance(decision, Refuse)
     assert decision.reason is Reason.MISCONFIGURED
 
@@ -126,7 +131,7 @@ def test_an_invalid_stored_mode_is_an_error_and_never_a_write(front: Front, meth
 def test_no_sunset_means_the_legacy_portal_keeps_working() -> None:
     policy = make_policy(legacy_sunset=None)
     far_future = datetime(2100, 1, 1, tzinfo=UTC)
-    assert decide(L, "acme", LEGACY, "GET", "/acme/", "", far_future, policy) == Forward(L)
+    assert decide(L, "acme", LEGACY, "GET", "/acme/", "", at(far_future), policy) == Forward(L)
 
 
 @pytest.mark.parametrize(
@@ -143,7 +148,7 @@ def test_no_sunset_means_the_legacy_portal_keeps_working() -> None:
     ],
 )
 def test_setup_allow_list(method: str, path: str, expected: Forward | None) -> None:
-    decision = decide(N, "acme", SETUP, method, path, "", BEFORE, POLICY)
+    decision = decide(N, "acme", SETUP, method, path, "", at(BEFORE), POLICY)
     if expected is None:
         assert isinstance(decision, Refuse)
         assert decision.reason is Reason.BLOCKED
@@ -152,7 +157,7 @@ def test_setup_allow_list(method: str, path: str, expected: Forward | None) -> N
 
 
 def test_the_allow_list_does_not_open_writes_for_a_tenant_that_is_not_enabled() -> None:
-    decision = decide(N, "acme", LEGACY, "POST", "/acme/staff/login", "", BEFORE, POLICY)
+    decision = decide(N, "acme", LEGACY, "POST", "/acme/staff/login", "", at(BEFORE), POLICY)
     assert isinstance(decision, Refuse)
     assert decision.reason is Reason.NOT_ENABLED
 
@@ -206,13 +211,13 @@ PRIVATE_PREVIEW = [
 def test_a_private_preview_is_served_only_to_preview_holders(
     front: Front, mode: Mode, method: str, path: str, holder: bool, expected: object
 ) -> None:
-    decision = decide(front, "acme", mode, method, path, "", BEFORE, PRIVATE, previewer=holder)
+    decision = decide(front, "acme", mode, method, path, "", at(BEFORE), PRIVATE, previewer=holder)
     assert _same(decision, expected), decision
 
 
 @pytest.mark.parametrize("holder", [True, False])
 def test_without_private_preview_the_preview_is_public(holder: bool) -> None:
-    decision = decide(N, "acme", SETUP, "GET", "/acme/", "", BEFORE, POLICY, previewer=holder)
+    decision = decide(N, "acme", SETUP, "GET", "/acme/", "", at(BEFORE), POLICY, previewer=holder)
     assert decision == Forward(N)
 
 
@@ -230,7 +235,7 @@ def test_without_private_preview_the_preview_is_public(holder: bool) -> None:
     ],
 )
 def test_redirect_status_by_method_and_config(method: str, status: int, policy: Policy) -> None:
-    decision = decide(L, "acme", ACTIVE, method, "/acme/", "", BEFORE, policy)
+    decision = decide(L, "acme", ACTIVE, method, "/acme/", "", at(BEFORE), policy)
     assert isinstance(decision, Redirect)
     assert decision.status == status
     assert decision.permanent is (status in (301, 308))
@@ -243,8 +248,8 @@ def test_the_first_matching_rule_wins() -> None:
             {"from": "/{tenant}/classes", "to": "/{tenant}/schedule"},
         ]
     )
-    kids = decide(L, "acme", ACTIVE, "GET", "/acme/classes/kids/1", "", BEFORE, policy)
-    other = decide(L, "acme", ACTIVE, "GET", "/acme/classes/adults", "", BEFORE, policy)
+    kids = decide(L, "acme", ACTIVE, "GET", "/acme/classes/kids/1", "", at(BEFORE), policy)
+    other = decide(L, "acme", ACTIVE, "GET", "/acme/classes/adults", "", at(BEFORE), policy)
     assert kids == Redirect("https://portal.example.com/acme/juniors/1", 302)
     assert other == Redirect("https://portal.example.com/acme/schedule/adults", 302)
 
@@ -267,10 +272,10 @@ def test_subdomain_portals_put_the_tenant_in_the_host_from_config_only() -> None
         "policy": {},
     }
     policy = Policy.from_settings(config.from_mapping(raw))
-    assert decide(L, "acme", ACTIVE, "GET", "/classes", "", BEFORE, policy) == Redirect(
+    assert decide(L, "acme", ACTIVE, "GET", "/classes", "", at(BEFORE), policy) == Redirect(
         "https://acme.portal.example.com/", 302
     )
-    assert decide(N, "acme", LEGACY, "GET", "/", "", BEFORE, policy) == Redirect(
+    assert decide(N, "acme", LEGACY, "GET", "/", "", at(BEFORE), policy) == Redirect(
         "https://acme.parents.example.com/", 302
     )
 
