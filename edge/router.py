@@ -35,10 +35,15 @@ from edge.websocket import WebSocketRelay, opening
 
 log = logging.getLogger("edge.router")
 
-_OVERRIDES = frozenset(name.encode() for name in METHOD_OVERRIDE_HEADERS)
-# Headers judged in the one pass over the request's headers (a set look-up costs the same as
-# one comparison, so screening more names costs the other headers nothing).
-_SCREENED = _OVERRIDES | {b"transfer-encoding"}
+# What the one pass over a request's headers looks for, by name: one dict look-up a header,
+# however many names are screened.
+_HOST, _ACCEPT, _ENCODING, _OVERRIDE, _TENANT = range(5)
+_SCREENED = {
+    b"host": _HOST,
+    b"accept": _ACCEPT,
+    b"transfer-encoding": _ENCODING,
+    **dict.fromkeys((name.encode() for name in METHOD_OVERRIDE_HEADERS), _OVERRIDE),
+}
 # After a request whose framing could be read two ways, nothing more is read from its
 # connection: the rest of it could be a request smuggled past a proxy in front of edge.
 _CLOSE = ((b"connection", b"close"),)
@@ -77,9 +82,9 @@ class Router:
             Front.LEGACY: Backend.from_settings(settings.legacy),
             Front.NEW: Backend.from_settings(settings.new),
         }
-        self.tenant_headers = frozenset(
-            rule.header.encode() for rule in self.resolver.fronts if rule.rule == "header"
-        )
+        tenant_headers = (r.header.encode() for r in self.resolver.fronts if r.rule == "header")
+        # A tenant header named like a screened one (Host, say) stays what it is there.
+        self.screened = dict.fromkeys(tenant_headers, _TENANT) | _SCREENED
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -111,21 +116,25 @@ class Router:
         host = b""
         accept = b""
         hosts = 0
-        overrides: list[str] = []
+        overrides: tuple[str, ...] = ()
         encodings = 0  # Transfer-Encoding headers; 2 for one that is not exactly "chunked"
-        tenant_headers: dict[bytes, bytes] = {}
+        tenant_headers: dict[bytes, bytes] | None = None
+        screened = self.screened
         for name, value in scope["headers"]:
-            if name == b"host":
+            kind = screened.get(name)
+            if kind is None:
+                continue
+            if kind == _HOST:
                 host = value
                 hosts += 1
-            elif name == b"accept":
+            elif kind == _ACCEPT:
                 accept = value
-            elif name in _SCREENED:
-                if name == b"transfer-encoding":
-                    encodings += 1 if value.lower() == b"chunked" else 2
-                else:
-                    overrides.append(value.decode("latin-1"))
-            elif name in self.tenant_headers:
+            elif kind == _ENCODING:
+                encodings += 1 if value.lower() == b"chunked" else 2
+            elif kind == _OVERRIDE:
+                overrides += (value.decode("latin-1"),)
+            else:
+                tenant_headers = tenant_headers or {}
                 tenant_headers[name] = value
         asked = (scope, send, served, accept)  # what a refusal needs
         if hosts != 1:
