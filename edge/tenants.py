@@ -83,9 +83,11 @@ class FrontRule:
         return None
 
     def tenant_of(
-        self, host: str, path: str, header: str | None, raw_path: bytes = b""
+        self, host: bytes, path: str, header: bytes | None, raw_path: bytes = b""
     ) -> str | None:
         """The tenant id by this front's rule, or None when absent or malformed.
+
+        ``host`` and ``header`` are as the client sent them; ``path`` is decoded.
 
         By the path rule the segment must be sent as it is: a percent-encoded one ("%61cme")
         would name the tenant to edge and something else to a backend routing on the raw path.
@@ -95,9 +97,9 @@ class FrontRule:
             if _PERCENT in raw_path and _PERCENT in raw_path[1:].partition(b"/")[0]:
                 return None
         elif self.rule == "subdomain":
-            candidate = self.subdomain_of(_without_port(host.lower())) or ""
+            candidate = self.subdomain_of(_without_port(host.decode("latin-1").lower())) or ""
         else:
-            candidate = (header or "").strip()
+            candidate = (header or b"").decode("latin-1").strip()
         return candidate if is_tenant_id(candidate) else None
 
 
@@ -116,15 +118,15 @@ class Resolver:
         self._by_host: dict[str, FrontRule] = {}
         for rule in self.fronts:
             self._by_host.update(dict.fromkeys(rule.exact_hosts, rule))
-        self._seen: dict[str, FrontRule | None] = {}  # Host values as sent, answered
+        self._seen: dict[bytes, FrontRule | None] = {}  # Host values as sent, answered
 
-    def front(self, host: str) -> FrontRule | None:
-        """The front for a Host header value (any case, with or without a port)."""
+    def front(self, host: bytes) -> FrontRule | None:
+        """The front for a Host header value as sent (any case, with or without a port)."""
         rule = self._seen.get(host, _UNSEEN)
         if rule is _UNSEEN:
             if len(self._seen) >= _SEEN_MAX:
                 self._seen.clear()
-            rule = self._seen[host] = self._find(host)
+            rule = self._seen[host] = self._find(host.decode("latin-1"))
         return rule  # type: ignore[return-value]
 
     def _find(self, host: str) -> FrontRule | None:

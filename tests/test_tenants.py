@@ -46,7 +46,7 @@ def resolver(
     ],
 )
 def test_front_by_host(host: str, front: Front | None) -> None:
-    found = resolver().front(host)
+    found = resolver().front(host.encode())
     assert (found.front if found else None) is front
 
 
@@ -70,9 +70,9 @@ def test_front_by_host(host: str, front: Front | None) -> None:
     ],
 )
 def test_tenant_from_the_first_path_segment(path: str, tenant: str | None) -> None:
-    front = resolver().front("parents.example.com")
+    front = resolver().front(b"parents.example.com")
     assert front is not None
-    assert front.tenant_of("parents.example.com", path, None) == tenant
+    assert front.tenant_of(b"parents.example.com", path, None) == tenant
 
 
 @pytest.mark.parametrize(
@@ -88,9 +88,9 @@ def test_tenant_from_the_first_path_segment(path: str, tenant: str | None) -> No
 def test_the_tenant_segment_must_be_sent_as_it_is(
     path: str, raw_path: bytes, tenant: str | None
 ) -> None:
-    front = resolver().front("parents.example.com")
+    front = resolver().front(b"parents.example.com")
     assert front is not None
-    assert front.tenant_of("parents.example.com", path, None, raw_path) == tenant
+    assert front.tenant_of(b"parents.example.com", path, None, raw_path) == tenant
 
 
 @pytest.mark.parametrize(
@@ -111,11 +111,11 @@ def test_tenant_from_a_subdomain(host: str, tenant: str | None) -> None:
             "public_url": "https://{tenant}.portal.example.com",
         }
     )
-    front = found.front(host)
+    front = found.front(host.encode())
     if tenant is None and front is None:
         return
     assert front is not None and front.front is Front.NEW
-    assert front.tenant_of(host, "/anything", None) == tenant
+    assert front.tenant_of(host.encode(), "/anything", None) == tenant
 
 
 @pytest.mark.parametrize(
@@ -124,11 +124,12 @@ def test_tenant_from_a_subdomain(host: str, tenant: str | None) -> None:
 )
 def test_tenant_from_a_header(header: str | None, tenant: str | None) -> None:
     front = resolver(new={"tenant": "header", "tenant_header": "X-Business"}).front(
-        "portal.example.com"
+        b"portal.example.com"
     )
     assert front is not None
     assert front.header == "x-business"
-    assert front.tenant_of("portal.example.com", "/x", header) == tenant
+    sent = None if header is None else header.encode()
+    assert front.tenant_of(b"portal.example.com", "/x", sent) == tenant
 
 
 @pytest.mark.parametrize(
