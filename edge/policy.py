@@ -138,7 +138,7 @@ class Policy:
         """Where a legacy path maps on the new portal (first matching rule, else home), encoded."""
         return _clean_path(_map_path(self.path_rules, tenant, path) or _fill(self.new_home, tenant))
 
-    def new_location(self, tenant: str, path: str, query: str) -> str:
+    def new_location(self, tenant: str, path: str, query: bytes) -> str:
         """Where a legacy URL lives on the new portal, built from configuration only."""
         return _with_query(_fill(self.new_url, tenant) + self.new_path(tenant, path), query)
 
@@ -174,7 +174,7 @@ def decide(
     mode: Mode | None,
     method: str,
     path: str,
-    query: str,
+    query: bytes,
     clock: Callable[[], datetime],
     policy: Policy,
     *,
@@ -228,7 +228,7 @@ def _map_path(rules: tuple[PathRule, ...], tenant: str, path: str) -> str | None
     return None
 
 
-def _with_query(location: str, query: str) -> str:
+def _with_query(location: str, query: str | bytes) -> str:
     return f"{location}?{quote(query, safe=_QUERY_SAFE)}" if query else location
 
 

@@ -184,7 +184,6 @@ class Router:
         mode_label, mode_header = _LABELS[mode]
         served.mode = mode_label
         method = judged_method(scope["method"], overrides) if overrides else scope["method"]
-        query = scope["query_string"].decode("latin-1")
         grant: Grant | None = None
         holder = False
         if (
@@ -206,7 +205,7 @@ class Router:
                 mode,
                 method,
                 path,
-                query,
+                scope["query_string"],
                 self.clock,
                 self.policy,
                 previewer=holder,

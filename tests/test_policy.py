@@ -116,14 +116,14 @@ def _same(decision: object, expected: object) -> bool:
 def test_routing_matrix(
     front: Front, mode: Mode, method: str, now: datetime, expected: object
 ) -> None:
-    decision = decide(front, "acme", mode, method, "/acme/", "", at(now), POLICY)
+    decision = decide(front, "acme", mode, method, "/acme/", b"", at(now), POLICY)
     assert _same(decision, expected), decision
 
 
 @pytest.mark.parametrize("front", [L, N])
 @pytest.mark.parametrize("method", ["GET", "POST"])
 def test_an_invalid_stored_mode_is_an_error_and_never_a_write(front: Front, method: str) -> None:
-    decision = decide(front, "acme", None, method, "/acme/", "", at(BEFORE), POLICY)
+    decision = decide(front, "acme", None, method, "/acme/", b"", at(BEFORE), POLICY)
     assert isinstance(decision, Refuse)
     assert decision.reason is Reason.MISCONFIGURED
 
@@ -131,7 +131,7 @@ def test_an_invalid_stored_mode_is_an_error_and_never_a_write(front: Front, meth
 def test_no_sunset_means_the_legacy_portal_keeps_working() -> None:
     policy = make_policy(legacy_sunset=None)
     far_future = datetime(2100, 1, 1, tzinfo=UTC)
-    assert decide(L, "acme", LEGACY, "GET", "/acme/", "", at(far_future), policy) == Forward(L)
+    assert decide(L, "acme", LEGACY, "GET", "/acme/", b"", at(far_future), policy) == Forward(L)
 
 
 @pytest.mark.parametrize(
@@ -148,7 +148,7 @@ def test_no_sunset_means_the_legacy_portal_keeps_working() -> None:
     ],
 )
 def test_setup_allow_list(method: str, path: str, expected: Forward | None) -> None:
-    decision = decide(N, "acme", SETUP, method, path, "", at(BEFORE), POLICY)
+    decision = decide(N, "acme", SETUP, method, path, b"", at(BEFORE), POLICY)
     if expected is None:
         assert isinstance(decision, Refuse)
         assert decision.reason is Reason.BLOCKED
@@ -157,7 +157,7 @@ def test_setup_allow_list(method: str, path: str, expected: Forward | None) -> N
 
 
 def test_the_allow_list_does_not_open_writes_for_a_tenant_that_is_not_enabled() -> None:
-    decision = decide(N, "acme", LEGACY, "POST", "/acme/staff/login", "", at(BEFORE), POLICY)
+    decision = decide(N, "acme", LEGACY, "POST", "/acme/staff/login", b"", at(BEFORE), POLICY)
     assert isinstance(decision, Refuse)
     assert decision.reason is Reason.NOT_ENABLED
 
@@ -183,7 +183,7 @@ def test_the_allow_list_does_not_open_writes_for_a_tenant_that_is_not_enabled() 
     ],
 )
 def test_redirects_map_paths_by_the_ordered_rules(path: str, query: str, location: str) -> None:
-    decision = decide(L, "acme", ACTIVE, "GET", path, query, BEFORE, POLICY)
+    decision = decide(L, "acme", ACTIVE, "GET", path, query.encode(), at(BEFORE), POLICY)
     assert decision == Redirect(location, 302)
 
 
@@ -211,13 +211,13 @@ PRIVATE_PREVIEW = [
 def test_a_private_preview_is_served_only_to_preview_holders(
     front: Front, mode: Mode, method: str, path: str, holder: bool, expected: object
 ) -> None:
-    decision = decide(front, "acme", mode, method, path, "", at(BEFORE), PRIVATE, previewer=holder)
+    decision = decide(front, "acme", mode, method, path, b"", at(BEFORE), PRIVATE, previewer=holder)
     assert _same(decision, expected), decision
 
 
 @pytest.mark.parametrize("holder", [True, False])
 def test_without_private_preview_the_preview_is_public(holder: bool) -> None:
-    decision = decide(N, "acme", SETUP, "GET", "/acme/", "", at(BEFORE), POLICY, previewer=holder)
+    decision = decide(N, "acme", SETUP, "GET", "/acme/", b"", at(BEFORE), POLICY, previewer=holder)
     assert decision == Forward(N)
 
 
@@ -235,7 +235,7 @@ def test_without_private_preview_the_preview_is_public(holder: bool) -> None:
     ],
 )
 def test_redirect_status_by_method_and_config(method: str, status: int, policy: Policy) -> None:
-    decision = decide(L, "acme", ACTIVE, method, "/acme/", "", at(BEFORE), policy)
+    decision = decide(L, "acme", ACTIVE, method, "/acme/", b"", at(BEFORE), policy)
     assert isinstance(decision, Redirect)
     assert decision.status == status
     assert decision.permanent is (status in (301, 308))
@@ -248,8 +248,8 @@ def test_the_first_matching_rule_wins() -> None:
             {"from": "/{tenant}/classes", "to": "/{tenant}/schedule"},
         ]
     )
-    kids = decide(L, "acme", ACTIVE, "GET", "/acme/classes/kids/1", "", at(BEFORE), policy)
-    other = decide(L, "acme", ACTIVE, "GET", "/acme/classes/adults", "", at(BEFORE), policy)
+    kids = decide(L, "acme", ACTIVE, "GET", "/acme/classes/kids/1", b"", at(BEFORE), policy)
+    other = decide(L, "acme", ACTIVE, "GET", "/acme/classes/adults", b"", at(BEFORE), policy)
     assert kids == Redirect("https://portal.example.com/acme/juniors/1", 302)
     assert other == Redirect("https://portal.example.com/acme/schedule/adults", 302)
 
@@ -272,10 +272,10 @@ def test_subdomain_portals_put_the_tenant_in_the_host_from_config_only() -> None
         "policy": {},
     }
     policy = Policy.from_settings(config.from_mapping(raw))
-    assert decide(L, "acme", ACTIVE, "GET", "/classes", "", at(BEFORE), policy) == Redirect(
+    assert decide(L, "acme", ACTIVE, "GET", "/classes", b"", at(BEFORE), policy) == Redirect(
         "https://acme.portal.example.com/", 302
     )
-    assert decide(N, "acme", LEGACY, "GET", "/", "", at(BEFORE), policy) == Redirect(
+    assert decide(N, "acme", LEGACY, "GET", "/", b"", at(BEFORE), policy) == Redirect(
         "https://acme.parents.example.com/", 302
     )
 
