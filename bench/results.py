@@ -137,7 +137,8 @@ def targets(load: dict[str, Any]) -> list[dict[str, Any]]:
 
     Each is judged on requests/s, as the issue states it; ``by_cpu`` gives the same ratio from
     the CPU each spends per request (the other's over edge's), which other load on the
-    machine moves far less.
+    machine moves far less. ``rounds`` is the ratio in each round (interleaved, so each pair
+    ran minutes apart at most): its spread is how far one run can be trusted.
     """
     checks: list[dict[str, Any]] = []
     edge = load.get(EDGE, {}).get("50")
@@ -148,15 +149,18 @@ def targets(load: dict[str, Any]) -> list[dict[str, Any]]:
         other = load[name]["50"]
         value = edge["rps"] / other["rps"]
         by_cpu = other["cpu_us"] / edge["cpu_us"] if edge["cpu_us"] else 0.0
+        rounds = [e / o for e, o in zip(edge["runs_rps"], other["runs_rps"], strict=True) if o]
         shown = (lambda x: f"{x:.1%}") if unit == "%" else (lambda x: f"{x:.2f}x")
         wanted = "none" if goal is None else f"≥ {shown(goal)}"
+        spread = f", rounds {shown(min(rounds))} to {shown(max(rounds))}" if len(rounds) > 1 else ""
         checks.append(
             {
                 "name": wording,
                 "value": value,
                 "by_cpu": by_cpu,
+                "rounds": rounds,
                 "goal": wanted,
-                "shown": f"{shown(value)} (by CPU per request {shown(by_cpu)})",
+                "shown": f"{shown(value)} (by CPU per request {shown(by_cpu)}{spread})",
                 "met": None if goal is None else value >= goal,
             }
         )
