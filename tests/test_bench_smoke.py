@@ -53,3 +53,18 @@ def test_the_bench_measures_every_case_in_smoke_mode(tmp_path: Path) -> None:
     assert any("nginx" in name for name in checks)
     assert any("bare forwarder" in name for name in checks)
     assert "targets (ratios within this run)" in done.stdout
+
+
+def test_the_in_process_routing_cost_runs() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.route_cost", "--requests", "200", "--rounds", "1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert [line.split()[0] for line in lines[1:]] == ["edge", "edge", "routing"]
+    assert all(line.endswith("µs/request") for line in lines[1:])
