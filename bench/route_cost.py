@@ -80,7 +80,7 @@ def _scope(headers: list[tuple[bytes, bytes]]) -> Scope:
     }
 
 
-async def _router(skip: bool) -> EdgeApp:
+async def _app(skip: bool) -> EdgeApp:
     settings = config.from_mapping(
         {
             "store": {"url": "memory://"},
@@ -115,7 +115,7 @@ async def _round(app: EdgeApp, scope: Scope, requests: int) -> float:
 
 async def measure(requests: int, rounds: int, browser: bool) -> dict[str, float]:
     """Best µs per request of each variant, and their difference."""
-    apps = {"edge": await _router(skip=False), "edge forward-only": await _router(skip=True)}
+    apps = {"edge": await _app(skip=False), "edge forward-only": await _app(skip=True)}
     scope = _scope(_BROWSER if browser else [])
     gc.collect()
     gc.freeze()  # as EdgeApp does at startup
