@@ -35,11 +35,20 @@ def unique_prefix() -> str:
     return f"edge-test-{uuid.uuid4().hex[:12]}:"
 
 
-def wait_for_port(port: int, timeout: float = 10.0) -> None:
+class ServerDied(RuntimeError):
+    """A server exited before it listened: most often, its free port was taken meanwhile."""
+
+
+def wait_for_port(
+    port: int, timeout: float = 10.0, process: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Wait until something listens on ``port``; with ``process``, fail as soon as it exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
             return
+        if process is not None and process.poll() is not None:
+            raise ServerDied(f"the server for 127.0.0.1:{port} exited ({process.returncode})")
         time.sleep(0.02)
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
 
@@ -62,26 +71,31 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
-        self.process = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self.dir,
-                "--loglevel",
-                "warning",
-                *self.args,
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        wait_for_port(self.port)
+        log = Path(self.dir, "redis.log")
+        with log.open("ab") as output:
+            self.process = subprocess.Popen(
+                [
+                    self.binary,
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    self.dir,
+                    "--loglevel",
+                    "warning",
+                    *self.args,
+                ],
+                stdout=output,
+            )
+        try:
+            wait_for_port(self.port, process=self.process)
+        except ServerDied as died:
+            raise ServerDied(f"{died}: {log.read_text().strip()}") from None
         return self
 
     def stop(self) -> None:
@@ -104,6 +118,10 @@ def redis_cli(port: int, *args: str) -> str:
         ["redis-cli", "-p", str(port), *args], capture_output=True, text=True, check=True
     )
     return done.stdout.strip()
+
+
+class NotFormed(RuntimeError):
+    """``redis-cli --cluster create`` failed, most often because a node died meanwhile."""
 
 
 class ClusterServers:
@@ -135,26 +153,33 @@ class ClusterServers:
 
     def start(self, attempts: int = 3) -> ClusterServers:
         # A port found free may be taken before its node binds it (by another client's
-        # ephemeral port), and that node dies: the cluster is then formed anew on new ports.
+        # ephemeral port, such as one of the bus links between the nodes started first),
+        # and that node dies: the cluster is then formed anew on new ports.
         for attempt in range(1, attempts + 1):
-            for server in self.servers:
-                server.start()
-            nodes = [f"127.0.0.1:{server.port}" for server in self.servers]
-            replicas = ("--cluster-replicas", str(self.replicas))
-            created = subprocess.run(
-                ["redis-cli", "--cluster", "create", *nodes, *replicas, "--cluster-yes"],
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            if created.returncode == 0:
+            try:
+                self._form()
                 break
-            self.stop()
-            if attempt == attempts:
-                raise RuntimeError(f"redis-cli --cluster create failed:\n{created.stdout}")
-            self.servers = self._new_servers()
+            except (ServerDied, NotFormed):
+                self.stop()
+                if attempt == attempts:
+                    raise
+                self.servers = self._new_servers()
         eventually(self._ready, 30)
         return self
+
+    def _form(self) -> None:
+        for server in self.servers:
+            server.start()
+        nodes = [f"127.0.0.1:{server.port}" for server in self.servers]
+        replicas = ("--cluster-replicas", str(self.replicas))
+        created = subprocess.run(
+            ["redis-cli", "--cluster", "create", *nodes, *replicas, "--cluster-yes"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if created.returncode != 0:
+            raise NotFormed(f"redis-cli --cluster create failed:\n{created.stdout}")
 
     def _ready(self) -> bool:
         for server in self.servers:
