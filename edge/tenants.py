@@ -93,7 +93,7 @@ class FrontRule:
         would name the tenant to edge and something else to a backend routing on the raw path.
         """
         if self.rule == "path":
-            candidate = path[1:].partition("/")[0]
+            candidate = path.split("/", 2)[1]  # the path starts with "/"
             if _PERCENT in raw_path and _PERCENT in raw_path[1:].partition(b"/")[0]:
                 return None
         elif self.rule == "subdomain":
