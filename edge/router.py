@@ -127,9 +127,9 @@ class Router:
         tenant_headers: dict[bytes, bytes] | None = None
         screened = self.screened
         for name, value in scope["headers"]:
-            kind = screened.get(name)
-            if kind is None:
+            if name not in screened:  # most headers: an `in` costs less than a .get() call
                 continue
+            kind = screened[name]
             if kind == _HOST:
                 host = value
                 hosts += 1
@@ -150,7 +150,8 @@ class Router:
             # RFC 9112 6.1: anything but one "chunked" is framing a proxy may read otherwise.
             message = "The request's Transfer-Encoding is not acceptable."
             return await _refuse(*asked, 400, "bad_request", message, extra=_CLOSE)
-        if scope["method"] == "CONNECT":
+        method: str = scope["method"]
+        if method == "CONNECT":
             return await _refuse(
                 *asked, 501, "bad_request", "CONNECT is not served here.", extra=_CLOSE
             )
