@@ -177,7 +177,6 @@ def decide(
     query: bytes,
     clock: Callable[[], datetime],
     policy: Policy,
-    *,
     previewer: bool = False,
 ) -> Decision:
     """The routing matrix of SPEC.md. ``mode`` None means the stored value was not a mode.

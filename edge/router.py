@@ -184,7 +184,8 @@ class Router:
                 )
         mode_label, mode_header = _LABELS[mode]
         served.mode = mode_label
-        method = judged_method(scope["method"], overrides) if overrides else scope["method"]
+        if overrides:
+            method = judged_method(method, overrides)
         grant: Grant | None = None
         holder = False
         if (
@@ -209,7 +210,7 @@ class Router:
                 scope["query_string"],
                 self.clock,
                 self.policy,
-                previewer=holder,
+                holder,
             )
         )
 
