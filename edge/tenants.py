@@ -103,7 +103,6 @@ class FrontRule:
         return candidate if is_tenant_id(candidate) else None
 
 
-_UNSEEN = object()
 _SEEN_MAX = 1024  # distinct Host values remembered; a flood of made-up ones starts it over
 
 
@@ -122,12 +121,13 @@ class Resolver:
 
     def front(self, host: bytes) -> FrontRule | None:
         """The front for a Host header value as sent (any case, with or without a port)."""
-        rule = self._seen.get(host, _UNSEEN)
-        if rule is _UNSEEN:
+        try:
+            return self._seen[host]  # a subscript costs less than a .get() call
+        except KeyError:
             if len(self._seen) >= _SEEN_MAX:
                 self._seen.clear()
             rule = self._seen[host] = self._find(host.decode("latin-1"))
-        return rule  # type: ignore[return-value]
+            return rule
 
     def _find(self, host: str) -> FrontRule | None:
         host = host.lower()
