@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any, Literal, NamedTuple
 from urllib.parse import urlsplit
@@ -69,7 +69,7 @@ class ResponseRewrite:
     cookie_domain: bytes | None  # None: cookies are left alone
 
     def for_tenant(self, tenant: str) -> ResponseRewrite:
-        if self.public_url is None or b"{tenant}" not in self.public_url:
+        if self.public_url is None:
             return self
         return replace(self, public_url=self.public_url.replace(b"{tenant}", tenant.encode()))
 
@@ -112,6 +112,12 @@ class Backend:
     url: str
     keep_host: bool = True  # send the client's Host; else the backend URL's
     rewrite: ResponseRewrite | None = None
+    # Whether Locations point at a public URL that names the tenant: for_tenant fills it in.
+    per_tenant: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        public_url = self.rewrite.public_url if self.rewrite else None
+        object.__setattr__(self, "per_tenant", bool(public_url and b"{tenant}" in public_url))
 
     @classmethod
     def from_settings(cls, front: FrontSettings) -> Backend:
@@ -126,10 +132,9 @@ class Backend:
 
     def for_tenant(self, tenant: str) -> Backend:
         """The same backend, with {tenant} filled into the public URL Locations point at."""
-        if self.rewrite is None:
+        if not self.per_tenant or self.rewrite is None:
             return self
-        rewrite = self.rewrite.for_tenant(tenant)
-        return self if rewrite is self.rewrite else replace(self, rewrite=rewrite)
+        return replace(self, rewrite=self.rewrite.for_tenant(tenant))
 
 
 def _url_prefixes(url: str) -> tuple[bytes, ...]:

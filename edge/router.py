@@ -220,15 +220,11 @@ class Router:
                 mode_header,
             ]
             act = self.forwarder.forward if scope["type"] == "http" else self.websockets.relay
+            backend = self.backends[decision.front]
+            if backend.per_tenant:  # asked first: for_tenant is a call even when it fills nothing
+                backend = backend.for_tenant(tenant)
             try:
-                outcome = await act(
-                    scope,
-                    receive,
-                    send,
-                    self.backends[decision.front].for_tenant(tenant),
-                    edge_headers,
-                    view,
-                )
+                outcome = await act(scope, receive, send, backend, edge_headers, view)
             except UpstreamAborted as exc:
                 served.forwarded(exc.outcome, aborted=True)
                 # Returning with the response unfinished makes the server cut the connection,
