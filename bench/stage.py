@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import sys
 import urllib.parse
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,12 +69,19 @@ class Stage:
     """``with Stage(...) as stage``: every process running, checked, and stopped at the end."""
 
     def __init__(
-        self, work: Path, *, peers: bool, tenants: int, baseline: Path | None = None
+        self,
+        work: Path,
+        *,
+        peers: bool,
+        tenants: int,
+        baseline: Path | None = None,
+        launcher: Sequence[str] = (),
     ) -> None:
         self.work = work
         self.peers = peers
         self.tenants = tenants
         self.baseline = baseline
+        self.launcher = list(launcher)  # what edge and its variants run under (valgrind)
         self.big_file = work / "big.bin"
         self.targets: list[Target] = []  # measured with wrk, in this order every round
         self.many_tenants: Target | None = None
@@ -145,11 +153,12 @@ class Stage:
         env: dict[str, str] | None = None,
         serves_in_child: bool = False,
         cwd: Path = REPO,
+        timeout: float = 30,
     ) -> Service:
         log = self.work / f"{name.replace(' ', '-').replace(',', '')}.log"
         service = Service(name, argv, port, log, env, serves_in_child, cwd)
         self._stack.callback(service.stop)
-        return service.start()
+        return service.start(timeout)
 
     def _nginx(self, name: str, port: int, config: str) -> Service:
         return self._run(name, nginx.command(self._dir(name), config), port, serves_in_child=True)
@@ -162,7 +171,9 @@ class Stage:
             "EDGE_SERVER__PORT": str(port),
             "EDGE_ADMIN__PORT": str(admin_port),
         }
-        service = self._run(name, [sys.executable, *args], port, env, cwd=source)
+        argv = [*self.launcher, sys.executable, *args]
+        # Under valgrind, Python starts some 20 times slower.
+        service = self._run(name, argv, port, env, cwd=source, timeout=300 if self.launcher else 30)
         return Target(name, service, admin_port=admin_port)
 
     def _peer(self, name: str, app: str, backend: str) -> Target:

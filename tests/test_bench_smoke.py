@@ -68,3 +68,19 @@ def test_the_in_process_routing_cost_runs() -> None:
     lines = done.stdout.splitlines()
     assert [line.split()[0] for line in lines[1:]] == ["edge", "edge", "routing"]
     assert all(line.endswith("µs/request") for line in lines[1:])
+
+
+def test_the_instruction_count_runs() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.instructions", "--seconds", "1", "--connections", "2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    counted = [line.split() for line in done.stdout.splitlines() if line.endswith("requests)")]
+    assert [words[0] for words in counted] == ["edge", "edge", "bare"]
+    assert all(int(words[-3].replace(",", "")) > 0 for words in counted)
+    assert "of forward-only's instructions" in done.stdout
