@@ -87,7 +87,8 @@ class FrontRule:
     ) -> str | None:
         """The tenant id by this front's rule, or None when absent or malformed.
 
-        ``host`` and ``header`` are as the client sent them; ``path`` is decoded.
+        ``host`` and ``header`` are as the client sent them; ``path`` is decoded, and starts
+        with "/" (``is_safe_path`` has passed it).
 
         By the path rule the segment must be sent as it is: a percent-encoded one ("%61cme")
         would name the tenant to edge and something else to a backend routing on the raw path.

@@ -177,6 +177,20 @@ def test_a_location_at_the_backend_points_at_the_public_url(
     )
 
 
+def test_a_location_points_at_the_tenants_own_public_url(redis_server: RedisServer) -> None:
+    """A front whose public URL names the tenant: each tenant's Locations get its own."""
+    new = {
+        "hosts": [f"*.{NEW_HOST}"],
+        "tenant": "subdomain",
+        "public_url": f"https://{{tenant}}.{NEW_HOST}",
+        "rewrite_location": True,
+    }
+    with answering_stack(redis_server, new=new) as running:
+        response = answer(running, "/go", f"{ACTIVE}.{NEW_HOST}", [("Location", "{self}/next")])
+    assert response.status_code == 302
+    assert response.headers["location"] == f"https://{ACTIVE}.{NEW_HOST}/next"
+
+
 def test_set_cookie_domains_are_rewritten_and_every_cookie_kept(behind_a_proxy: Stack) -> None:
     cookies = [
         ("Set-Cookie", "session=abc; Domain=127.0.0.1; Path=/; HttpOnly"),
