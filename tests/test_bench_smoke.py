@@ -11,17 +11,22 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_the_bench_measures_every_case_in_smoke_mode(tmp_path: Path) -> None:
-    # --smoke: one round, without the Python peers and the chart, whose packages live in
-    # bench/.venv rather than the test environment.
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--duration", "1", "--out", str(tmp_path)],
+def bench(module: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python -m <module> <args>`` from the repository, as a contributor runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=timeout,
         check=False,
     )
+
+
+def test_the_bench_measures_every_case_in_smoke_mode(tmp_path: Path) -> None:
+    # --smoke: one round, without the Python peers and the chart, whose packages live in
+    # bench/.venv rather than the test environment.
+    done = bench("bench", "--smoke", "--duration", "1", "--out", str(tmp_path), timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads((tmp_path / "results.json").read_text())
 
@@ -56,14 +61,7 @@ def test_the_bench_measures_every_case_in_smoke_mode(tmp_path: Path) -> None:
 
 
 def test_the_in_process_routing_cost_runs() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.route_cost", "--requests", "200", "--rounds", "1"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = bench("bench.route_cost", "--requests", "200", "--rounds", "1", timeout=60)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     assert [line.split()[0] for line in lines[1:]] == ["edge", "edge", "routing"]
@@ -71,14 +69,7 @@ def test_the_in_process_routing_cost_runs() -> None:
 
 
 def test_the_instruction_count_runs() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.instructions", "--seconds", "1", "--connections", "2"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    done = bench("bench.instructions", "--seconds", "1", "--connections", "2", timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     counted = [line.split() for line in done.stdout.splitlines() if line.endswith("requests)")]
     assert [words[0] for words in counted] == ["edge", "edge", "bare"]
