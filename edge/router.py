@@ -155,7 +155,7 @@ class Router:
             return await _refuse(
                 *asked, 501, "bad_request", "CONNECT is not served here.", extra=_CLOSE
             )
-        front = self.resolver.front(host)
+        front = self.resolver.front[host]
         if front is None:
             return await _refuse(*asked, 421, "unknown_host", "This site is not served here.")
         served.front = front.front

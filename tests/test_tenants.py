@@ -46,7 +46,7 @@ def resolver(
     ],
 )
 def test_front_by_host(host: str, front: Front | None) -> None:
-    found = resolver().front(host.encode())
+    found = resolver().front[host.encode()]
     assert (found.front if found else None) is front
 
 
@@ -70,7 +70,7 @@ def test_front_by_host(host: str, front: Front | None) -> None:
     ],
 )
 def test_tenant_from_the_first_path_segment(path: str, tenant: str | None) -> None:
-    front = resolver().front(b"parents.example.com")
+    front = resolver().front[b"parents.example.com"]
     assert front is not None
     assert front.tenant_of(b"parents.example.com", path, None) == tenant
 
@@ -88,7 +88,7 @@ def test_tenant_from_the_first_path_segment(path: str, tenant: str | None) -> No
 def test_the_tenant_segment_must_be_sent_as_it_is(
     path: str, raw_path: bytes, tenant: str | None
 ) -> None:
-    front = resolver().front(b"parents.example.com")
+    front = resolver().front[b"parents.example.com"]
     assert front is not None
     assert front.tenant_of(b"parents.example.com", path, None, raw_path) == tenant
 
@@ -111,7 +111,7 @@ def test_tenant_from_a_subdomain(host: str, tenant: str | None) -> None:
             "public_url": "https://{tenant}.portal.example.com",
         }
     )
-    front = found.front(host.encode())
+    front = found.front[host.encode()]
     if tenant is None and front is None:
         return
     assert front is not None and front.front is Front.NEW
@@ -123,9 +123,9 @@ def test_tenant_from_a_subdomain(host: str, tenant: str | None) -> None:
     [("acme", "acme"), (" acme ", "acme"), ("ACME", None), ("", None), (None, None)],
 )
 def test_tenant_from_a_header(header: str | None, tenant: str | None) -> None:
-    front = resolver(new={"tenant": "header", "tenant_header": "X-Business"}).front(
+    front = resolver(new={"tenant": "header", "tenant_header": "X-Business"}).front[
         b"portal.example.com"
-    )
+    ]
     assert front is not None
     assert front.header == "x-business"
     sent = None if header is None else header.encode()
