@@ -37,10 +37,9 @@ log = logging.getLogger("edge.router")
 
 # What the one pass over a request's headers looks for, by name: one dict look-up a header,
 # however many names are screened.
-_HOST, _ACCEPT, _ENCODING, _OVERRIDE, _TENANT = range(5)
+_HOST, _ENCODING, _OVERRIDE, _TENANT = range(4)
 _SCREENED = {
     b"host": _HOST,
-    b"accept": _ACCEPT,
     b"transfer-encoding": _ENCODING,
     **dict.fromkeys((name.encode() for name in METHOD_OVERRIDE_HEADERS), _OVERRIDE),
 }
@@ -120,7 +119,6 @@ class Router:
         self, scope: Scope, receive: Receive, send: Send, view: ClientView, served: Served
     ) -> None:
         host = b""
-        accept = b""
         hosts = 0
         overrides: tuple[str, ...] = ()
         encodings = 0  # Transfer-Encoding headers; 2 for one that is not exactly "chunked"
@@ -133,8 +131,6 @@ class Router:
             if kind == _HOST:
                 host = value
                 hosts += 1
-            elif kind == _ACCEPT:
-                accept = value
             elif kind == _ENCODING:
                 encodings += 1 if value.lower() == b"chunked" else 2
             elif kind == _OVERRIDE:
@@ -142,31 +138,34 @@ class Router:
             else:
                 tenant_headers = tenant_headers or {}
                 tenant_headers[name] = value
-        asked = (scope, send, served, accept)  # what a refusal needs
         if hosts != 1:
             message = "The request must carry exactly one Host header."
-            return await _refuse(*asked, 400, "bad_request", message, extra=_CLOSE)
+            return await _refuse(scope, send, served, 400, "bad_request", message, extra=_CLOSE)
         if encodings and (encodings > 1 or scope["http_version"] == "1.0"):
             # RFC 9112 6.1: anything but one "chunked" is framing a proxy may read otherwise.
             message = "The request's Transfer-Encoding is not acceptable."
-            return await _refuse(*asked, 400, "bad_request", message, extra=_CLOSE)
+            return await _refuse(scope, send, served, 400, "bad_request", message, extra=_CLOSE)
         method: str = scope["method"]
         if method == "CONNECT":
             return await _refuse(
-                *asked, 501, "bad_request", "CONNECT is not served here.", extra=_CLOSE
+                scope, send, served, 501, "bad_request", "CONNECT is not served here.", extra=_CLOSE
             )
         front = self.resolver.front[host]
         if front is None:
-            return await _refuse(*asked, 421, "unknown_host", "This site is not served here.")
+            return await _refuse(
+                scope, send, served, 421, "unknown_host", "This site is not served here."
+            )
         served.front = front.front
         path: str = scope["path"]
         raw_path: bytes = scope["raw_path"]
         if not is_safe_path(path, raw_path):
-            return await _refuse(*asked, 400, "bad_request", "The request path is not acceptable.")
+            return await _refuse(
+                scope, send, served, 400, "bad_request", "The request path is not acceptable."
+            )
         header = tenant_headers.get(front.header.encode()) if tenant_headers else None
         tenant = front.tenant_of(host, path, header, raw_path)
         if tenant is None:
-            return await _refuse(*asked, 404, "no_tenant", "There is no such page.")
+            return await _refuse(scope, send, served, 404, "no_tenant", "There is no such page.")
         served.tenant = tenant
 
         mode = self.cache.cached(tenant)
@@ -175,7 +174,9 @@ class Router:
                 mode = await self.cache.load(tenant)
             except StoreUnavailable:
                 return await _refuse(
-                    *asked,
+                    scope,
+                    send,
+                    served,
                     503,
                     "store_unavailable",
                     "Routing is briefly unavailable; please retry.",
@@ -254,7 +255,14 @@ class Router:
             )
         else:
             await _refuse(
-                *asked, decision.status, decision.reason.value, decision.message, tenant, mode_label
+                scope,
+                send,
+                served,
+                decision.status,
+                decision.reason.value,
+                decision.message,
+                tenant,
+                mode_label,
             )
 
 
@@ -262,7 +270,6 @@ async def _refuse(
     scope: Scope,
     send: Send,
     served: Served,
-    accept: bytes,
     status: int,
     reason: str,
     message: str,
@@ -271,6 +278,8 @@ async def _refuse(
     extra: tuple[tuple[bytes, bytes], ...] = (),
 ) -> None:
     """edge's own refusal of a request, in JSON or HTML as its Accept asks."""
+    # Looked for here, not in the router's pass over the headers: most requests are not refused.
+    accept = next((value for name, value in scope["headers"] if name == b"accept"), b"")
     served.status, served.reason = status, reason
     served.bytes = await send_refusal(
         send,
