@@ -18,6 +18,8 @@ FORWARD_ONLY = "edge forward-only"
 BARE = "bare forwarder"
 PEERS = ("asgiproxy", "fastapi-proxy-lib")
 MIB = 2**20
+# Issue 6: the mode look-up and policy cost at most 5% of the same build forwarding alone.
+ROUTING_TARGET = 0.05
 
 
 @dataclass(frozen=True)
@@ -179,7 +181,8 @@ def targets(load: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     if FORWARD_ONLY in load:
-        ratio(FORWARD_ONLY, "mode look-up and policy cost ≤ 5% (edge / forward-only)", 0.95)
+        wording = f"mode look-up and policy cost ≤ {ROUTING_TARGET:.0%} (edge / forward-only)"
+        ratio(FORWARD_ONLY, wording, 1 - ROUTING_TARGET)
     if BARE in load:
         ratio(BARE, "routing, access log and metrics together (edge / bare forwarder)", None)
     if "nginx" in load:
