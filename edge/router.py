@@ -132,7 +132,9 @@ class Router:
                 host = value
                 hosts += 1
             elif kind == _ENCODING:
-                encodings += 1 if value.lower() == b"chunked" else 2
+                # Whitespace around a value is not part of it (RFC 9110 5.5), whichever
+                # parser version trimmed it already.
+                encodings += 1 if value.strip(b" \t").lower() == b"chunked" else 2
             elif kind == _OVERRIDE:
                 overrides += (value.decode("latin-1"),)
             else:

@@ -48,8 +48,6 @@ REFUSED = {
     "xchunked": f"Transfer-Encoding: xchunked\r\n\r\n{CHUNKED_EMPTY}",
     "chunkedx": f"Transfer-Encoding: chunkedx\r\n\r\n{CHUNKED_EMPTY}",
     "chunked with a vertical tab": f"Transfer-Encoding: \x0bchunked\r\n\r\n{CHUNKED_EMPTY}",
-    # Sound by RFC 9110, but parsers disagree about trailing whitespace: not worth the doubt.
-    "chunked with trailing spaces": f"Transfer-Encoding: chunked  \r\n\r\n{CHUNKED_EMPTY}",
     "a second Transfer-Encoding: identity": (
         f"Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n{CHUNKED_EMPTY}"
     ),
@@ -137,13 +135,19 @@ def test_a_missing_host_is_refused(edge: Stack) -> None:
     never_smuggled(edge)
 
 
-@pytest.mark.parametrize("encoding", ["chunked", "CHUNKED", "Chunked", "  chunked", "\tchunked"])
+@pytest.mark.parametrize(
+    "encoding", ["chunked", "CHUNKED", "Chunked", "  chunked", "\tchunked", "chunked  "]
+)
 def test_plain_chunked_is_reframed_and_what_follows_is_judged_on_its_own(
     edge: Stack, encoding: str
 ) -> None:
-    """Whitespace before a field value is not part of it (RFC 9110 5.5; llhttp drops it) and
-    transfer-coding names are case-insensitive: these are one sound "chunked". The request
-    after the body is a pipelined request, and edge refuses it like any other preview write."""
+    """Whitespace around a field value is not part of it (RFC 9110 5.5, RFC 9112 5: OWS on
+    either side; nginx trims both) and transfer-coding names are case-insensitive: these are
+    one sound "chunked". edge trims the value itself, so its verdict does not hang on which
+    parser version trims what (httptools 0.9 trims trailing spaces, 0.8 did not; it
+    refuses a trailing tab outright, which is stricter and as safe); and it re-frames the body,
+    so the portal never sees the client's spelling. The request after the body is a
+    pipelined request, and edge refuses it like any other preview write."""
     before = len(edge.new.seen)
     body = f"5\r\nhello\r\n{len(SMUGGLED):x}\r\n{SMUGGLED}\r\n0\r\n\r\n"
     reply = send(edge, f"{HEAD}Transfer-Encoding: {encoding}\r\n\r\n{body}{SMUGGLED}")
