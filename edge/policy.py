@@ -179,7 +179,7 @@ def decide(
     policy: Policy,
     previewer: bool = False,
 ) -> Decision:
-    """The routing matrix of SPEC.md. ``mode`` None means the stored value was not a mode.
+    """The routing matrix of docs/routing.md. ``mode`` None means the stored value was not a mode.
 
     ``clock`` is read only when the sunset matters: on most requests it does not, and a read
     costs a tenth of all the routing.

@@ -1,4 +1,4 @@
-"""The routing matrix of SPEC.md, one row per cell, against the pure decide()."""
+"""The routing matrix of docs/routing.md, one row per cell, against the pure decide()."""
 
 from __future__ import annotations
 
