@@ -64,7 +64,7 @@ CASES = [
 @pytest.mark.parametrize(
     ("status", "method", "host", "path", "sections", "tenant", "mode", "home"), CASES
 )
-def test_a_browser_gets_a_short_page_with_the_way_on(
+def test_a_browser_gets_a_short_page_with_the_way_on_and_a_client_asking_json_the_shape(
     status: int,
     method: str,
     host: str,
@@ -77,6 +77,7 @@ def test_a_browser_gets_a_short_page_with_the_way_on(
     with edge(**sections) as client:
         response = client.request(method, path, headers={"Host": host, **BROWSER})
         head = client.head(path, headers={"Host": host, **BROWSER}) if method == "GET" else None
+        as_json = client.request(method, path, headers={"Host": host, **AS_JSON})
     assert response.status_code == status
     assert response.headers["content-type"] == "text/html; charset=utf-8"
     assert response.headers["cache-control"] == "no-store"
@@ -88,26 +89,9 @@ def test_a_browser_gets_a_short_page_with_the_way_on(
     assert page.count("<a ") == (home is not None)
     if head is not None:
         assert head.status_code == status and head.content == b""
-
-
-@pytest.mark.parametrize(
-    ("status", "method", "host", "path", "sections", "tenant", "mode", "home"), CASES
-)
-def test_a_client_that_asks_for_json_gets_the_json_shape(
-    status: int,
-    method: str,
-    host: str,
-    path: str,
-    sections: dict[str, Any],
-    tenant: str | None,
-    mode: str | None,
-    home: str | None,
-) -> None:
-    with edge(**sections) as client:
-        response = client.request(method, path, headers={"Host": host, **AS_JSON})
-    assert response.status_code == status
-    assert response.headers["content-type"] == "application/json"
-    body = response.json()
+    assert as_json.status_code == status
+    assert as_json.headers["content-type"] == "application/json"
+    body = as_json.json()
     assert body == {"error": body["error"], "tenant": tenant, "mode": mode}
     assert body["error"].endswith(".")
 
