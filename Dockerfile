@@ -8,13 +8,22 @@
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
-    EDGE_CONFIG=/etc/edge/edge.toml
+    PIP_DISABLE_PIP_VERSION_CHECK=1 EDGE_CONFIG=/etc/edge/edge.toml
 WORKDIR /app
-COPY pyproject.toml README.md ./
+# The dependencies exactly as uv.lock holds them, each checked against its hash; uv (at the
+# version scripts/uv pins) only writes them out, and is gone before the image is.
+COPY pyproject.toml uv.lock README.md ./
+COPY scripts/uv ./scripts/uv
+RUN ./scripts/uv export --locked --no-dev --no-emit-project --no-header \
+        --format requirements-txt --output-file /tmp/requirements.txt \
+    && pip install --require-hashes --only-binary :all: -r /tmp/requirements.txt \
+    && rm -rf .tools /tmp/requirements.txt /root/.cache
 COPY edge ./edge
-# Bytecode is compiled here, as root: the edge user cannot write it at run time, and every
-# worker process would otherwise compile each module again on start.
-RUN pip install . && rm -rf /app/edge && useradd --system --uid 10001 --no-create-home edge
+# edge itself, on the locked dependencies just installed. Bytecode is compiled here, as root:
+# the edge user cannot write it at run time, and every worker process would otherwise compile
+# each module again on start.
+RUN pip install --no-deps . && rm -rf /app/edge /app/build \
+    && useradd --system --uid 10001 --no-create-home edge
 COPY config/edge.toml /etc/edge/edge.toml
 
 USER edge

@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-SMALL_BODY = b"edge bench: a small body.\n"  # 26 bytes, as in ARCHITECTURE.md's measurements
+SMALL_BODY = b"edge bench: a small body.\n"  # 26 bytes, as in docs/performance.md's runs
 BIG_PATH = "/bench-gym/big"
 UPLOAD_PATH = "/bench-gym/upload"
 ECHO_MODULE = Path("/usr/lib/nginx/modules/ngx_http_echo_module.so")

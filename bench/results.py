@@ -1,4 +1,4 @@
-"""What one bench run measured, and its summary: medians, ratios to edge, the issue's targets."""
+"""What one bench run measured, and its summary: medians, ratios to edge, edge's targets."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ FORWARD_ONLY = "edge forward-only"
 BARE = "bare forwarder"
 PEERS = ("asgiproxy", "fastapi-proxy-lib")
 MIB = 2**20
-# Issue 6: the mode look-up and policy cost at most 5% of the same build forwarding alone.
+# The target: the mode look-up and policy cost at most 5% of the same build forwarding alone.
 ROUTING_TARGET = 0.05
 
 
@@ -135,9 +135,9 @@ def _tenant_summary(runs: list[TenantRun]) -> dict[str, Any]:
 
 
 def targets(load: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets, each a ratio of edge to another target within this run.
+    """edge's targets, each a ratio of edge to another target within this run.
 
-    Each is judged on requests/s, as the issue states it; ``by_cpu`` gives the same ratio from
+    Each is judged on requests/s, as the target states it; ``by_cpu`` gives the same ratio from
     the CPU each spends per request (the other's over edge's), which other load on the
     machine moves far less. ``rounds`` is the ratio in each round (interleaved, so each pair
     ran minutes apart at most): its spread is how far one run can be trusted.

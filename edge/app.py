@@ -110,7 +110,7 @@ class EdgeApp:
                     return
                 # What survives now (modules, config, apps) lives as long as the process: frozen,
                 # the cyclic GC's full collections stop walking it. Each took ~33 ms of CPU
-                # with the loop stalled, ~4% of the CPU per request; now ~3 ms (issue 6).
+                # with the loop stalled, ~4% of the CPU per request; now ~3 ms.
                 gc.collect()
                 gc.freeze()
                 await send({"type": "lifespan.startup.complete"})

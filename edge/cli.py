@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import importlib.metadata as metadata
 import os
 import socket
 import sys
@@ -12,7 +13,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
-from urllib.parse import urlsplit, urlunsplit
 
 from edge import config
 from edge.config import Settings
@@ -57,33 +57,46 @@ class TenantOps(Protocol):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    top = parser()
+    args = top.parse_args(argv)
     try:
+        given: str | Path | None = given_config(args)
+    except ValueError as exc:
+        top.error(str(exc))
+    if args.run is cmd_demo and not (given or os.environ.get(config.ENV_CONFIG)):
+        given = config.DEMO_CONFIG
+    try:
+        args.config = config.config_path(given, os.environ)
         settings = config.load(args.config)
     except config.ConfigError as exc:
-        print(f"edge: config error: {exc}", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"edge: config error: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     command: int = args.run(args, settings)
     return command
 
 
 def parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--config",
-        metavar="PATH",
-        default=None,
-        help="the TOML config file (default: $EDGE_CONFIG, else the built-in demo config)",
+    config_help = (
+        "the TOML config file (default: $EDGE_CONFIG; `edge demo` alone has a built-in one)"
     )
     top = argparse.ArgumentParser(
-        prog="edge", description="The edge router for the portal migration.", parents=[common]
+        prog="edge", description="The edge router for the portal migration."
+    )
+    top.add_argument("--config", metavar="PATH", help=config_help)
+    top.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    # The same option after the command's name; SUPPRESS: when it is not given there, the
+    # subcommand's parser leaves the one given before the name in place.
+    after = argparse.ArgumentParser(add_help=False)
+    after.add_argument(
+        "--config", metavar="PATH", dest="config_after", default=argparse.SUPPRESS, help=config_help
     )
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(
         name: str, help: str, parent: argparse._SubParsersAction[argparse.ArgumentParser] = commands
     ) -> argparse.ArgumentParser:
-        return parent.add_parser(name, help=help, description=help, parents=[common])
+        return parent.add_parser(name, help=help, description=help, parents=[after])
 
     command("serve", "run the router").set_defaults(run=cmd_serve)
     command("demo", "run the router with two demo portals and the embedded store").set_defaults(
@@ -160,6 +173,22 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def given_config(args: argparse.Namespace) -> str | None:
+    """The --config given before the command's name or after it (the same, if both)."""
+    before: str | None = args.config
+    after: str | None = getattr(args, "config_after", None)
+    if before and after and Path(before) != Path(after):
+        raise ValueError("--config is given twice, with two paths: give it once")
+    return after or before
+
+
+def _version() -> str:
+    try:
+        return metadata.version("edge")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
+
+
 def default_actor() -> str:
     try:
         user = getpass.getuser()
@@ -171,11 +200,10 @@ def default_actor() -> str:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from edge.server import serve
 
-    if args.config:
-        # Worker processes read their config from the environment.
-        os.environ[config.ENV_CONFIG] = str(Path(args.config).resolve())
+    # Worker processes read their config from the environment.
+    os.environ[config.ENV_CONFIG] = str(args.config.resolve())
     try:
-        serve(settings)
+        serve(settings, source=args.config)
     except OSError as exc:
         print(f"edge: {exc}", file=sys.stderr)
         return EXIT_REFUSED
@@ -185,31 +213,25 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from edge.demo_runner import run_demo
 
-    return run_demo(settings)
+    return run_demo(settings, args.config)
 
 
 def cmd_check_config(args: argparse.Namespace, settings: Settings) -> int:
-    source = args.config or os.environ.get(config.ENV_CONFIG) or config.DEFAULT_CONFIG
     sunset = settings.policy.legacy_sunset
-    print(f"{source}: ok")
+    variables = sorted(config.EnvOverrides.read(os.environ).variables.values())
+    print(f"{args.config}: ok")
     print(f"  legacy front {', '.join(settings.legacy.hosts)} → {settings.legacy.backend}")
     print(f"  new front    {', '.join(settings.new.hosts)} → {settings.new.backend}")
-    print(f"  store        {_redacted(settings.store.url)} (prefix {settings.store.prefix!r})")
+    store = config.redacted_url(settings.store.url)
+    print(f"  store        {store} (prefix {settings.store.prefix!r})")
     print(f"  sunset       {sunset.isoformat() if sunset else 'none'}")
     print(
         f"  listening    {settings.server.host}:{settings.server.port}, "
         f"admin {settings.admin.host}:{settings.admin.port}"
     )
+    if variables:
+        print(f"  environment  {', '.join(variables)}")
     return 0
-
-
-def _redacted(url: str) -> str:
-    """The URL without its password, for printing."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def tenant_ops(settings: Settings) -> TenantOps:

@@ -1,23 +1,30 @@
 """TOML file + environment → validated, immutable settings.
 
-Every error names the key it is about, on one line: ``policy.legacy_sunset: ...``.
+Every problem names where it is: ``edge.toml: policy.legacy_sunset: ...`` for a key of the
+file, ``EDGE_SERVER__PORT: ...`` for an environment variable. A bad config lists every
+problem at once, one a line.
+
 Environment variables override file values: ``EDGE_<SECTION>__<KEY>`` (for example
-``EDGE_STORE__URL``), plus ``EDGE_ADMIN_TOKEN``. A value is read as a TOML value when it
-parses as one (``8080``, ``true``, ``["a", "b"]``) and as a plain string otherwise.
+``EDGE_STORE__URL``), plus ``EDGE_ADMIN_TOKEN``. A value is read as the key it sets: a string
+key takes the value as it is, a number or a switch is converted (``8080``, ``true``), a list
+is a JSON array or comma-separated (``a.example.com,b.example.com``), a list of tables is
+JSON, and an empty value unsets an optional key.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import tomllib
+import types
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
-from urllib.parse import parse_qs, unquote, urlsplit
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 from pydantic import (
     AfterValidator,
@@ -34,7 +41,12 @@ from pydantic import (
 ENV_PREFIX = "EDGE_"
 ENV_CONFIG = "EDGE_CONFIG"
 ENV_ADMIN_TOKEN = "EDGE_ADMIN_TOKEN"  # noqa: S105 (a variable name)
-DEFAULT_CONFIG = Path(__file__).with_name("demo.toml")
+DEMO_CONFIG = Path(__file__).with_name("demo.toml")  # `edge demo`'s, and only its
+NO_CONFIG = (
+    "no config file given: pass --config PATH or set EDGE_CONFIG=PATH "
+    "(config/edge.toml is a commented example), or run `edge demo` to try edge on its "
+    "built-in demo config"
+)
 
 _HOST_RE = re.compile(
     r"^(\*\.)?[a-z0-9]([a-z0-9-]{0,62})(\.[a-z0-9]([a-z0-9-]{0,62}))*(:\d{1,5})?$"
@@ -44,7 +56,11 @@ _TENANT_PLACEHOLDER = "{tenant}"
 
 
 class ConfigError(ValueError):
-    """A config that cannot be used; the message names the key and the problem."""
+    """A config that cannot be used: every problem found, each naming its key or variable."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
 
 
 class _Section(BaseModel):
@@ -388,89 +404,207 @@ class Settings(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
+        problems: list[tuple[str, str]] = []
         shared = set(self.legacy.hosts) & set(self.new.hosts)
         if shared:
-            raise _keyed("new.hosts", f"{sorted(shared)[0]!r} is listed on both fronts")
+            problems.append(("new.hosts", f"{sorted(shared)[0]!r} is listed on both fronts"))
         if self.store.embedded and self.server.workers > 1:
-            raise _keyed("server.workers", "memory:// is a single-process store: use 1 worker")
+            problems.append(("server.workers", "memory:// is a single-process store: use 1 worker"))
         if self.admin.port and self.admin.port == self.server.port:
-            raise _keyed("admin.port", "must differ from server.port")
+            problems.append(("admin.port", "must differ from server.port"))
         if self.policy.private_preview and not (self.admin.preview_secret or self.admin.token):
-            raise _keyed(
-                "admin.preview_secret",
-                "policy.private_preview needs a secret to sign preview links: "
-                "set admin.preview_secret (or admin.token)",
+            problems.append(
+                (
+                    "admin.preview_secret",
+                    "policy.private_preview needs a secret to sign preview links: "
+                    "set admin.preview_secret (or admin.token)",
+                )
             )
+        if problems:
+            raise _KeyedError(problems)
         return self
 
 
 class _KeyedError(ValueError):
-    def __init__(self, key: str, problem: str) -> None:
-        super().__init__(problem)
-        self.key = key
+    """Problems a validator found across keys, each with the key it is about."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__("; ".join(problem for _, problem in problems))
+        self.problems = problems
 
 
 def _keyed(key: str, problem: str) -> _KeyedError:
-    return _KeyedError(key, problem)
+    return _KeyedError([(key, problem)])
+
+
+def config_path(path: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path:
+    """The config file given, by argument or EDGE_CONFIG; ConfigError when neither is."""
+    given = path or env.get(ENV_CONFIG)
+    if not given:
+        raise ConfigError([NO_CONFIG])
+    return Path(given)
 
 
 def load(
     path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
 ) -> Settings:
-    """Read, merge and validate; raise ConfigError naming the key on any problem."""
+    """Read, merge and validate; raise ConfigError listing every problem."""
     env = os.environ if env is None else env
-    source = Path(path or env.get(ENV_CONFIG) or DEFAULT_CONFIG)
+    source = config_path(path, env)
     try:
         raw = tomllib.loads(source.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"{source}: no such config file") from None
+        raise ConfigError([f"{source}: no such config file"]) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{source}: cannot be read: {exc}") from None
+        raise ConfigError([f"{source}: cannot be read: {exc}"]) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
-    return from_mapping(_with_env(raw, env), source=str(source))
+        raise ConfigError([f"{source}: not valid TOML: {exc}"]) from None
+    overrides = EnvOverrides.read(env)
+    return from_mapping(overrides.applied_to(raw), source=str(source), overrides=overrides)
 
 
-def from_mapping(raw: Mapping[str, Any], source: str = "config") -> Settings:
+def from_mapping(
+    raw: Mapping[str, Any], source: str = "config", overrides: EnvOverrides | None = None
+) -> Settings:
+    """Validate; every problem is named by its environment variable or by ``source: key``."""
+    overrides = overrides or EnvOverrides()
     try:
-        return Settings.model_validate(raw)
+        settings = Settings.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: {_first_problem(exc)}") from None
+        problems = [overrides.name(key, problem, source) for key, problem in _problems(exc)]
+        raise ConfigError(overrides.problems + problems) from None
+    if overrides.problems:
+        raise ConfigError(overrides.problems)
+    return settings
 
 
-def _first_problem(exc: ValidationError) -> str:
-    error = exc.errors(include_url=False)[0]
-    context_error = (error.get("ctx") or {}).get("error")
-    if isinstance(context_error, _KeyedError):
-        return f"{context_error.key}: {context_error}"
-    key = ".".join(str(part) for part in error["loc"] if not str(part).startswith("function-"))
-    message = error["msg"].removeprefix("Value error, ")
-    if error["type"] == "extra_forbidden":
-        message = "unknown key"
-    elif error["type"] == "missing":
-        message = "is required"
-    return f"{key or 'config'}: {message}"
-
-
-def _with_env(raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
-    merged: dict[str, Any] = {
-        name: dict(section) if isinstance(section, Mapping) else section
-        for name, section in raw.items()
-    }
-    for name, value in env.items():
-        if not name.startswith(ENV_PREFIX) or "__" not in name:
+def _problems(exc: ValidationError) -> list[tuple[tuple[str, ...], str]]:
+    """Each problem pydantic found: the key's path, and what is wrong."""
+    found: list[tuple[tuple[str, ...], str]] = []
+    for error in exc.errors(include_url=False):
+        context_error = (error.get("ctx") or {}).get("error")
+        if isinstance(context_error, _KeyedError):
+            found.extend(
+                (tuple(key.split(".")), problem) for key, problem in context_error.problems
+            )
             continue
-        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
-        target = merged.setdefault(section, {})
-        if isinstance(target, dict):
-            target[key] = _env_value(value)
-    if token := env.get(ENV_ADMIN_TOKEN):
-        merged.setdefault("admin", {})["token"] = token
-    return merged
+        path = tuple(str(part) for part in error["loc"] if not str(part).startswith("function-"))
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif error["type"] == "missing":
+            message = "is required"
+        found.append((path, message))
+    return found
 
 
-def _env_value(value: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {value}")["v"]
-    except tomllib.TOMLDecodeError:
-        return value
+class EnvOverrides:
+    """The ``EDGE_<SECTION>__<KEY>`` variables, each read as the type of the key it sets."""
+
+    def __init__(self) -> None:
+        self.values: dict[tuple[str, str], Any] = {}
+        self.variables: dict[tuple[str, str], str] = {}  # (section, key) → variable name
+        self.problems: list[str] = []  # variables that set no key, or cannot be read
+
+    @classmethod
+    def read(cls, env: Mapping[str, str]) -> EnvOverrides:
+        overrides = cls()
+        for name, value in sorted(env.items()):
+            if name.startswith(ENV_PREFIX) and "__" in name:
+                section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+                overrides.add(name, section, key, value)
+        token = env.get(ENV_ADMIN_TOKEN)
+        if token is not None:
+            if overrides.values.get(("admin", "token"), token) != token:
+                variable = overrides.variables[("admin", "token")]
+                overrides.problems.append(
+                    f"{ENV_ADMIN_TOKEN}: {variable} is set too, to another value: set one"
+                )
+            else:
+                overrides.add(ENV_ADMIN_TOKEN, "admin", "token", token)
+        return overrides
+
+    def add(self, variable: str, section: str, key: str, text: str) -> None:
+        field = _section_field(section, key)
+        if field is None:
+            self.problems.append(f"{variable}: sets no config key ([{section}] {key})")
+            return
+        try:
+            self.values[(section, key)] = _typed(field, text)
+        except ValueError as exc:
+            self.problems.append(f"{variable}: {exc}")
+            return
+        self.variables[(section, key)] = variable
+
+    def applied_to(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+        merged: dict[str, Any] = {
+            name: dict(section) if isinstance(section, Mapping) else section
+            for name, section in raw.items()
+        }
+        for (section, key), value in self.values.items():
+            target = merged.setdefault(section, {})
+            if isinstance(target, dict):
+                target[key] = value
+        return merged
+
+    def name(self, path: tuple[str, ...], problem: str, source: str) -> str:
+        """A problem as ops read it: by its variable when one set the key, else by the key."""
+        variable = self.variables.get((path[0], path[1])) if len(path) >= 2 else None
+        if variable is None:
+            return f"{source}: {'.'.join(path) or 'config'}: {problem}"
+        within = ".".join(path[2:])
+        return f"{variable}: {within + ': ' if within else ''}{problem}"
+
+
+def _section_field(section: str, key: str) -> Any:
+    """The type of ``[section] key`` in the schema, or None when there is no such key."""
+    field = Settings.model_fields.get(section)
+    model = field.annotation if field is not None else None
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return None
+    key_field = model.model_fields.get(key)
+    return key_field.annotation if key_field is not None else None
+
+
+def _typed(annotation: Any, text: str) -> Any:
+    """An environment value as the type of its key; pydantic validates it after."""
+    members = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else ()
+    optional = type(None) in members
+    if optional:
+        (annotation,) = (member for member in members if member is not type(None))
+        if not text.strip():
+            return None
+    origin = get_origin(annotation)
+    if origin in (tuple, list):
+        return _sequence(get_args(annotation)[0], text)
+    if origin is Literal and all(isinstance(v, int) for v in get_args(annotation)):
+        return int(text) if text.strip().isdigit() else text
+    return text  # strings as they are; pydantic converts numbers, switches and instants
+
+
+def _sequence(item: Any, text: str) -> Any:
+    """A list: a JSON array, or (of strings) comma-separated values."""
+    if text.lstrip().startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not a JSON array: {exc}") from None
+    if item is str:
+        return [part.strip() for part in text.split(",") if part.strip()]
+    raise ValueError("must be a JSON array, such as [{...}, {...}]")
+
+
+def redacted_url(url: str) -> str:
+    """The URL without its passwords (in the user part and in the query), for showing."""
+    parts = urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    netloc = parts.netloc
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.partition(':')[0]}:***@{hosts}"
+    query = "&".join(
+        f"{name}=***" if "password" in unquote(name).lower() else f"{name}{equals}{value}"
+        for name, equals, value in (item.partition("=") for item in parts.query.split("&"))
+    )
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url
+    return urlunsplit(parts._replace(netloc=netloc, query=query))

@@ -7,23 +7,29 @@ tenant's transition and see at a glance which portal answered, for which tenant 
 
 They stand in for separate applications, so they share nothing with the router but the
 `X-Edge-*` headers. Every value put into a page goes through `_h`, which escapes whatever is
-not already markup.
+not already markup. Each browser is a visitor of its own (a cookie): its basket, bookings and
+enrolments are its own, and no visitor sees another's.
 """
 
 from __future__ import annotations
 
 import html
 import re
+import secrets
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import Generic, TypeVar
 from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.middleware import Middleware
+from starlette.requests import Request, cookie_parser
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["legacy_portal", "new_portal"]
 
@@ -31,6 +37,58 @@ __all__ = ["legacy_portal", "new_portal"]
 _TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _MAX_FORM_BYTES = 16 * 1024
 _Endpoint = Callable[[Request], Awaitable[Response]]
+_VISITOR_COOKIE = "demo-visitor"
+_VISITOR_ID = re.compile(r"[A-Za-z0-9_-]{22}")
+_MAX_VISITORS = 10_000  # each portal forgets its least recent visitors past this many
+T = TypeVar("T")
+
+
+class _Visitors:
+    """ASGI middleware: gives each browser a visitor id in a cookie (``request.state.visitor``)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        cookies = cookie_parser(
+            next((v.decode("latin-1") for k, v in scope["headers"] if k == b"cookie"), "")
+        )
+        visitor = cookies.get(_VISITOR_COOKIE, "")
+        fresh = _VISITOR_ID.fullmatch(visitor) is None
+        if fresh:
+            visitor = secrets.token_urlsafe(16)
+        scope.setdefault("state", {})["visitor"] = visitor
+
+        async def send_with_cookie(message: Message) -> None:
+            if fresh and message["type"] == "http.response.start":
+                cookie = f"{_VISITOR_COOKIE}={visitor}; Path=/; HttpOnly; SameSite=Lax"
+                message = {
+                    **message,
+                    "headers": [*message["headers"], (b"set-cookie", cookie.encode())],
+                }
+            await send(message)
+
+        await self.app(scope, receive, send_with_cookie)
+
+
+class _PerVisitor(Generic[T]):
+    """Each visitor's own value, for its least recent ``_MAX_VISITORS`` visitors."""
+
+    def __init__(self, new: Callable[[], T]) -> None:
+        self._new = new
+        self._values: OrderedDict[tuple[str, str], T] = OrderedDict()
+
+    def __call__(self, request: Request, tenant: str) -> T:
+        key = (str(request.state.visitor), tenant)
+        value = self._values.get(key)
+        if value is None:
+            value = self._values[key] = self._new()
+            if len(self._values) > _MAX_VISITORS:
+                self._values.popitem(last=False)
+        self._values.move_to_end(key)
+        return value
 
 
 # ---------------------------------------------------------------- shared: markup and layout
@@ -139,7 +197,7 @@ def _page(
         "<title>{title} · {who} · {portal}</title><style>:root{{{style}}}{css}</style></head>"
         "<body>{banner}<header><h1>{who} — {portal}</h1><small>{seen}</small></header>"
         "{nav}<main><h2>{title}</h2>{body}</main>"
-        '<footer>Try: {hints} · <a href="/healthz">/healthz</a></footer></body></html>',
+        "<footer>Try: {hints}</footer></body></html>",
         title=title,
         who=who,
         portal=brand.portal,
@@ -204,6 +262,7 @@ def _app(brand: _Brand, routes: list[Route]) -> Starlette:
     app = Starlette(
         routes=[Route("/healthz", healthz), *routes],
         exception_handlers={HTTPException: error},
+        middleware=[Middleware(_Visitors)],
     )
     app.router.redirect_slashes = False  # its redirect would be built from the Host header
     return app
@@ -225,7 +284,9 @@ _LEGACY = _Brand(
 
 def legacy_portal() -> Starlette:
     """The old Parent Portal: classes, enrolment (in memory), account, settings."""
-    enrolled: dict[tuple[str, str], list[str]] = {}  # (tenant, class id) → children's names
+    # (tenant, class id) → (visitor, child) for each place taken: places are everyone's,
+    # names are their visitor's alone.
+    enrolled: dict[tuple[str, str], list[tuple[str, str]]] = {}
 
     def page(
         request: Request, tenant: str, title: str, body: _Markup, status: int = 200
@@ -238,6 +299,10 @@ def legacy_portal() -> Starlette:
 
     def left(tenant: str, c: _Class) -> int:
         return c.places - len(enrolled.get((tenant, c.id), []))
+
+    def children(request: Request, tenant: str, c: _Class) -> list[str]:
+        visitor = request.state.visitor
+        return [child for who, child in enrolled.get((tenant, c.id), []) if who == visitor]
 
     def class_list(tenant: str) -> _Markup:
         row = '<li><a href="/{t}/classes/{id}">{name}</a> — {when}, {left} places left</li>'
@@ -258,11 +323,10 @@ def legacy_portal() -> Starlette:
 
     async def detail(request: Request) -> Response:
         tenant, c = _tenant(request), _class(request)
-        names = enrolled.get((tenant, c.id), [])
         done = _h('<p class="note">Enrolled — see you there!</p>')
         body = _h(
             '{done}<div class="card"><p>{when} with coach {coach}: {left} of {places} places'
-            " left.</p><p>Enrolled: {names}</p>"
+            " left.</p><p>Your children enrolled: {names}</p>"
             '<form method="post" action="/{t}/classes/{id}/enroll">'
             '<label>Child\'s name <input name="child" maxlength="60" required></label> '
             "<button>Enrol</button></form></div>",
@@ -271,7 +335,7 @@ def legacy_portal() -> Starlette:
             coach=c.coach,
             left=left(tenant, c),
             places=c.places,
-            names=", ".join(names) or "nobody yet",
+            names=", ".join(children(request, tenant, c)) or "none yet",
             t=tenant,
             id=c.id,
         )
@@ -282,7 +346,7 @@ def legacy_portal() -> Starlette:
         child = (await _form(request)).get("child") or "A child"
         if left(tenant, c) <= 0:
             return page(request, tenant, c.name, _h("<p>Sorry, this class is full.</p>"), 409)
-        enrolled.setdefault((tenant, c.id), []).append(child)
+        enrolled.setdefault((tenant, c.id), []).append((request.state.visitor, child))
         return RedirectResponse(f"/{tenant}/classes/{c.id}?enrolled=1", status_code=303)
 
     async def account(request: Request) -> Response:
@@ -290,7 +354,7 @@ def legacy_portal() -> Starlette:
         rows = (
             _h("<li>{child} — {name}, {when}</li>", child=child, name=c.name, when=c.when)
             for c in _CLASSES.values()
-            for child in enrolled.get((tenant, c.id), [])
+            for child in children(request, tenant, c)
         )
         items = _join(rows) or _h("<li>No enrolments yet.</li>")
         return page(request, tenant, "My account", _h('<ul class="card">{}</ul>', items))
@@ -323,21 +387,22 @@ _NEW = _Brand(
     portal="Customer Portal",
     style="--brand:#6b2fd6;--nav:#0f9d8a;--bg:#f3f1ff;--radius:10px;"
     "--font:system-ui,-apple-system,'Segoe UI',sans-serif",
-    hints=("schedule", "schedule/101", "checkout", "staff/login"),
+    hints=("schedule", "schedule/101", "checkout", "profile", "staff/login"),
 )
 _PREVIEW = "Preview — read-only: bookings and checkout are not possible yet"
 
 
 def new_portal() -> Starlette:
-    """The new Customer Portal: schedule, booking into a basket, checkout, staff login."""
-    basket: dict[str, list[str]] = {}  # tenant → class ids booked, not yet checked out
-    confirmed: dict[str, list[str]] = {}  # tenant → class ids paid for
+    """The new Customer Portal: schedule, booking into a basket, checkout, profile, staff login."""
+    basket = _PerVisitor[list[str]](list)  # class ids booked, not yet checked out
+    confirmed = _PerVisitor[list[str]](list)  # class ids paid for
 
     def page(
         request: Request, tenant: str, title: str, body: _Markup, status: int = 200
     ) -> Response:
         nav = [(f"/{tenant}/", "Home"), (f"/{tenant}/schedule", "Schedule")]
-        nav.append((f"/{tenant}/checkout", f"Basket ({len(basket.get(tenant, []))})"))
+        nav.append((f"/{tenant}/checkout", f"Basket ({len(basket(request, tenant))})"))
+        nav.append((f"/{tenant}/profile", "My profile"))
         banner = _PREVIEW if _mode(request) == "setup" else ""
         return _page(_NEW, request, tenant, title, body, nav=nav, banner=banner, status=status)
 
@@ -376,18 +441,20 @@ def new_portal() -> Starlette:
         return page(request, tenant, c.name, body)
 
     async def book(request: Request) -> Response:
+        """Also the Parent Portal's enrolment form, which an active tenant's redirect (307,
+        body kept) brings here as .../schedule/{id}/enroll."""
         tenant, c = _tenant(request), _class(request)
         await _form(request)
         refused = refuse_in_preview(request, tenant)
         if refused is not None:
             return refused
-        basket.setdefault(tenant, []).append(c.id)
+        basket(request, tenant).append(c.id)
         return RedirectResponse(f"/{tenant}/checkout", status_code=303)
 
     async def checkout(request: Request) -> Response:
         tenant = _tenant(request)
-        items = _join(_h("<li>{}</li>", _CLASSES[i].name) for i in basket.get(tenant, []))
-        done = confirmed.get(tenant, [])
+        items = _join(_h("<li>{}</li>", _CLASSES[i].name) for i in basket(request, tenant))
+        done = confirmed(request, tenant)
         body = _h(
             '{done}<div class="card"><ul>{items}</ul><form method="post" action="/{t}/checkout">'
             "<button>Pay and confirm</button></form></div>",
@@ -403,8 +470,20 @@ def new_portal() -> Starlette:
         refused = refuse_in_preview(request, tenant)
         if refused is not None:
             return refused
-        confirmed.setdefault(tenant, []).extend(basket.pop(tenant, []))
+        paid = basket(request, tenant)
+        confirmed(request, tenant).extend(paid)
+        paid.clear()
         return RedirectResponse(f"/{tenant}/checkout", status_code=303)
+
+    async def profile(request: Request) -> Response:
+        """Where the Parent Portal's "My account" leads once the tenant is active."""
+        tenant = _tenant(request)
+        rows = _join(
+            _h("<li>{name} — {when}, with {coach}</li>", name=c.name, when=c.when, coach=c.coach)
+            for c in (_CLASSES[i] for i in confirmed(request, tenant))
+        )
+        body = _h('<ul class="card">{}</ul>', rows or _h("<li>No bookings yet.</li>"))
+        return page(request, tenant, "My profile", body)
 
     async def staff_login(request: Request) -> Response:
         tenant = _tenant(request)
@@ -430,8 +509,10 @@ def new_portal() -> Starlette:
             Route("/{tenant}/schedule", schedule),
             Route("/{tenant}/schedule/{id}", session),
             Route("/{tenant}/schedule/{id}/book", book, methods=["POST"]),
+            Route("/{tenant}/schedule/{id}/enroll", book, methods=["POST"]),
             Route("/{tenant}/checkout", checkout),
             Route("/{tenant}/checkout", pay, methods=["POST"]),
+            Route("/{tenant}/profile", profile),
             Route("/{tenant}/staff/login", staff_login),
             Route("/{tenant}/staff/login", staff_signed_in, methods=["POST"]),
         ],

@@ -179,7 +179,7 @@ def decide(
     policy: Policy,
     previewer: bool = False,
 ) -> Decision:
-    """The routing matrix of SPEC.md. ``mode`` None means the stored value was not a mode.
+    """The routing matrix of docs/routing.md. ``mode`` None means the stored value was not a mode.
 
     ``clock`` is read only when the sunset matters: on most requests it does not, and a read
     costs a tenth of all the routing.
@@ -206,6 +206,24 @@ def decide(
     if any(rule.matches(tenant, method, path) for rule in policy.setup_allow):
         return FORWARD_NEW
     return _BLOCKED
+
+
+def refusal_home(
+    policy: Policy, reason: Reason, tenant: str, mode: Mode | None, now: datetime
+) -> tuple[Front, str] | None:
+    """The portal home that serves a refused customer instead, where one does.
+
+    A write refused on the new portal (not enabled, or the read-only preview) can be made
+    on the Parent Portal while it has not been retired. A retired Parent Portal points a
+    setup tenant's customers at the preview, when the preview is open to them; a legacy
+    tenant has no portal left to offer, and an active one is redirected, never refused.
+    """
+    if reason in (Reason.BLOCKED, Reason.NOT_ENABLED):
+        if policy.sunset is None or now < policy.sunset:
+            return Front.LEGACY, policy.legacy_home_location(tenant)
+    elif reason is Reason.RETIRED and mode is _SETUP and not policy.private_preview:
+        return Front.NEW, policy.new_home_location(tenant)
+    return None
 
 
 def _status(method: str, policy: Policy) -> int:

@@ -20,7 +20,7 @@ from edge.headers import (
     trust_checker,
     upstream_headers,
 )
-from edge.responses import send_response
+from edge.responses import UPSTREAM_FAILURES, asks_for_json, send_refusal
 from edge.upstream import (
     Connection,
     Origin,
@@ -264,7 +264,7 @@ class Forwarder:
             if exchange.client_gone:
                 return Outcome(CLIENT_CLOSED, 0, perf_counter() - started, _GONE)
             status = 504 if isinstance(exc, TimeoutError) else 502
-            await send_upstream_failure(send, status, view.request_id)
+            await send_upstream_failure(send, status, view.request_id, scope, extra_headers)
             return Outcome(status, 0, perf_counter() - started, _describe(exc))
         finally:
             exchange.finish()
@@ -340,15 +340,24 @@ def _ascii(raw: bytes) -> str:
         return quote_from_bytes(raw, _URL_SAFE)
 
 
-_MESSAGES = {
-    502: b"Bad Gateway: the portal could not be reached.\n",
-    504: b"Gateway Timeout: the portal did not answer in time.\n",
-}
-
-
-async def send_upstream_failure(send: Send, status: int, request_id: str) -> None:
-    """edge's own 502 or 504, when the portal gave no answer to pass on."""
-    request_id_header = [(b"x-request-id", request_id.encode("latin-1"))]
-    await send_response(
-        send, status, _MESSAGES[status], b"text/plain; charset=utf-8", request_id_header
+async def send_upstream_failure(
+    send: Send,
+    status: int,
+    request_id: str,
+    scope: Scope,
+    edge_headers: list[tuple[bytes, bytes]],
+) -> None:
+    """edge's own 502 or 504, when the portal gave no answer to pass on: a page or JSON as the
+    client asks, with the tenant and mode the request was forwarded with (``edge_headers``)."""
+    decided = dict(edge_headers)
+    tenant, mode = decided.get(b"x-edge-tenant"), decided.get(b"x-edge-mode")
+    await send_refusal(
+        send,
+        status,
+        UPSTREAM_FAILURES[status],
+        tenant=tenant.decode("latin-1") if tenant else None,
+        mode=mode.decode("latin-1") if mode else None,
+        as_json=asks_for_json(scope["headers"]),
+        headers=[(b"x-request-id", request_id.encode("latin-1"))],
+        head_only=scope["method"] == "HEAD",
     )

@@ -4,17 +4,30 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Iterable
 from email.utils import formatdate
 
 from edge.asgi import Send
+from edge.tenants import Front
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>body{{font:16px/1.5 system-ui,sans-serif;max-width:36rem;margin:15vh auto;padding:0 1rem;
-color:#222}}h1{{font-size:1.4rem}}p{{color:#555}}</style></head>
-<body><h1>{title}</h1><p>{message}</p></body></html>
+color:#222}}h1{{font-size:1.4rem}}p{{color:#555}}a{{color:#1f5fbf}}</style></head>
+<body><h1>{title}</h1><p>{message}</p>{link}</body></html>
 """
+_LINK = '<p><a href="{href}">{text}</a></p>'
+# Where a refused customer can go instead: the tenant's home on the portal that serves it.
+_HOME_LINKS = {
+    Front.LEGACY: "Continue on the Parent Portal",
+    Front.NEW: "Go to the Customer Portal",
+}
+# edge's own answer when the portal gave none to pass on.
+UPSTREAM_FAILURES = {
+    502: "The portal could not be reached. Please try again in a moment.",
+    504: "The portal did not answer in time. Please try again in a moment.",
+}
 _TITLES = {
     400: "Bad request",
     403: "Not available yet",
@@ -26,6 +39,12 @@ _TITLES = {
     503: "Temporarily unavailable",
     504: "Gateway timeout",
 }
+
+
+def asks_for_json(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """The request's Accept header prefers JSON (read only for refusals: most requests are
+    not refused)."""
+    return wants_json(next((value for name, value in headers if name == b"accept"), b""))
 
 
 def wants_json(accept: bytes) -> bool:
@@ -71,8 +90,11 @@ async def send_refusal(
     as_json: bool,
     headers: list[tuple[bytes, bytes]],
     head_only: bool = False,
+    home: tuple[Front, str] | None = None,
 ) -> int:
-    """A short, clear answer that reached no backend."""
+    """A short, clear answer that reached no backend: a page for a browser, with a link to
+    ``home`` (the portal and URL that serve this customer instead) when there is one; the
+    JSON shape ``{"error", "tenant", "mode"}`` for a client that asks for JSON."""
     if mode is not None:
         headers = [*headers, (b"x-edge-mode", mode.encode())]
     headers.append((b"cache-control", b"no-store"))
@@ -80,8 +102,12 @@ async def send_refusal(
         body = json.dumps({"error": message, "tenant": tenant, "mode": mode}).encode()
         content_type = b"application/json"
     else:
+        link = ""
+        if home is not None:
+            front, href = home
+            link = _LINK.format(href=html.escape(href), text=_HOME_LINKS[front])
         title = _TITLES.get(status, "Not available")
-        body = _PAGE.format(title=title, message=html.escape(message)).encode()
+        body = _PAGE.format(title=title, message=html.escape(message), link=link).encode()
         content_type = b"text/html; charset=utf-8"
     return await send_response(send, status, body, content_type, headers, head_only)
 

@@ -23,11 +23,12 @@ from edge.policy import (
     Policy,
     Redirect,
     decide,
+    refusal_home,
 )
 from edge.policy import effective_method as judged_method
 from edge.preview import Grant, PreviewGate
 from edge.proxy import Forwarder, UpstreamAborted
-from edge.responses import send_redirect, send_refusal, wants_json
+from edge.responses import asks_for_json, send_redirect, send_refusal
 from edge.served import REDIRECT, Served
 from edge.tenants import Front, Resolver, is_safe_path
 from edge.traffic import Traffic
@@ -265,6 +266,7 @@ class Router:
                 decision.message,
                 tenant,
                 mode_label,
+                home=refusal_home(self.policy, decision.reason, tenant, mode, self.clock()),
             )
 
 
@@ -278,10 +280,9 @@ async def _refuse(
     tenant: str | None = None,
     mode: str | None = None,
     extra: tuple[tuple[bytes, bytes], ...] = (),
+    home: tuple[Front, str] | None = None,
 ) -> None:
     """edge's own refusal of a request, in JSON or HTML as its Accept asks."""
-    # Looked for here, not in the router's pass over the headers: most requests are not refused.
-    accept = next((value for name, value in scope["headers"] if name == b"accept"), b"")
     served.status, served.reason = status, reason
     served.bytes = await send_refusal(
         send,
@@ -289,7 +290,10 @@ async def _refuse(
         message,
         tenant=tenant,
         mode=mode,
-        as_json=wants_json(accept),
+        # Accept is looked for here, not in the router's pass over the headers: most requests
+        # are not refused.
+        as_json=asks_for_json(scope["headers"]),
         headers=[(b"x-request-id", served.request_id.encode()), *extra],
         head_only=scope["method"] == "HEAD",
+        home=home,
     )

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
 from edge import logs
 from edge.asgi import ASGIApp
-from edge.config import Settings
+from edge.config import Settings, redacted_url
 from edge.modes import ModeStore
 from edge.protocol import HeadLimits
 from edge.websocket import WebSocketProtocol
+
+log = logging.getLogger("edge.server")
 
 
 @dataclass(frozen=True)
@@ -80,8 +84,13 @@ def serve(
     settings: Settings,
     store: ModeStore | None = None,
     side_listeners: Mapping[Listener, ASGIApp] | None = None,
+    *,
+    source: Path,
 ) -> None:
-    """Serve until SIGINT/SIGTERM; in-flight requests get the graceful timeout to finish."""
+    """Serve until SIGINT/SIGTERM; in-flight requests get the graceful timeout to finish.
+
+    ``source`` is the config file ``settings`` came from, for the line that says what runs.
+    """
     from edge.app import EdgeApp
 
     logs.configure(settings.server)
@@ -89,6 +98,7 @@ def serve(
     admin = bind(Listener(settings.admin.host, settings.admin.port))
     side = {bind(listener): app for listener, app in (side_listeners or {}).items()}
     settings = with_bound_ports(settings, public, admin)
+    log.info("edge starting", extra=starting(settings, source))
     sockets = [public, admin, *side]
     if settings.server.workers == 1:
         side_apps = {sock.getsockname()[1]: app for sock, app in side.items()}
@@ -101,6 +111,20 @@ def serve(
     os.environ["EDGE_SERVER__PORT"] = str(settings.server.port)
     os.environ["EDGE_ADMIN__PORT"] = str(settings.admin.port)
     _Supervisor(uvicorn_config(settings, "edge.app:from_environment"), sockets).run()
+
+
+def starting(settings: Settings, source: Path) -> dict[str, object]:
+    """What this edge runs with, for its first log line: nothing secret."""
+    server, admin, store = settings.server, settings.admin, settings.store
+    return {
+        "config": str(source.resolve()),
+        "listen": f"{server.host}:{server.port}",
+        "admin": f"{admin.host}:{admin.port}",
+        "workers": server.workers,
+        "legacy": {"hosts": settings.legacy.hosts, "backend": settings.legacy.backend},
+        "new": {"hosts": settings.new.hosts, "backend": settings.new.backend},
+        "store": {"url": redacted_url(store.url), "prefix": store.prefix},
+    }
 
 
 @contextmanager

@@ -3,7 +3,7 @@
 aiohttp's ClientSession spent most of a forwarded request's CPU on per-request machinery a
 proxy does not use (sessions, cookies, redirects, middlewares, URL objects, timers): a raw
 ASGI app forwarding through it served 12,900 req/s on the bench's machine, the same app with
-this leg 33,500 (issue 6). What is left is what a proxy needs: httptools (the parser uvicorn
+this leg 33,500. What is left is what a proxy needs: httptools (the parser uvicorn
 uses) reads the answers, bodies stream both ways under flow control, and one timer per pool,
 not per read, enforces the timeouts.
 """

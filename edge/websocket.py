@@ -149,7 +149,7 @@ class WebSocketRelay:
             return Outcome(status, 0, perf_counter() - started, f"handshake refused: {exc.message}")
         except (aiohttp.ClientError, OSError) as exc:
             status = 504 if isinstance(exc, TimeoutError) else 502
-            await send_upstream_failure(send, status, view.request_id)
+            await send_upstream_failure(send, status, view.request_id, scope, extra_headers)
             return Outcome(status, 0, perf_counter() - started, f"{type(exc).__name__}: {exc}")
         link = _Link(upstream, receive, send)
         try:

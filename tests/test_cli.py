@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.stack import LEGACY_HOST, stack
-from tests.support import RedisServer
+from tests.support import RedisServer, free_port, wait_for_port
 
 CONFIG = """
 [store]
@@ -175,3 +177,131 @@ def test_check_config_never_prints_the_store_password(tmp_path: Path) -> None:
     assert result.returncode == 0
     assert "s3cret-pw" not in result.stdout
     assert "redis://ops:***@127.0.0.1:6390/0" in result.stdout
+
+
+# ------------------------------------------------------------- the config given is the one used
+
+# Every command, with what it needs besides --config.
+COMMANDS = [
+    ["serve"],
+    ["demo"],
+    ["check-config"],
+    ["tenant", "get", "acme"],
+    ["tenant", "set", "acme", "setup"],
+    ["tenant", "list"],
+    ["tenant", "history", "acme"],
+    ["tenant", "preview-link", "acme"],
+    ["tenant", "readiness", "acme"],
+    ["tenant", "watch", "acme"],
+    ["tenant", "schedule", "acme", "active", "--at", "2030-01-01T00:00Z"],
+    ["tenant", "schedules"],
+    ["tenant", "unschedule", "acme"],
+    ["tenant", "import", "moves.csv"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_every_command_takes_config_before_or_after_its_name(command: list[str]) -> None:
+    from edge.cli import given_config, parser
+
+    before = parser().parse_args(["--config", "a.toml", *command])
+    after = parser().parse_args([*command, "--config", "a.toml"])
+    neither = parser().parse_args(command)
+    assert given_config(before) == given_config(after) == "a.toml"
+    assert given_config(neither) is None
+
+
+def test_config_given_twice_with_two_paths_is_refused() -> None:
+    result = edge("--config", "a.toml", "check-config", "--config", "b.toml")
+    assert result.returncode == 2
+    assert "--config is given twice" in result.stderr
+
+
+def test_config_before_and_after_the_command_is_the_same_config(config_file: Path) -> None:
+    before = edge("--config", str(config_file), "check-config", env={"EDGE_CONFIG": ""})
+    after = edge("check-config", "--config", str(config_file), env={"EDGE_CONFIG": ""})
+    assert before.returncode == after.returncode == 0, before.stderr
+    assert before.stdout == after.stdout
+    assert before.stdout.startswith(f"{config_file}: ok")
+    assert "redis://127.0.0.1" in before.stdout  # the file's store, not the demo's memory://
+
+
+def test_the_flag_wins_over_edge_config(config_file: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other.toml"
+    other.write_text(CONFIG.format(url="memory://", prefix="other:"))
+    result = edge("--config", str(config_file), "check-config", env={"EDGE_CONFIG": str(other)})
+    assert result.stdout.startswith(f"{config_file}: ok")
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c != ["demo"]], ids=" ".join)
+def test_without_a_config_only_the_demo_runs(command: list[str]) -> None:
+    result = edge(*command, env={"EDGE_CONFIG": ""})
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert "--config PATH" in line and "EDGE_CONFIG" in line and "edge demo" in line
+
+
+def test_a_bad_config_is_refused_with_every_problem(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(CONFIG.format(url="ftp://x", prefix="edge:") + "[server]\nport = -1\n")
+    result = edge("serve", "--config", str(bad), env={"EDGE_SERVER__WORKERS": "none"})
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"edge: config error: {bad}: server.port: Input should be greater than or equal to 0",
+        "edge: config error: EDGE_SERVER__WORKERS: Input should be a valid integer, "
+        "unable to parse string as an integer",
+        f"edge: config error: {bad}: store.url: unsupported scheme 'ftp': use redis://, "
+        "rediss://, unix://, redis+sentinel://, redis+cluster:// (rediss+ for TLS) or memory://",
+    ]
+
+
+def test_version() -> None:
+    from importlib.metadata import version
+
+    result = edge("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"edge {version('edge')}"
+
+
+def _start_line(log: str) -> dict[str, object]:
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    starting = [line for line in lines if line.get("message") == "edge starting"]
+    assert len(starting) == 1, log
+    return starting[0]
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_serve_runs_on_the_config_given_and_says_so_in_one_line(tmp_path: Path, where: str) -> None:
+    port, admin_port = free_port(), free_port()
+    path = tmp_path / "edge.toml"
+    path.write_text(
+        CONFIG.format(url="redis://ops:s3cret-pw@127.0.0.1:9/0", prefix="e:")
+        + f'[server]\nhost = "127.0.0.1"\nport = {port}\n[admin]\nport = {admin_port}\n'
+    )
+    args = (
+        ["--config", str(path), "serve"] if where == "before" else ["serve", "--config", str(path)]
+    )
+    log = tmp_path / "edge.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "edge", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "EDGE_CONFIG": ""},
+        )
+    try:
+        wait_for_port(port, timeout=30)
+        response = httpx.get(f"http://127.0.0.1:{port}/acme/", headers={"Host": "nowhere.test"})
+        assert response.status_code == 421  # the file's fronts: nowhere.test is not one
+    finally:
+        process.terminate()
+        process.wait(30)
+    text = log.read_text()
+    assert "s3cret-pw" not in text
+    line = _start_line(text)
+    assert line["config"] == str(path.resolve())
+    assert line["listen"] == f"127.0.0.1:{port}"
+    assert line["admin"] == f"127.0.0.1:{admin_port}"
+    assert line["legacy"] == {"hosts": ["parents.example.com"], "backend": "http://127.0.0.1:9001"}
+    assert line["new"] == {"hosts": ["portal.example.com"], "backend": "http://127.0.0.1:9002"}
+    assert line["store"] == {"url": "redis://ops:***@127.0.0.1:9/0", "prefix": "e:"}

@@ -1,8 +1,11 @@
-"""Config: a bad file is refused with one line that names the key; env overrides the file."""
+"""Config: a bad file is refused with every problem, each naming its key; the environment
+overrides the file, each variable typed by the key it sets and named in its errors."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -223,14 +226,165 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
     assert settings.admin.token == "a-very-long-admin-token"
 
 
-def test_a_bad_environment_value_names_the_key(tmp_path: Path) -> None:
-    with pytest.raises(config.ConfigError, match=r"server\.workers: Input should be greater"):
-        config.load(write(tmp_path, GOOD), env={"EDGE_SERVER__WORKERS": "0"})
+def _section(settings: config.Settings, dotted: str) -> Any:
+    section, key = dotted.split(".")
+    return getattr(getattr(settings, section), key)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "key", "expected"),
+    [
+        # A string key takes the value as it is, however it looks.
+        ("EDGE_ADMIN__TOKEN", "1234567890123456", "admin.token", "1234567890123456"),
+        ("EDGE_ADMIN_TOKEN", "1234567890123456", "admin.token", "1234567890123456"),
+        ("EDGE_ADMIN__TOKEN", "true-but-a-token!", "admin.token", "true-but-a-token!"),
+        ("EDGE_ADMIN__TOKEN", '"quoted token 0123"', "admin.token", '"quoted token 0123"'),
+        ("EDGE_STORE__PREFIX", "2024", "store.prefix", "2024"),
+        ("EDGE_SERVER__HOST", "::", "server.host", "::"),
+        # Numbers, switches, instants and durations are converted.
+        ("EDGE_SERVER__PORT", "9999", "server.port", 9999),
+        ("EDGE_SERVER__ACCESS_LOG", "false", "server.access_log", False),
+        ("EDGE_SERVER__ACCESS_LOG", "0", "server.access_log", False),
+        ("EDGE_LEGACY__REWRITE_LOCATION", "yes", "legacy.rewrite_location", True),
+        ("EDGE_STORE__SSL_CHECK_HOSTNAME", "off", "store.ssl_check_hostname", False),
+        ("EDGE_STORE__TIMEOUT", "0.25", "store.timeout", 0.25),
+        ("EDGE_POLICY__REDIRECT_STATUS", "301", "policy.redirect_status", 301),
+        ("EDGE_POLICY__PREVIEW_TTL", "12h", "policy.preview_ttl", 43200.0),
+        ("EDGE_SERVER__LOG_LEVEL", "debug", "server.log_level", "debug"),
+        (
+            "EDGE_POLICY__LEGACY_SUNSET",
+            "2028-01-01T00:00:00Z",
+            "policy.legacy_sunset",
+            datetime(2028, 1, 1, tzinfo=UTC),
+        ),
+        # An empty value unsets an optional key.
+        ("EDGE_POLICY__LEGACY_SUNSET", "", "policy.legacy_sunset", None),
+        ("EDGE_LEGACY__COOKIE_DOMAIN", "", "legacy.cookie_domain", None),
+        # A list: comma-separated or a JSON array; a list of tables: a JSON array.
+        ("EDGE_NEW__HOSTS", "a.example.com,b.example.com", "new.hosts", ("a.example.com", "b.example.com")),  # noqa: E501
+        ("EDGE_NEW__HOSTS", " a.example.com , B.example.com ,", "new.hosts", ("a.example.com", "b.example.com")),  # noqa: E501
+        ("EDGE_NEW__HOSTS", '["a.example.com"]', "new.hosts", ("a.example.com",)),
+        ("EDGE_SERVER__TRUSTED_PROXIES", "10.0.0.0/8,::1", "server.trusted_proxies", ("10.0.0.0/8", "::1")),  # noqa: E501
+        ("EDGE_SERVER__TRUSTED_PROXIES", "", "server.trusted_proxies", ()),
+        (
+            "EDGE_POLICY__SETUP_ALLOW",
+            '[{"method": "POST", "path": "/{tenant}/login"}]',
+            "policy.setup_allow",
+            (config.AllowRule(method="POST", path="/{tenant}/login"),),
+        ),
+        (
+            "EDGE_POLICY__PATH_RULES",
+            '[{"from": "/{tenant}/a", "to": "/{tenant}/b"}]',
+            "policy.path_rules",
+            (config.PathRule.model_validate({"from": "/{tenant}/a", "to": "/{tenant}/b"}),),
+        ),
+    ],
+)  # fmt: skip
+def test_each_variable_is_read_as_the_type_of_its_key(
+    tmp_path: Path, variable: str, value: str, key: str, expected: object
+) -> None:
+    settings = config.load(write(tmp_path, GOOD), env={variable: value})
+    assert _section(settings, key) == expected
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"EDGE_SERVER__WORKERS": "0"}, "EDGE_SERVER__WORKERS: Input should be greater than or equal to 1"),  # noqa: E501
+        ({"EDGE_SERVER__PORT": "eighty"}, "EDGE_SERVER__PORT: Input should be a valid integer"),
+        ({"EDGE_SERVER__ACCESS_LOG": "maybe"}, "EDGE_SERVER__ACCESS_LOG: Input should be a valid boolean"),  # noqa: E501
+        ({"EDGE_SERVER__PROT": "8080"}, "EDGE_SERVER__PROT: sets no config key ([server] prot)"),
+        ({"EDGE_SERVRE__PORT": "8080"}, "EDGE_SERVRE__PORT: sets no config key ([servre] port)"),
+        ({"EDGE_SERVER__": "1"}, "EDGE_SERVER__: sets no config key ([server] )"),
+        ({"EDGE_NEW__HOSTS": '["a.example.com"'}, "EDGE_NEW__HOSTS: not a JSON array"),
+        ({"EDGE_NEW__HOSTS": "bad host!"}, "EDGE_NEW__HOSTS: 'bad host!' is not a host name"),
+        ({"EDGE_NEW__HOSTS": "parents.example.com"}, "EDGE_NEW__HOSTS: 'parents.example.com' is listed on both fronts"),  # noqa: E501
+        ({"EDGE_POLICY__SETUP_ALLOW": "POST /login"}, "EDGE_POLICY__SETUP_ALLOW: must be a JSON array"),  # noqa: E501
+        (
+            {"EDGE_POLICY__SETUP_ALLOW": '[{"method": "post", "path": "/x"}]'},
+            "EDGE_POLICY__SETUP_ALLOW: 0.method: String should match pattern",
+        ),
+        ({"EDGE_POLICY__REDIRECT_STATUS": "303"}, "EDGE_POLICY__REDIRECT_STATUS: Input should be 301 or 302"),  # noqa: E501
+        ({"EDGE_POLICY__LEGACY_SUNSET": "2028-01-01"}, "EDGE_POLICY__LEGACY_SUNSET: must be an instant with a UTC offset"),  # noqa: E501
+        ({"EDGE_ADMIN__TOKEN": "short"}, "EDGE_ADMIN__TOKEN: must be at least 16 characters"),
+        ({"EDGE_ADMIN_TOKEN": "short"}, "EDGE_ADMIN_TOKEN: must be at least 16 characters"),
+        (
+            {"EDGE_ADMIN_TOKEN": "0123456789abcdef", "EDGE_ADMIN__TOKEN": "fedcba9876543210"},
+            "EDGE_ADMIN_TOKEN: EDGE_ADMIN__TOKEN is set too, to another value: set one",
+        ),
+        ({"EDGE_ADMIN__PORT": "8080"}, "EDGE_ADMIN__PORT: must differ from server.port"),
+        ({"EDGE_STORE__SSL_CA_CERTS": __file__}, "EDGE_STORE__SSL_CA_CERTS: needs a TLS store url"),
+        (
+            {"EDGE_STORE__URL": "rediss://r:6380/0", "EDGE_STORE__SSL_CA_CERTS": "/no/such/ca.pem"},
+            "EDGE_STORE__SSL_CA_CERTS: Path does not point to a file",
+        ),
+    ],
+)  # fmt: skip
+def test_a_bad_variable_is_named_not_the_file(
+    tmp_path: Path, env: dict[str, str], message: str
+) -> None:
+    path = write(tmp_path, GOOD)
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(path, env=env)
+    assert caught.value.problems == [caught.value.problems[0]]
+    (problem,) = caught.value.problems
+    assert problem.startswith(message)
+    assert str(path) not in problem
+
+
+def test_the_same_token_in_both_variables_is_one_token(tmp_path: Path) -> None:
+    token = "0123456789abcdef"
+    env = {"EDGE_ADMIN_TOKEN": token, "EDGE_ADMIN__TOKEN": token}
+    assert config.load(write(tmp_path, GOOD), env=env).admin.token == token
+
+
+def test_a_bad_config_lists_every_problem_each_by_its_key_or_variable(tmp_path: Path) -> None:
+    bad = (
+        GOOD.replace("port = 8080", "port = 70000\nbogus = 1")
+        .replace('backend = "http://127.0.0.1:9002"', 'backend = "ftp://x"')
+        .replace('"2027-06-30T22:00:00Z"', '"next summer"')
+    )
+    path = write(tmp_path, bad + '[admin]\ntoken = "short"\n')
+    env = {"EDGE_STORE__TIMEOUT": "soon", "EDGE_SERVER__PROT": "1"}
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(path, env=env)
+    problems = caught.value.problems
+    expected = [
+        "EDGE_SERVER__PROT: sets no config key",
+        f"{path}: server.port: Input should be less than or equal to 65535",
+        f"{path}: server.bogus: unknown key",
+        "EDGE_STORE__TIMEOUT: Input should be a valid number",
+        f"{path}: new.backend: must be an http:// or https:// URL",
+        f"{path}: policy.legacy_sunset: 'next summer' is not an ISO-8601 instant",
+        f"{path}: admin.token: must be at least 16 characters",
+    ]
+    assert len(problems) == len(expected), problems
+    for problem, start in zip(problems, expected, strict=True):
+        assert problem.startswith(start), problems
+    assert str(caught.value).splitlines() == problems
+
+
+def test_problems_found_together_by_the_consistency_check_are_all_listed(tmp_path: Path) -> None:
+    bad = GOOD.replace('hosts = ["portal.example.com"]', 'hosts = ["parents.example.com"]')
+    path = write(tmp_path, bad + "[admin]\nport = 8080\n")
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(path, env={})
+    assert caught.value.problems == [
+        f"{path}: new.hosts: 'parents.example.com' is listed on both fronts",
+        f"{path}: admin.port: must differ from server.port",
+    ]
 
 
 def test_the_config_path_comes_from_edge_config(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD)
     assert config.load(env={"EDGE_CONFIG": str(path)}).server.port == 8080
+
+
+def test_without_a_path_or_edge_config_there_is_no_config(tmp_path: Path) -> None:
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(env={"EDGE_STORE__URL": "memory://"})
+    (problem,) = caught.value.problems
+    assert "--config PATH" in problem and "EDGE_CONFIG" in problem and "edge demo" in problem
 
 
 @pytest.mark.parametrize("name", ["config/edge.toml", "config/demo.toml"])
@@ -239,5 +393,28 @@ def test_the_shipped_configs_are_valid(name: str) -> None:
     config.load(root / name, env={})
 
 
-def test_the_embedded_default_is_the_demo() -> None:
-    assert config.load(env={}).store.url == "memory://"
+def test_the_demo_config_is_the_one_edge_demo_runs() -> None:
+    root = Path(__file__).parent.parent
+    assert (root / "config/demo.toml").read_text() == config.DEMO_CONFIG.read_text()
+    demo = config.load(config.DEMO_CONFIG, env={})
+    assert demo.store.url == "memory://"
+    assert demo.policy.legacy_sunset is not None  # the dashboard counts down to it
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://ops:s3cret@r:6379/0", "redis://ops:***@r:6379/0"),
+        ("rediss://:s3cret@r:6380", "rediss://:***@r:6380"),
+        ("redis://r:6379/0", "redis://r:6379/0"),
+        ("unix:///run/redis.sock", "unix:///run/redis.sock"),
+        ("memory://", "memory://"),
+        (
+            "redis+sentinel://:p%40ss@s1:26379,s2:26380/m/2?sentinel_password=sp",
+            "redis+sentinel://:***@s1:26379,s2:26380/m/2?sentinel_password=***",
+        ),
+        ("redis+cluster://ana:a:b@c@n1:7000", "redis+cluster://ana:***@n1:7000"),
+    ],
+)
+def test_passwords_are_redacted_from_store_urls(url: str, shown: str) -> None:
+    assert config.redacted_url(url) == shown

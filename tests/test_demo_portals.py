@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
+from edge import config, demo
 from edge.demo import legacy_portal, new_portal
+from edge.policy import Policy
 from tests.support import ServerThread
 
 BANNER = "Preview — read-only: bookings and checkout are not possible yet"
@@ -47,7 +50,7 @@ def test_every_legacy_page_names_portal_tenant_and_mode(legacy: httpx.Client, pa
 
 @pytest.mark.parametrize(
     "path", ["/acme-gym", "/acme-gym/", "/acme-gym/schedule", "/acme-gym/schedule/102",
-             "/acme-gym/checkout", "/acme-gym/staff/login"],
+             "/acme-gym/checkout", "/acme-gym/profile", "/acme-gym/staff/login"],
 )  # fmt: skip
 def test_every_new_page_names_portal_tenant_and_mode(new: httpx.Client, path: str) -> None:
     response = new.get(path, headers=mode("active"))
@@ -99,7 +102,7 @@ def test_enroll_redirects_back_and_is_remembered_per_tenant(legacy: httpx.Client
     assert response.headers["location"] == "/acme-gym/classes/101?enrolled=1"
     page = legacy.get(response.headers["location"]).text
     assert "Enrolled — see you there!" in page
-    assert "Enrolled: Ann" in page and "7 of 8 places left" in page
+    assert "Your children enrolled: Ann" in page and "7 of 8 places left" in page
     assert "Ann — Toddler Splash" in legacy.get("/acme-gym/account").text
     # Another tenant's class is untouched.
     assert "8 of 8 places left" in legacy.get("/other-club/classes/101").text
@@ -111,7 +114,7 @@ def test_enroll_into_a_full_class_is_refused(legacy: httpx.Client) -> None:
         assert legacy.post("/acme-gym/classes/104/enroll", data={"child": child}).is_redirect
     refused = legacy.post("/acme-gym/classes/104/enroll", data={"child": "C"})
     assert refused.status_code == 409 and "full" in refused.text
-    assert "Enrolled: A, B" in legacy.get("/acme-gym/classes/104").text
+    assert "Your children enrolled: A, B" in legacy.get("/acme-gym/classes/104").text
 
 
 def test_book_then_checkout(new: httpx.Client) -> None:
@@ -194,5 +197,97 @@ def test_wrong_method_and_oversized_form(legacy: httpx.Client, new: httpx.Client
     assert legacy.post("/acme-gym/classes").status_code == 405
     too_big = legacy.post("/acme-gym/classes/101/enroll", data={"child": "x" * 20_000})
     assert too_big.status_code == 413
-    assert "Enrolled: nobody yet" in legacy.get("/acme-gym/classes/101").text
+    assert "Your children enrolled: none yet" in legacy.get("/acme-gym/classes/101").text
     assert new.post("/acme-gym/staff/login", content=b"u" * 20_000).status_code == 413
+
+
+def test_a_basket_and_its_bookings_are_their_visitors_own(new: httpx.Client) -> None:
+    with httpx.Client(base_url=str(new.base_url)) as other:
+        assert new.post("/acme-gym/schedule/102/book").status_code == 303
+        assert "Basket (1)" in new.get("/acme-gym/schedule").text
+        assert "Basket (0)" in other.get("/acme-gym/schedule").text
+        assert "Your basket is empty." in other.get("/acme-gym/checkout").text
+        assert new.post("/acme-gym/checkout").status_code == 303
+        assert "Junior Gymnastics" in new.get("/acme-gym/profile").text
+        assert "No bookings yet." in other.get("/acme-gym/profile").text
+        # Another tenant's basket of the same visitor is its own too.
+        assert "Basket (0)" in new.get("/other-club/schedule").text
+
+
+def test_enrolments_are_their_visitors_own_and_places_everyones(legacy: httpx.Client) -> None:
+    with httpx.Client(base_url=str(legacy.base_url)) as other:
+        assert legacy.post("/acme-gym/classes/101/enroll", data={"child": "Ann"}).is_redirect
+        page = other.get("/acme-gym/classes/101").text
+        assert "7 of 8 places left" in page and "Ann" not in page
+        assert "No enrolments yet." in other.get("/acme-gym/account").text
+        assert "Ann — Toddler Splash" in legacy.get("/acme-gym/account").text
+
+
+def test_a_visitor_gets_a_cookie_once_and_a_forged_one_is_replaced(new: httpx.Client) -> None:
+    first = new.get("/acme-gym/")
+    cookie = first.headers["set-cookie"]
+    assert cookie.startswith("demo-visitor=") and "HttpOnly" in cookie and "Path=/" in cookie
+    assert "set-cookie" not in new.get("/acme-gym/").headers
+    for forged in ("x", "a" * 23, "<script>", "a b c d e f g h i j k", "a" * 21 + ";"):
+        with httpx.Client(base_url=str(new.base_url), cookies={"demo-visitor": forged}) as c:
+            fresh = c.get("/acme-gym/").headers["set-cookie"]
+            value = fresh.removeprefix("demo-visitor=").split(";")[0]
+            assert re.fullmatch(r"[A-Za-z0-9_-]{22}", value) and value != forged
+
+
+def test_the_portals_forget_their_least_recent_visitors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(demo, "_MAX_VISITORS", 3)
+    with ServerThread(new_portal()) as server:
+        clients = [httpx.Client(base_url=server.url) for _ in range(4)]
+        try:
+            first = clients[0]
+            assert first.post("/acme-gym/schedule/101/book").status_code == 303
+            assert "Basket (1)" in first.get("/acme-gym/").text
+            for client in clients[1:]:  # three more visitors: the first is forgotten
+                client.get("/acme-gym/")
+            assert "Basket (0)" in first.get("/acme-gym/").text
+        finally:
+            for client in clients:
+                client.close()
+
+
+def _links(page: str) -> list[str]:
+    return re.findall(r'(?:href|action)="([^"]*)"', page)
+
+
+@pytest.mark.parametrize(
+    ("portal", "path"),
+    [("legacy", p) for p in ("/acme-gym/", "/acme-gym/classes", "/acme-gym/classes/101",
+                             "/acme-gym/account", "/acme-gym/settings", "/acme-gym/nope")]
+    + [("new", p) for p in ("/acme-gym/", "/acme-gym/schedule", "/acme-gym/schedule/101",
+                            "/acme-gym/checkout", "/acme-gym/profile", "/acme-gym/staff/login",
+                            "/acme-gym/nope")],
+)  # fmt: skip
+def test_every_link_stays_on_the_tenant(
+    legacy: httpx.Client, new: httpx.Client, portal: str, path: str
+) -> None:
+    """Behind edge the first path segment is the tenant: a link outside it (/healthz, say)
+    would be read as another tenant's page."""
+    page = (legacy if portal == "legacy" else new).get(path).text
+    links = _links(page)
+    assert links
+    assert all(link.startswith("/acme-gym/") for link in links), links
+
+
+def test_every_page_the_path_rules_lead_to_is_on_the_new_portal(
+    legacy: httpx.Client, new: httpx.Client
+) -> None:
+    """Once a tenant is active, each Parent Portal page redirects through the demo's path
+    rules to a Customer Portal page that exists, and its enrolment form to one that books."""
+    policy = Policy.from_settings(config.load(config.DEMO_CONFIG, env={}))
+    pages = {"/acme-gym/"}
+    for page in ("/acme-gym/", "/acme-gym/classes/101", "/acme-gym/account"):
+        pages.update(link for link in _links(legacy.get(page).text) if "/enroll" not in link)
+    assert {"/acme-gym/classes", "/acme-gym/account", "/acme-gym/settings"} <= pages
+    for page in sorted(pages):
+        target = policy.new_path("acme-gym", page)
+        assert new.get(target, headers=mode("active")).status_code == 200, (page, target)
+    enrol = policy.new_path("acme-gym", "/acme-gym/classes/101/enroll")
+    booked = new.post(enrol, data={"child": "Ann"}, headers=mode("active"))
+    assert booked.status_code == 303 and booked.headers["location"] == "/acme-gym/checkout"
+    assert "Toddler Splash" in new.get("/acme-gym/checkout").text

@@ -1,4 +1,4 @@
-"""The routing matrix of SPEC.md, one row per cell, against the pure decide()."""
+"""The routing matrix of docs/routing.md, one row per cell, against the pure decide()."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from edge.policy import (
     decide,
     effective_method,
     is_forward_move,
+    refusal_home,
 )
 from edge.tenants import Front
 
@@ -336,3 +337,34 @@ def test_moves_go_only_forward(current: Mode | None, target: Mode, allowed: bool
 )
 def test_stored_values(stored: str | bytes | None, mode: Mode | None) -> None:
     assert Mode.parse(stored) is mode
+
+
+LEGACY_HOME = (L, "https://parents.example.com/acme/")
+NEW_HOME = (N, "https://portal.example.com/acme/")
+
+
+@pytest.mark.parametrize(
+    ("reason", "mode", "now", "private_preview", "home"),
+    [
+        # A write refused on the new portal can be made on the Parent Portal, while it serves.
+        (Reason.NOT_ENABLED, LEGACY, BEFORE, False, LEGACY_HOME),
+        (Reason.BLOCKED, SETUP, BEFORE, False, LEGACY_HOME),
+        (Reason.BLOCKED, SETUP, BEFORE, True, LEGACY_HOME),
+        (Reason.NOT_ENABLED, LEGACY, AFTER, False, None),
+        (Reason.BLOCKED, SETUP, AFTER, False, None),
+        # A retired Parent Portal points at the preview where the customer may see it.
+        (Reason.RETIRED, SETUP, AFTER, False, NEW_HOME),
+        (Reason.RETIRED, SETUP, AFTER, True, None),
+        (Reason.RETIRED, LEGACY, AFTER, False, None),
+        (Reason.MISCONFIGURED, None, BEFORE, False, None),
+    ],
+)
+def test_a_refusal_links_the_home_that_serves_the_customer_instead(
+    reason: Reason,
+    mode: Mode | None,
+    now: datetime,
+    private_preview: bool,
+    home: tuple[Front, str] | None,
+) -> None:
+    policy = replace(POLICY, private_preview=private_preview)
+    assert refusal_home(policy, reason, "acme", mode, now) == home
