@@ -56,7 +56,9 @@ class ClientLimits:
 class Client(Protocol):
     """What the timer needs of a connection (edge.protocol's)."""
 
-    def head_overdue(self) -> None: ...
+    def head_overdue(self) -> None:
+        """Past its head deadline; it may start the deadline again (a pipelined head)."""
+        ...
 
     def body_overdue(self) -> None: ...
 
@@ -142,12 +144,10 @@ class ClientConnections:
         now = self.loop.time()
         for client in _due(self.heads, now):
             del self.heads[client]
-            STATS.header_timeouts += 1
             client.head_overdue()
         for client in _due(self.bodies, now):
             if client.client_turn():
                 del self.bodies[client]
-                STATS.body_timeouts += 1
                 client.body_overdue()
             else:  # edge is not reading it: the client's deadline starts once edge does
                 self.body_moved(client)

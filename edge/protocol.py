@@ -111,16 +111,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.reading_head:
             if self.head_seen > self.head_budget:
                 self.refuse(431)
-            elif not self.head_due and self.idle():
-                self.head_due = True  # from the first read of a head after a response
+            elif not self.head_due:
+                self.head_due = True  # from the first read of a head after the first
                 self.clients.head_started(self)
         elif self.in_body:
             self.body_due = True
             self.clients.body_moved(self)
-
-    def idle(self) -> bool:
-        """No request of this connection's is being answered."""
-        return self.cycle is None or self.cycle.response_complete
 
     def handle_websocket_upgrade(self) -> None:
         if self.clients is not None:  # a WebSocket has its own pings and no HTTP deadlines
@@ -163,21 +159,20 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.body_due:
             self.body_due = False
             cast(ClientConnections, self.clients).body_done(self)
-        super().on_message_complete()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        # A head begun while the last response was going out is due from now.
-        if self.reading_head and not self.head_due and self.clients and self.idle():
-            self.head_due = True
-            self.clients.head_started(self)
+        HttpToolsProtocol.on_message_complete(self)  # every request: no super() object
 
     # -- deadlines (edge.clients) --------------------------------------------------------------
 
     def head_overdue(self) -> None:
-        self.head_due = False
+        cycle = self.cycle
         if self.transport.is_closing():
             return
+        if cycle is not None and not cycle.response_complete:
+            # A head pipelined behind a request still being answered: it gets its time again.
+            cast(ClientConnections, self.clients).head_started(self)
+            return
+        self.head_due = False
+        STATS.header_timeouts += 1
         if self.reading_head:
             self.refuse(408)
         else:  # not a byte of a request: nothing to answer
@@ -188,6 +183,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if self.transport.is_closing():
             return
+        STATS.body_timeouts += 1
         # The app's receive() now says the client is gone, and its sends go nowhere: the
         # forwarder drops the portal's connection instead of finishing the exchange on it.
         cycle.disconnected = True

@@ -170,24 +170,26 @@ class _Exchange:
         self._watcher: asyncio.Task[None] | None = None
         self.client_gone = False
         self.cancelled = False
-        self._ahead: list[bytes] = []  # the body's first chunks, read before the portal's turn
-        self.whole = not has_body  # the whole body is in _ahead
+        self._ahead = b""  # the body's start, read before a portal connection is taken
+        self.whole = not has_body  # all of the body has been received
         if not has_body:
             self.watch_later()
 
     async def read_ahead(self, limit: int) -> bool:
         """Read the body's first ``limit`` bytes, or all of a shorter one: True for all."""
+        chunks = []
         size = 0
         while size < limit and not self.whole:
             chunk = await self._next()
-            self._ahead.append(chunk)
+            chunks.append(chunk)
             size += len(chunk)
+        self._ahead = b"".join(chunks)
         return self.whole
 
     async def body(self) -> AsyncIterator[bytes]:
-        ahead, self._ahead = self._ahead, []
+        ahead, self._ahead = self._ahead, b""
         if ahead:
-            yield b"".join(ahead)
+            yield ahead
         while not self.whole:
             if chunk := await self._next():
                 yield chunk

@@ -179,6 +179,24 @@ def test_a_slow_head_after_a_response_is_408_and_an_idle_connection_is_closed(
         assert until_closed(idle) == Reply(b"", closed=True)
 
 
+def test_a_head_pipelined_behind_a_slow_answer_waits_for_it_then_gets_408(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The portal takes longer than header_timeout to answer; the next head, begun meanwhile
+    and never finished, is not cut off before the answer is out: 200, then 408."""
+    with (
+        ScriptedPortal(answer, delay=2.5) as slow_portal,
+        start_edge(slow_portal, redis_server, tmp_path) as edge,
+        connect(edge) as sock,
+    ):
+        sock.sendall(
+            b"GET /acme/ HTTP/1.1\r\nHost: %s\r\n\r\nGET /acme/next HTTP/1.1\r\nHo"
+            % LEGACY_HOST.encode()
+        )
+        reply = until_closed(sock)
+    assert reply.closed and reply.statuses == [200, 408]
+
+
 # --- request bodies and the portal pool -------------------------------------------------------
 
 
