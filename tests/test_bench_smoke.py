@@ -75,3 +75,16 @@ def test_the_instruction_count_runs() -> None:
     assert [words[0] for words in counted] == ["edge", "edge", "bare"]
     assert all(int(words[-3].replace(",", "")) > 0 for words in counted)
     assert "of forward-only's instructions" in done.stdout
+
+
+def test_the_soak_runs_in_smoke_mode() -> None:
+    """A few seconds of each run, a few attackers of each kind: it reports every figure."""
+    done = bench(
+        "bench.soak", "--seconds", "3", "--scale", "0.02", "--made-up-rate", "10", timeout=240
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for figure in ("  success", "  p99", "edge peak RSS", "edge open descriptors, max"):
+        assert done.stdout.count(figure) >= 1, figure
+    [slow_heads] = [line for line in done.stdout.splitlines() if "attack slow head" in line]
+    assert ": 408 " in slow_heads or ", 408 " in slow_heads  # header_timeout answered them
+    assert "Redis keys at the end: 1 " in done.stdout
