@@ -1,10 +1,11 @@
 """The public listener's clients, bounded: how many, and how long each may keep edge waiting.
 
-uvicorn has no deadline on a request head or body: its keep-alive timer is armed only after a
-response and cancelled by the next byte, so a connection that sends nothing, or a byte now and
-then, is kept forever. Here one server's connections share one timer that closes those whose
-head or body is overdue, and a count that turns new connections away with 503 beyond
-``max_connections`` (edge.protocol calls in at each step of a connection).
+uvicorn has no deadline on a request head or body, nor on a client that stops reading its
+response: its keep-alive timer is armed only after a response and cancelled by the next byte,
+so a connection that sends nothing, a byte now and then, or reads nothing, is kept forever.
+Here one server's connections share one timer that closes those whose head, body or reading
+is overdue, and a count that turns new connections away with 503 beyond ``max_connections``
+(edge.protocol calls in at each step of a connection).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class ClientLimits:
     header_timeout: float  # a head must arrive whole within it
     body_idle_timeout: float  # a body may not stall longer
     keepalive_timeout: float  # idle between requests (uvicorn's own timer)
+    send_timeout: float  # a response may wait this long for the client to read some of it
     max_connections: int  # per process; beyond it 503
     public_port: int  # max_connections turns away connections to this port only
 
@@ -48,6 +50,7 @@ class ClientLimits:
             server.header_timeout,
             server.body_idle_timeout,
             server.keepalive_timeout,
+            server.send_timeout,
             server.max_connections if max_connections is None else max_connections,
             server.port,
         )
@@ -62,6 +65,8 @@ class Client(Protocol):
 
     def body_overdue(self) -> None: ...
 
+    def send_overdue(self) -> None: ...
+
     def client_turn(self) -> bool:
         """Is the body waiting on the client (not on edge reading it, nor on 100 Continue)?"""
         ...
@@ -73,6 +78,7 @@ class ClientStats(Collector):
     def __init__(self) -> None:
         self.header_timeouts = 0  # closed: a head not whole in time (408 if any of it came)
         self.body_timeouts = 0  # closed: a body stalled (408 unless a response had started)
+        self.send_timeouts = 0  # cut off: read none of its response for send_timeout
         self.turned_away = 0  # new connections answered 503: max_connections reached
 
     def collect(self) -> Iterable[Metric]:
@@ -84,12 +90,13 @@ class ClientStats(Collector):
         closed = CounterMetricFamily(
             "edge_client_connections_closed",
             "Client connections edge closed for a limit: a head not whole within "
-            "header_timeout, a body stalled for body_idle_timeout, or max_connections reached "
-            "(answered 503).",
+            "header_timeout, a body stalled for body_idle_timeout, a response left unread for "
+            "send_timeout, or max_connections reached (answered 503).",
             labels=("reason",),
         )
         closed.add_metric(("header_timeout",), self.header_timeouts)
         closed.add_metric(("body_idle_timeout",), self.body_timeouts)
+        closed.add_metric(("send_timeout",), self.send_timeouts)
         closed.add_metric(("max_connections",), self.turned_away)
         yield closed
 
@@ -110,8 +117,9 @@ class ClientConnections:
         self.loop = loop
         self.heads: dict[Client, float] = {}  # client → when its head is due
         self.bodies: dict[Client, float] = {}  # client → when more of its body is due
+        self.sends: dict[Client, float] = {}  # client → when it must have read some more
         self.lingering = 0  # turned-away connections still open (edge.protocol)
-        shortest = min(limits.header_timeout, limits.body_idle_timeout)
+        shortest = min(limits.header_timeout, limits.body_idle_timeout, limits.send_timeout)
         self._tick = min(max(shortest / 10, _TICK_MIN), _TICK_MAX)
         self._timer: asyncio.TimerHandle | None = None
 
@@ -132,9 +140,18 @@ class ClientConnections:
     def body_done(self, client: Client) -> None:
         self.bodies.pop(client, None)
 
+    def send_stalled(self, client: Client) -> None:
+        """Edge has stopped writing to the client: it has that much unread."""
+        self.sends[client] = self.loop.time() + self.limits.send_timeout
+        self._arm()
+
+    def send_moved(self, client: Client) -> None:
+        self.sends.pop(client, None)
+
     def forget(self, client: Client) -> None:
         self.heads.pop(client, None)
         self.bodies.pop(client, None)
+        self.sends.pop(client, None)
 
     def _arm(self) -> None:
         if self._timer is None:
@@ -151,8 +168,11 @@ class ClientConnections:
                 client.body_overdue()
             else:  # edge is not reading it: the client's deadline starts once edge does
                 self.body_moved(client)
+        for client in _due(self.sends, now):
+            del self.sends[client]
+            client.send_overdue()
         self._timer = None
-        if self.heads or self.bodies:
+        if self.heads or self.bodies or self.sends:
             self._arm()
 
 

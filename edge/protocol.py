@@ -5,9 +5,10 @@ until they end, however long that takes. Here a request target over the limit ge
 header section over it gets 431, and the connection is closed before the app sees the request.
 
 Time and count (docs/limits.md): a head must arrive whole within ``header_timeout``, a body may
-not stall longer than ``body_idle_timeout`` (edge.clients keeps both deadlines), idle
-keep-alive is uvicorn's own timer set to ``keepalive_timeout``, and beyond ``max_connections``
-a new connection is answered 503 at once.
+not stall longer than ``body_idle_timeout``, a client may leave its response unread no longer
+than ``send_timeout`` (edge.clients keeps the deadlines), idle keep-alive is uvicorn's own
+timer set to ``keepalive_timeout``, and beyond ``max_connections`` a new connection is answered
+503 at once.
 """
 
 from __future__ import annotations
@@ -192,6 +193,22 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
         else:
             self.refuse(408)
+
+    def send_overdue(self) -> None:
+        STATS.send_timeouts += 1
+        # close() would wait for the client to read what is queued: it never will. The app's
+        # sends return at once from now on, and the forwarder lets the portal go.
+        self.transport.abort()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.clients is not None:
+            self.clients.send_stalled(self)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.clients is not None:
+            self.clients.send_moved(self)
 
     def client_turn(self) -> bool:
         return not self.flow.read_paused and not self.cycle.waiting_for_100_continue

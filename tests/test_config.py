@@ -40,11 +40,12 @@ def test_a_good_file_loads(tmp_path: Path) -> None:
     assert settings.server.port == 8080
     # Every client deadline is there without being asked for.
     server = settings.server
-    assert (server.header_timeout, server.body_idle_timeout, server.keepalive_timeout) == (
-        10.0,
-        30.0,
-        75.0,
-    )
+    assert (
+        server.header_timeout,
+        server.body_idle_timeout,
+        server.keepalive_timeout,
+        server.send_timeout,
+    ) == (10.0, 30.0, 75.0, 60.0)
     assert server.max_connections == 10_000
     assert settings.store.prefix == "edge:"
     assert settings.policy.legacy_sunset is not None

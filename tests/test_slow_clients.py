@@ -24,12 +24,15 @@ from tests.stack import LEGACY_HOST, settings_for
 from tests.support import RedisServer, ScriptedPortal, eventually, unique_prefix
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+BIG = 8 * 2**20  # more than the socket buffers and edge's own hold between portal and client
 POOL = 4
 PATIENCE = 10.0  # how long a test waits for edge to act: many times any deadline here
 TENANT = "acme"
 
 
 def answer(head: bytes) -> bytes:
+    if head.startswith(b"GET /acme/big "):
+        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % BIG + bytes(BIG)
     return OK
 
 
@@ -57,6 +60,7 @@ def start_edge(
             "header_timeout": 1.0,
             "body_idle_timeout": 2.0,
             "keepalive_timeout": 2.0,
+            "send_timeout": 1.0,
             **server,
         },
         upstream={
@@ -259,6 +263,36 @@ def test_an_upload_sent_in_time_goes_through_whole(
                 time.sleep(0.5)  # slower than read-ahead, well inside body_idle_timeout
             reply = until_closed(sock, within=1.0)
         assert reply.status == 200, reply
+
+
+# --- responses nobody reads -------------------------------------------------------------------
+
+
+def test_clients_that_read_nothing_of_large_answers_are_cut_off_and_free_the_pool(
+    edge: EdgeProcess, portal: ScriptedPortal
+) -> None:
+    """As many clients as the pool has places ask for 8 MiB and read none of it: each held a
+    portal connection for as long as it liked; after send_timeout edge drops them."""
+
+    def asked() -> int:
+        return sum(head.startswith(b"GET /acme/big ") for head in portal.requests)
+
+    counted, before = closed_for(edge, "send_timeout"), asked()
+    readers = []
+    for _ in range(POOL):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", edge.port))
+        sock.sendall(b"GET /acme/big HTTP/1.1\r\nHost: %s\r\n\r\n" % LEGACY_HOST.encode())
+        readers.append(sock)
+    try:
+        eventually(lambda: asked() == before + POOL)  # every place in the pool taken
+        eventually(lambda: closed_for(edge, "send_timeout") == counted + POOL, within=PATIENCE)
+        assert get(edge) == 200
+    finally:
+        for sock in readers:
+            sock.close()
+    eventually(lambda: portal.open == 0, within=PATIENCE)  # the portal connections let go
 
 
 # --- connections and descriptors --------------------------------------------------------------
