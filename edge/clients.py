@@ -124,38 +124,35 @@ class ClientConnections:
         self._timer: asyncio.TimerHandle | None = None
 
     def head_started(self, client: Client) -> None:
-        self.heads[client] = self.loop.time() + self.limits.header_timeout
-        self._arm()
+        self._due_in(self.heads, client, self.limits.header_timeout)
 
     def head_done(self, client: Client) -> None:
         self.heads.pop(client, None)
 
     def body_moved(self, client: Client) -> None:
         """More of the body came (or it is due from now): the idle deadline starts again."""
-        bodies = self.bodies
-        bodies.pop(client, None)
-        bodies[client] = self.loop.time() + self.limits.body_idle_timeout
-        self._arm()
+        self._due_in(self.bodies, client, self.limits.body_idle_timeout)
 
     def body_done(self, client: Client) -> None:
         self.bodies.pop(client, None)
 
     def send_stalled(self, client: Client) -> None:
         """Edge has stopped writing to the client: it has that much unread."""
-        self.sends[client] = self.loop.time() + self.limits.send_timeout
-        self._arm()
+        self._due_in(self.sends, client, self.limits.send_timeout)
 
     def send_moved(self, client: Client) -> None:
         self.sends.pop(client, None)
+
+    def _due_in(self, deadlines: dict[Client, float], client: Client, seconds: float) -> None:
+        deadlines.pop(client, None)  # to the end: the order stays the order they fall due
+        deadlines[client] = self.loop.time() + seconds
+        if self._timer is None:
+            self._timer = self.loop.call_later(self._tick, self._sweep)
 
     def forget(self, client: Client) -> None:
         self.heads.pop(client, None)
         self.bodies.pop(client, None)
         self.sends.pop(client, None)
-
-    def _arm(self) -> None:
-        if self._timer is None:
-            self._timer = self.loop.call_later(self._tick, self._sweep)
 
     def _sweep(self) -> None:
         now = self.loop.time()
@@ -173,7 +170,7 @@ class ClientConnections:
             client.send_overdue()
         self._timer = None
         if self.heads or self.bodies or self.sends:
-            self._arm()
+            self._timer = self.loop.call_later(self._tick, self._sweep)
 
 
 def _due(deadlines: dict[Client, float], now: float) -> list[Client]:
