@@ -11,7 +11,7 @@ import gc
 import logging
 from collections.abc import Mapping
 
-from edge import config, logs
+from edge import clients, config, logs
 from edge.admin.api import AdminApi
 from edge.admin.dashboard import Dashboard
 from edge.asgi import ASGIApp, Receive, Scope, Send
@@ -55,6 +55,7 @@ class EdgeApp:
         self.traffic = Traffic(self.store, settings)
         self.watch = WatchMonitor(self.store, self.traffic, settings)
         self.metrics.registry.register(self.traffic)
+        self.metrics.registry.register(clients.STATS)
         self.metrics.registry.register(self.watch)
         self.router = Router(
             settings,

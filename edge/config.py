@@ -122,6 +122,18 @@ class ServerSettings(_Section):
     max_url_bytes: int = Field(8192, ge=256, le=1_048_576)
     max_header_bytes: int = Field(32768, ge=1024, le=1_048_576)
     max_headers: int = Field(100, ge=16, le=10_000)
+    # Client deadlines and bounds (docs/limits.md). A request head must arrive whole within
+    # header_timeout of its first byte (of the connection, for its first request): else 408
+    # and close. A request body may not stall longer than body_idle_timeout: 408 and close.
+    # keepalive_timeout: idle between requests (longer than a load balancer's idle timeout).
+    # send_timeout: a client that reads none of its response for this long is cut off.
+    header_timeout: Seconds = Field(10.0, le=3600)
+    body_idle_timeout: Seconds = Field(30.0, le=3600)
+    keepalive_timeout: Seconds = Field(75.0, le=3600)
+    send_timeout: Seconds = Field(60.0, le=3600)
+    # Client connections per worker process; beyond it a new connection gets 503. Lowered at
+    # start to what the descriptor limit leaves room for (and logged).
+    max_connections: int = Field(10_000, ge=1, le=1_000_000)
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -35,6 +35,11 @@ _GONE = "client disconnected"
 _WATCH_AFTER = 0.5  # seconds before a request still waiting for its answer watches its client
 _WATCH_TICK = 0.1  # and at most this much later
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+# A request body up to this size is read whole before a portal connection is taken, so that a
+# client that sends it slowly, or never, holds no place in the pool (uvicorn buffers as much
+# before it stops reading the client's socket). A longer one streams, holding a place for as
+# long as the client takes: such uploads may hold half the pool at most (_UploadPlaces).
+_READ_AHEAD = 64 * 1024
 _URL_SAFE = "/!$&'()*+,;=:@-._~%?"
 
 
@@ -63,6 +68,44 @@ class UpstreamAborted(Exception):
 
 class _ClientGone(Exception):
     pass
+
+
+class UploadsFull(UpstreamError):
+    """Every place that uploads may hold in the pool is taken."""
+
+
+class _UploadPlaces:
+    """How many pool places uploads streamed at their clients' pace may hold: half of an
+    origin's, so that clients sending slowly (or a byte per body_idle_timeout) cannot hold
+    the portals from everyone else. A body that fits _READ_AHEAD never needs one."""
+
+    def __init__(self, upstream: UpstreamSettings) -> None:
+        self.limit = max(1, (upstream.pool_size_per_host or upstream.pool_size) // 2)
+        self.wait = upstream.connect_timeout
+        self._free = asyncio.Semaphore(self.limit)
+
+    async def take(self) -> _UploadPlace:
+        try:
+            async with asyncio.timeout(self.wait):
+                await self._free.acquire()
+        except TimeoutError:
+            raise UploadsFull(
+                f"all {self.limit} places for uploads stayed taken for {self.wait:g} s"
+            ) from None
+        return _UploadPlace(self._free)
+
+
+class _UploadPlace:
+    __slots__ = ("_free",)
+
+    def __init__(self, free: asyncio.Semaphore) -> None:
+        self._free: asyncio.Semaphore | None = free
+
+    def release(self) -> None:
+        """Once the body is sent or the exchange has ended, whichever comes first."""
+        if self._free is not None:
+            self._free.release()
+            self._free = None
 
 
 class _WatchList:
@@ -108,6 +151,7 @@ class _Exchange:
     """
 
     __slots__ = (
+        "_ahead",
         "_body_read",
         "_receive",
         "_task",
@@ -115,6 +159,7 @@ class _Exchange:
         "_watchlist",
         "cancelled",
         "client_gone",
+        "whole",
     )
 
     def __init__(self, receive: Receive, has_body: bool, watchlist: _WatchList) -> None:
@@ -125,23 +170,40 @@ class _Exchange:
         self._watcher: asyncio.Task[None] | None = None
         self.client_gone = False
         self.cancelled = False
+        self._ahead = b""  # the body's start, read before a portal connection is taken
+        self.whole = not has_body  # all of the body has been received
         if not has_body:
             self.watch_later()
 
+    async def read_ahead(self, limit: int) -> bool:
+        """Read the body's first ``limit`` bytes, or all of a shorter one: True for all."""
+        chunks = []
+        size = 0
+        while size < limit and not self.whole:
+            chunk = await self._next()
+            chunks.append(chunk)
+            size += len(chunk)
+        self._ahead = b"".join(chunks)
+        return self.whole
+
     async def body(self) -> AsyncIterator[bytes]:
-        receive = self._receive
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                self.client_gone = True
-                raise _ClientGone("client disconnected during the request body")
-            chunk: bytes = message.get("body", b"")
-            if chunk:
+        ahead, self._ahead = self._ahead, b""
+        if ahead:
+            yield ahead
+        while not self.whole:
+            if chunk := await self._next():
                 yield chunk
-            if not message.get("more_body", False):
-                break
         self._body_read = True
         self.watch_later()
+
+    async def _next(self) -> bytes:
+        message = await self._receive()
+        if message["type"] != "http.request":
+            self.client_gone = True
+            raise _ClientGone("client disconnected during the request body")
+        self.whole = not message.get("more_body", False)
+        chunk: bytes = message.get("body", b"")
+        return chunk
 
     def watch_later(self) -> None:
         if self._task is not None:
@@ -181,11 +243,13 @@ class Forwarder:
         self._trusted = trust_checker(trusted_proxies)
         self._pool: UpstreamPool | None = None
         self._watchlist = _WatchList()
+        self._uploads = _UploadPlaces(upstream)
 
     async def start(self) -> None:
         """Create the process's pool; call inside the running loop."""
         self._watchlist = _WatchList()  # its timer belongs to this loop
         self._pool = UpstreamPool(self._upstream)
+        self._uploads = _UploadPlaces(self._upstream)
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -224,8 +288,11 @@ class Forwarder:
         status = sent = 0
         connection: Connection | None = None
         upload: asyncio.Task[None] | None = None
+        place: _UploadPlace | None = None
         try:
-            connection, upload = await _send(pool, origin, method, head, framing, exchange)
+            if framing != "none" and not await exchange.read_ahead(_READ_AHEAD):
+                place = await self._uploads.take()
+            connection, upload = await _send(pool, origin, method, head, framing, exchange, place)
             try:
                 status = connection.status
                 await send(
@@ -263,11 +330,13 @@ class Forwarder:
             exchange.finish()
             if exchange.client_gone:
                 return Outcome(CLIENT_CLOSED, 0, perf_counter() - started, _GONE)
-            status = 504 if isinstance(exc, TimeoutError) else 502
+            status = _failure_status(exc)
             await send_upstream_failure(send, status, view.request_id, scope, extra_headers)
             return Outcome(status, 0, perf_counter() - started, _describe(exc))
         finally:
             exchange.finish()
+            if place is not None:
+                place.release()
             if connection is not None:
                 if upload is not None and not upload.done():
                     upload.cancel()  # the portal answered before the whole body was sent
@@ -283,6 +352,7 @@ async def _send(
     head: bytes,
     framing: BodyFraming,
     exchange: _Exchange,
+    place: _UploadPlace | None,
 ) -> tuple[Connection, asyncio.Task[None] | None]:
     """Send the request; return once the answer's head is in.
 
@@ -297,7 +367,7 @@ async def _send(
         connection.send_head(head, method == "HEAD", framing != "none")
         upload = None
         if framing != "none":
-            upload = asyncio.create_task(_upload(connection, exchange, framing == "chunked"))
+            upload = asyncio.create_task(_upload(connection, exchange, framing == "chunked", place))
         try:
             await connection.head()
         except UpstreamDisconnected:
@@ -314,11 +384,22 @@ async def _send(
         return connection, upload
 
 
-async def _upload(connection: Connection, exchange: _Exchange, chunked: bool) -> None:
+async def _upload(
+    connection: Connection, exchange: _Exchange, chunked: bool, place: _UploadPlace | None
+) -> None:
     try:
         await connection.send_body(exchange.body(), chunked)
     except (_ClientGone, UpstreamError, OSError) as exc:  # the exchange ends with it
         connection.fail(exc)
+    finally:
+        if place is not None:
+            place.release()  # the client's pace no longer holds the place
+
+
+def _failure_status(exc: BaseException) -> int:
+    if isinstance(exc, TimeoutError):
+        return 504
+    return 503 if isinstance(exc, UploadsFull) else 502
 
 
 def _describe(exc: BaseException) -> str:
@@ -340,6 +421,10 @@ def _ascii(raw: bytes) -> str:
         return quote_from_bytes(raw, _URL_SAFE)
 
 
+# The rest of a refused upload is not wanted: close rather than read it.
+_EXTRA = {503: [(b"retry-after", b"2"), (b"connection", b"close")]}
+
+
 async def send_upstream_failure(
     send: Send,
     status: int,
@@ -347,8 +432,8 @@ async def send_upstream_failure(
     scope: Scope,
     edge_headers: list[tuple[bytes, bytes]],
 ) -> None:
-    """edge's own 502 or 504, when the portal gave no answer to pass on: a page or JSON as the
-    client asks, with the tenant and mode the request was forwarded with (``edge_headers``)."""
+    """edge's own 502, 503 or 504, when the portal gave no answer to pass on: a page or JSON as
+    the client asks, with the tenant and mode the request was forwarded with (``edge_headers``)."""
     decided = dict(edge_headers)
     tenant, mode = decided.get(b"x-edge-tenant"), decided.get(b"x-edge-mode")
     await send_refusal(
@@ -358,6 +443,6 @@ async def send_upstream_failure(
         tenant=tenant.decode("latin-1") if tenant else None,
         mode=mode.decode("latin-1") if mode else None,
         as_json=asks_for_json(scope["headers"]),
-        headers=[(b"x-request-id", request_id.encode("latin-1"))],
+        headers=[(b"x-request-id", request_id.encode("latin-1")), *_EXTRA.get(status, ())],
         head_only=scope["method"] == "HEAD",
     )

@@ -26,6 +26,7 @@ _HOME_LINKS = {
 # edge's own answer when the portal gave none to pass on.
 UPSTREAM_FAILURES = {
     502: "The portal could not be reached. Please try again in a moment.",
+    503: "Too many uploads are in progress. Please try again shortly.",
     504: "The portal did not answer in time. Please try again in a moment.",
 }
 _TITLES = {

@@ -14,11 +14,12 @@ from pathlib import Path
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
-from edge import logs
+from edge import descriptors, logs
 from edge.asgi import ASGIApp
+from edge.clients import ClientLimits
 from edge.config import Settings, redacted_url
 from edge.modes import ModeStore
-from edge.protocol import HeadLimits
+from edge.protocol import protocol
 from edge.websocket import WebSocketProtocol
 
 log = logging.getLogger("edge.server")
@@ -53,13 +54,20 @@ def with_bound_ports(settings: Settings, public: socket.socket, admin: socket.so
     )
 
 
-def uvicorn_config(settings: Settings, app: ASGIApp | str) -> uvicorn.Config:
+def uvicorn_config(
+    settings: Settings, app: ASGIApp | str, max_connections: int | None = None
+) -> uvicorn.Config:
+    """uvicorn as edge runs it; ``max_connections`` in place of the configured (descriptors)."""
+    limits = ClientLimits.from_settings(settings.server, max_connections)
     return uvicorn.Config(
         app,
         factory=isinstance(app, str),
         workers=settings.server.workers,
         loop="uvloop",
-        http=HeadLimits.from_settings(settings.server).protocol(),  # httptools, bounded heads
+        # httptools, bounded: head sizes, client deadlines, connections (edge.protocol).
+        # uvicorn's limit_concurrency is not used: it counts a connection only once its head is
+        # whole, so connections that never finish one hold descriptors without limit.
+        http=protocol(limits),
         # uvicorn's websockets-sansio (on the websockets library): its default, maintained,
         # and it can answer a refused handshake with a whole HTTP response.
         ws=WebSocketProtocol,
@@ -94,26 +102,29 @@ def serve(
     from edge.app import EdgeApp
 
     logs.configure(settings.server)
+    fds = descriptors.at_start(settings)
+    connections = fds.connections
     public = bind(Listener(settings.server.host, settings.server.port))
     admin = bind(Listener(settings.admin.host, settings.admin.port))
     side = {bind(listener): app for listener, app in (side_listeners or {}).items()}
     settings = with_bound_ports(settings, public, admin)
-    log.info("edge starting", extra=starting(settings, source))
+    log.info("edge starting", extra=starting(settings, source, fds))
     sockets = [public, admin, *side]
     if settings.server.workers == 1:
         side_apps = {sock.getsockname()[1]: app for sock, app in side.items()}
         app = EdgeApp(settings, store=store, side_apps=side_apps)
         with _signals_end_in_exit_zero():
-            uvicorn.Server(uvicorn_config(settings, app)).run(sockets=sockets)
+            uvicorn.Server(uvicorn_config(settings, app, connections)).run(sockets=sockets)
         return
     # Workers are fresh processes: they read the config from the environment, so pin the
     # ports that were really bound there.
     os.environ["EDGE_SERVER__PORT"] = str(settings.server.port)
     os.environ["EDGE_ADMIN__PORT"] = str(settings.admin.port)
-    _Supervisor(uvicorn_config(settings, "edge.app:from_environment"), sockets).run()
+    config = uvicorn_config(settings, "edge.app:from_environment", connections)
+    _Supervisor(config, sockets).run()
 
 
-def starting(settings: Settings, source: Path) -> dict[str, object]:
+def starting(settings: Settings, source: Path, fds: descriptors.Descriptors) -> dict[str, object]:
     """What this edge runs with, for its first log line: nothing secret."""
     server, admin, store = settings.server, settings.admin, settings.store
     return {
@@ -124,6 +135,7 @@ def starting(settings: Settings, source: Path) -> dict[str, object]:
         "legacy": {"hosts": settings.legacy.hosts, "backend": settings.legacy.backend},
         "new": {"hosts": settings.new.hosts, "backend": settings.new.backend},
         "store": {"url": redacted_url(store.url), "prefix": store.prefix},
+        "file_descriptors": fds.summary(),
     }
 
 

@@ -5,6 +5,10 @@ customers request (deep links), and the new portal's responses to setup tenants 
 preview, the watch's baseline) and to tenants in their watch window after activation. A
 background task adds the counts to the store every ``[store].flush_interval`` seconds in
 one round trip, so every instance contributes, and refreshes which tenants are watched.
+
+Only tenants with a routing key are written (a tenant in the default ``legacy`` mode gets
+one with ``edge tenant set TENANT legacy``): made-up ids never create keys. The store's
+footprint is bounded per such tenant (docs/limits.md).
 """
 
 from __future__ import annotations
@@ -110,6 +114,8 @@ class Traffic(Collector):
         counts = self.take()
         try:
             if counts:
+                counts = await self._keyed(counts)
+            if counts:
                 await self.store.add_traffic(counts, self.keep)
                 counts = TrafficCounts()  # written
             activated = await self.store.activations(self.clock() - self.window)
@@ -123,6 +129,13 @@ class Traffic(Collector):
             log.info("traffic counts are written again")
         self._failing = False
         self.watched = frozenset(activated)
+
+    async def _keyed(self, counts: TrafficCounts) -> TrafficCounts:
+        """The counts of the tenants that have a routing key: an id anyone can make up never
+        creates a key in the store (one MGET a flush, for the tenants counted since the last)."""
+        tenants = counts.tenants()
+        modes = await self.store.get_many(tenants)
+        return counts.only({tenant for tenant, mode in zip(tenants, modes, strict=True) if mode})
 
     def collect(self) -> Iterable[Metric]:
         yield CounterMetricFamily(

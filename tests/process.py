@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -17,7 +18,12 @@ class EdgeProcess:
     """``edge serve --config`` with the config ``raw`` (as tests.stack.settings_for builds it),
     on free ports; everything it logs goes to a file beside the config."""
 
-    def __init__(self, raw: dict[str, Any], directory: Path) -> None:
+    def __init__(
+        self,
+        raw: dict[str, Any],
+        directory: Path,
+        descriptors: tuple[int, int] | None = None,
+    ) -> None:
         self.port, self.admin_port = free_port(), free_port()
         raw = {
             **raw,
@@ -28,6 +34,7 @@ class EdgeProcess:
         self.config.write_text(to_toml(raw))
         self.log = directory / "edge.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self.descriptors = descriptors  # its RLIMIT_NOFILE (soft, hard); None: this process's
 
     @property
     def url(self) -> str:
@@ -48,6 +55,7 @@ class EdgeProcess:
                 # so that a process that hangs can be asked where (wait_exit).
                 start_new_session=True,
                 env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+                preexec_fn=self._limit_descriptors if self.descriptors else None,
             )
         try:
             wait_for_port(self.port, timeout=30)
@@ -58,6 +66,24 @@ class EdgeProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def _limit_descriptors(self) -> None:
+        assert self.descriptors is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, self.descriptors)
+
+    def open_descriptors(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def logged(self, containing: str) -> list[str]:
+        """The messages of the JSON log lines that contain ``containing``."""
+        entries = [json.loads(line) for line in self.output().splitlines() if line[:1] == "{"]
+        return [entry["message"] for entry in entries if containing in entry["message"]]
+
+    def started(self) -> dict[str, Any]:
+        """The one start-up log line: what this edge runs with."""
+        entries = [json.loads(line) for line in self.output().splitlines() if line[:1] == "{"]
+        [line] = [entry for entry in entries if entry["message"] == "edge starting"]
+        return dict(line)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -330,10 +330,13 @@ class ScriptedPortal:
     open for the next request unless ``hang_up``, or the answer says ``Connection: close`` or
     has no length."""
 
-    def __init__(self, answer: Answer, delay: float = 0.0, hang_up: bool = False) -> None:
+    def __init__(
+        self, answer: Answer, delay: float = 0.0, hang_up: bool = False, patience: float = 10.0
+    ) -> None:
         self.answer = answer
         self.delay = delay
         self.hang_up = hang_up
+        self.patience = patience  # seconds a connection may stay quiet before it hangs up
         self.connections = 0
         self.open = 0
         self.requests: list[bytes] = []
@@ -361,7 +364,7 @@ class ScriptedPortal:
 
     def _converse(self, conn: socket.socket) -> None:
         with conn:
-            conn.settimeout(10)
+            conn.settimeout(self.patience)
             buffer = b""
             try:
                 while True:

@@ -41,9 +41,29 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_a_good_file_loads(tmp_path: Path) -> None:
     settings = config.load(write(tmp_path, GOOD), env={})
     assert settings.server.port == 8080
+    # Every client deadline is there without being asked for.
+    server = settings.server
+    assert (
+        server.header_timeout,
+        server.body_idle_timeout,
+        server.keepalive_timeout,
+        server.send_timeout,
+    ) == (10.0, 30.0, 75.0, 60.0)
+    assert server.max_connections == 10_000
     assert settings.store.prefix == "edge:"
     assert settings.policy.legacy_sunset is not None
     assert settings.policy.legacy_sunset.isoformat() == "2027-06-30T22:00:00+00:00"
+
+
+def test_client_deadlines_take_durations(tmp_path: Path) -> None:
+    text = GOOD.replace("port = 8080", 'port = 8080\nheader_timeout = "15s"', 1)
+    env = {"EDGE_SERVER__BODY_IDLE_TIMEOUT": "1m", "EDGE_SERVER__MAX_CONNECTIONS": "20000"}
+    server = config.load(write(tmp_path, text), env=env).server
+    assert (server.header_timeout, server.body_idle_timeout, server.max_connections) == (
+        15.0,
+        60.0,
+        20000,
+    )
 
 
 @pytest.mark.parametrize(
@@ -52,6 +72,26 @@ def test_a_good_file_loads(tmp_path: Path) -> None:
         ("port = 8080", "port = 8080\nbogus = 1", "server.bogus: unknown key"),
         ("port = 8080", 'port = "eighty"', "server.port: Input should be a valid integer"),
         ("port = 8080", "port = 70000", "server.port: Input should be less than or equal to 65535"),
+        (
+            "port = 8080",
+            "port = 8080\nheader_timeout = 0",
+            "server.header_timeout: Input should be greater than 0",
+        ),
+        (
+            "port = 8080",
+            'port = 8080\nbody_idle_timeout = "soon"',
+            "server.body_idle_timeout: 'soon' is not a duration",
+        ),
+        (
+            "port = 8080",
+            "port = 8080\nkeepalive_timeout = 7200",
+            "server.keepalive_timeout: Input should be less than or equal to 3600",
+        ),
+        (
+            "port = 8080",
+            "port = 8080\nmax_connections = 0",
+            "server.max_connections: Input should be greater than or equal to 1",
+        ),
         (
             'url = "redis://127.0.0.1:6379/0"',
             'url = "http://x"',

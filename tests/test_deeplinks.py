@@ -95,7 +95,13 @@ def traffic_for(store: ModeStore, **policy: Any) -> Traffic:
     return Traffic(store, config.from_mapping(raw))
 
 
+async def keyed(store: ModeStore, tenant: str = "acme") -> None:
+    """Give the tenant a routing key: only such tenants' traffic is written."""
+    await store.set_mode(tenant, "setup", actor="test")
+
+
 async def test_the_tally_flushes_normalised_paths_and_status_classes(store: ModeStore) -> None:
+    await keyed(store)
     traffic = traffic_for(store)
     for path in ["/acme/classes", "/acme//classes", "/acme/classes", "/acme/", "/x" * MAX_PATH]:
         traffic.deep_link("acme", path)
@@ -111,7 +117,25 @@ async def test_the_tally_flushes_normalised_paths_and_status_classes(store: Mode
     assert await store.deep_links("acme", 10) == [("/acme/classes", 3), ("/acme/", 1)]
 
 
+async def test_a_tenant_without_a_routing_key_is_never_written(store: ModeStore) -> None:
+    await keyed(store, "acme")
+    traffic = traffic_for(store)
+    for n in range(50):
+        traffic.deep_link(f"made-up-{n}", f"/made-up-{n}/")
+        traffic.response(f"made-up-{n}", "setup", 200)
+    traffic.deep_link("acme", "/acme/")
+    traffic.response("acme", "setup", 200)
+    await traffic.flush()
+
+    assert await store.deep_links("acme", 10) == [("/acme/", 1)]
+    assert await store.responses("acme") == {"setup": {"2xx": 1}}
+    for n in range(50):
+        assert await store.deep_links(f"made-up-{n}", 10) == []
+        assert await store.responses(f"made-up-{n}") == {}
+
+
 async def test_the_tally_is_bounded_between_flushes(store: ModeStore) -> None:
+    await keyed(store)
     traffic = traffic_for(store)
     traffic.max_pending = 3
     for n in range(10):
@@ -136,6 +160,7 @@ async def test_a_flush_that_cannot_reach_the_store_drops_its_counts_and_recovers
         own_redis.stop()
         await traffic.flush()  # logged, not raised
         own_redis.start()
+        await keyed(store)  # a Redis started afresh
         traffic.deep_link("acme", "/acme/kept")
         await traffic.flush()
         assert await store.deep_links("acme", 10) == [("/acme/kept", 1)]
@@ -175,6 +200,7 @@ def recorded(redis_server: RedisServer, prefix: str, tenant: str) -> dict[str, i
 def test_legacy_paths_customers_request_are_recorded_with_counts(
     redis_server: RedisServer, prefix: str
 ) -> None:
+    redis_server.cli("SET", f"{prefix}mode:acme", "legacy")  # a key: counted
     redis_server.cli("SET", f"{prefix}mode:swim", "setup")
     redis_server.cli("SET", f"{prefix}mode:dance", "active")
     with stack(redis_server.url, prefix) as edge, edge.client() as client:
@@ -200,6 +226,7 @@ def test_legacy_paths_customers_request_are_recorded_with_counts(
 
 
 def test_recorded_deep_links_are_bounded_per_tenant(redis_server: RedisServer, prefix: str) -> None:
+    redis_server.cli("SET", f"{prefix}mode:acme", "legacy")
     with (
         stack(redis_server.url, prefix, policy={"deep_links": 2}) as edge,
         edge.client() as client,

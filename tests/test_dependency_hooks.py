@@ -36,7 +36,16 @@ PARENTS: dict[type[Any], type[Any]] = {
     _Supervisor: Multiprocess,
 }
 # Methods of edge's subclasses that override nothing upstream, on purpose.
-OWN: dict[type[Any], set[str]] = {BoundedHttpToolsProtocol: {"refuse"}}
+OWN: dict[type[Any], set[str]] = {
+    BoundedHttpToolsProtocol: {
+        "refuse",
+        "turn_away",
+        "head_overdue",
+        "body_overdue",
+        "send_overdue",
+        "client_turn",
+    }
+}
 # What edge calls on its parents beyond what it overrides.
 CALLED: dict[type[Any], set[str]] = {HttpToolsProtocol: {"send_400_response"}}
 

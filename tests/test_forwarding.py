@@ -680,7 +680,7 @@ def test_client_leaving_mid_upload_cancels_the_upstream(
     with socket.create_connection(("127.0.0.1", proxy[0].port), WAIT) as sock:
         sock.sendall(
             b"POST /acme-gym/upload?id=u1 HTTP/1.1\r\nHost: portal.test\r\n"
-            b"Content-Length: 1000000\r\n\r\n" + b"a" * 1000
+            b"Content-Length: 1000000\r\n\r\n" + b"a" * 100_000  # beyond edge's read-ahead
         )
         assert signals["u1:first-byte"].wait(WAIT)
     assert proxy[1].outcome("/acme-gym/upload?id=u1").error == "client disconnected"

@@ -39,6 +39,16 @@ class TrafficCounts:
     def __bool__(self) -> bool:
         return bool(self.deep_links or self.responses)
 
+    def tenants(self) -> list[str]:
+        return sorted(self.deep_links.keys() | self.responses.keys())
+
+    def only(self, tenants: set[str]) -> TrafficCounts:
+        """These counts for ``tenants`` alone."""
+        return TrafficCounts(
+            {tenant: paths for tenant, paths in self.deep_links.items() if tenant in tenants},
+            {tenant: phases for tenant, phases in self.responses.items() if tenant in tenants},
+        )
+
     def requests(self) -> int:
         """How many requests these counts stand for."""
         links = sum(n for paths in self.deep_links.values() for n in paths.values())
