@@ -135,7 +135,7 @@ async def test_a_lost_subscription_raises(own_redis: RedisServer) -> None:
     store = _open(own_redis)
     subscribed = asyncio.Event()
 
-    async def on_subscribed() -> None:
+    async def on_subscribed(tracked: bool) -> None:
         subscribed.set()
 
     async def listen() -> None:
