@@ -140,7 +140,8 @@ class _Collector(Collector):
         )
         yield _counter(
             "edge_mode_events",
-            "Mode changes made through edge, announced and received.",
+            "Mode changes made through edge, announced and received (on a Redis Cluster, once per "
+            "primary).",
             stats.events,
         )
         yield from self._resyncs()

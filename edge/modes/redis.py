@@ -349,14 +349,9 @@ class RedisStore(ModeStore):
         pool = self._client.connection_pool
         return resp2(pool.connection_class, pool.connection_kwargs)
 
-    async def _subscribe(
-        self, connection: AbstractConnection, *, events: bool = True
-    ) -> Subscription:
+    async def _subscribe(self, connection: AbstractConnection) -> Subscription:
         subscription = Subscription(
-            connection,
-            prefix=self._prefix,
-            channel=self._channel if events else None,
-            timeout=self._timeout,
+            connection, prefix=self._prefix, channel=self._channel, timeout=self._timeout
         )
         self._subscriptions.add(subscription)
         try:
@@ -471,10 +466,11 @@ class RedisClusterStore(RedisStore):
     slots, so multi-key reads are split per slot and every primary is scanned.
 
     Each primary reports the writes to its own keys only, so every primary gets a subscription
-    of its own; a classic PUBLISH reaches every node over the cluster bus, so edge's events are
-    heard on the first. A primary that cannot be reached is left out until it answers again or
-    the primaries change (a replica promoted), which the subscriptions check every few seconds:
-    then they are all made anew, and the cache reads again what it holds.
+    of its own; a classic PUBLISH reaches every node over the cluster bus, so each also hears
+    edge's events (once per primary: forgetting a tenant twice does no harm). A primary that
+    cannot be reached is left out until it answers again or the primaries change (a replica
+    promoted), which is checked every few seconds: then the subscriptions are all made anew,
+    and the cache reads again what it holds.
     """
 
     _client: RedisCluster
@@ -482,10 +478,7 @@ class RedisClusterStore(RedisStore):
     async def events(self, on_subscribed: OnSubscribed | None = None) -> AsyncIterator[StoreNotice]:
         primaries = await self._primaries(refresh=True)
         opened = await asyncio.gather(
-            *(
-                self._subscribe(self._node_connection(node), events=index == 0)
-                for index, node in enumerate(primaries)
-            ),
+            *(self._subscribe(self._node_connection(node)) for node in primaries),
             return_exceptions=True,
         )
         subscriptions = [s for s in opened if isinstance(s, Subscription)]

@@ -45,7 +45,7 @@ class Subscription:
         connection: AbstractConnection,
         *,
         prefix: str,
-        channel: str | None,
+        channel: str,
         timeout: float,
     ) -> None:
         self.connection = connection
@@ -77,12 +77,8 @@ class Subscription:
                         self.where,
                         exc,
                     )
-                channels = [
-                    *([self.channel] if self.channel else []),
-                    *([INVALIDATIONS] if self.tracked else []),
-                ]
-                if channels:
-                    await self.connection.send_command("SUBSCRIBE", *channels)
+                channels = [self.channel, *([INVALIDATIONS] if self.tracked else [])]
+                await self.connection.send_command("SUBSCRIBE", *channels)
                 for _ in channels:  # one confirmation each: no later write is missed
                     await self.connection.read_response()
         except (RedisError, OSError, TimeoutError) as exc:
@@ -115,7 +111,7 @@ class Subscription:
         if not isinstance(reply, list) or len(reply) != 3 or reply[0] != "message":
             return None
         _, channel, data = reply
-        if channel == self.channel and self.channel:
+        if channel == self.channel:
             return decode_event(data) if isinstance(data, str) else None
         if channel != INVALIDATIONS:
             return None
