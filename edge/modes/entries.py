@@ -5,19 +5,20 @@ is not a mode) and a tenant without one ("absent", served as legacy). Each kind 
 its own, so a flood of made-up tenant ids, all absent, never pushes out a real tenant; an
 absent entry also expires after its TTL, as lua-resty-mlcache's negative cache.
 
-Eviction is by generations (as in the hashlru package): ``young`` holds every entry used or
-read since its kind last aged, and a hit there is the one dict look-up of the request path,
-with nothing to reorder. An entry found in its kind's old generation moves back to young.
-When young holds a generation's worth of a kind, that kind ages: its old generation, the
-entries not used since it last aged, is dropped, and its young entries become the old ones.
-So every entry dropped was used less recently than every entry kept, and a kind keeps at
-least a generation (half its bound) of its most recently used. Aging costs a pass over the
-young absent entries, a generation of the small kind, never one over the large one.
+Least recently used, by generations: ``young`` holds every entry used or read since its kind
+last aged, and a hit there is the one dict look-up of the request path, with nothing to
+reorder. When young holds half its bound of a kind, that kind ages: those young entries become
+its newest aged generation. An entry found in an aged generation moves back to young. Past the
+bound, entries go from the oldest aged generation, in the order they first came into it. So
+what goes was used less recently than anything in a newer generation, and a kind always
+keeps the last half of its bound it used; the bound itself is filled exactly. Aging costs a
+pass over the young absent entries (half the small bound), never one over the large kind.
 """
 
 from __future__ import annotations
 
 import enum
+from collections import deque
 from collections.abc import Iterator
 from typing import Final, Literal
 
@@ -34,18 +35,71 @@ Missing = Literal[_Missing.MISSING]
 _ABSENT: Final = Mode.LEGACY  # what a tenant without a key is served as
 
 
+class _Aged:
+    """One kind's aged generations, oldest first, and the order the oldest one goes in."""
+
+    def __init__(self) -> None:
+        self.generations: deque[dict[str, Mode | None]] = deque()
+        self.size = 0
+        self._order: list[str] = []  # the oldest generation's tenants, as it came
+        self._at = 0
+
+    def add(self, generation: dict[str, Mode | None]) -> None:
+        if generation:
+            self.generations.append(generation)
+            self.size += len(generation)
+
+    def get(self, tenant: str) -> Mode | Missing | None:
+        for generation in reversed(self.generations):
+            mode = generation.get(tenant, MISSING)
+            if mode is not MISSING:
+                return mode
+        return MISSING
+
+    def pop(self, tenant: str) -> Mode | Missing | None:
+        for generation in reversed(self.generations):
+            mode = generation.pop(tenant, MISSING)
+            if mode is not MISSING:
+                self.size -= 1
+                return mode
+        return MISSING
+
+    def evict(self) -> str:
+        """Drop the least recently used entry; there must be one."""
+        while True:
+            oldest = self.generations[0]
+            if self._at == 0:
+                self._order = list(oldest)
+            while self._at < len(self._order):
+                tenant = self._order[self._at]
+                self._at += 1
+                if oldest.pop(tenant, MISSING) is not MISSING:  # else moved back to young
+                    self.size -= 1
+                    return tenant
+            self.generations.popleft()
+            self._order, self._at = [], 0
+
+    def tenants(self) -> Iterator[str]:
+        for generation in self.generations:
+            yield from generation
+
+    def values(self) -> Iterator[Mode | None]:
+        for generation in self.generations:
+            yield from generation.values()
+
+
 class Entries:
     def __init__(self, present_size: int, absent_size: int) -> None:
         self.young: dict[str, Mode | None] = {}  # both kinds: the request path's look-up
         self._young_absent: set[str] = set()
-        self._old_present: dict[str, Mode | None] = {}
-        self._old_absent: set[str] = set()
+        self._present, self._absent = _Aged(), _Aged()
         self._expiry: dict[str, float] = {}  # every absent entry → when it expires, soonest first
+        self._present_size, self._absent_size = present_size, absent_size
         self._present_generation = max(1, present_size // 2)
         self._absent_generation = max(1, absent_size // 2)
 
     def __len__(self) -> int:
-        return len(self.young) + len(self._old_present) + len(self._old_absent)
+        return len(self.young) + self._present.size + self._absent.size
 
     @property
     def absent(self) -> int:
@@ -56,18 +110,17 @@ class Entries:
         return len(self) - self.absent
 
     def get(self, tenant: str) -> Mode | Missing | None:
-        """The entry, made young if it was old; MISSING when there is none."""
+        """The entry, made young if it was aged; MISSING when there is none."""
         mode = self.young.get(tenant, MISSING)
         return self.recall(tenant) if mode is MISSING else mode
 
     def recall(self, tenant: str) -> Mode | Missing | None:
-        """An entry of an old generation, made young again; MISSING when there is none."""
-        mode = self._old_present.pop(tenant, MISSING)
+        """An aged entry, made young again; MISSING when there is none."""
+        mode = self._present.pop(tenant) if self._present.size else MISSING
         if mode is not MISSING:
             self._young_present(tenant, mode)
             return mode
-        if tenant in self._old_absent:
-            self._old_absent.remove(tenant)
+        if tenant in self._expiry and self._absent.pop(tenant) is not MISSING:
             self._young_absentee(tenant)
             return _ABSENT
         return MISSING
@@ -76,8 +129,8 @@ class Entries:
         """The entry without making it young; MISSING when there is none."""
         mode = self.young.get(tenant, MISSING)
         if mode is MISSING:
-            mode = self._old_present.get(tenant, MISSING)
-        if mode is MISSING and tenant in self._old_absent:
+            mode = self._present.get(tenant)
+        if mode is MISSING and tenant in self._expiry:
             return _ABSENT
         return mode
 
@@ -98,8 +151,10 @@ class Entries:
     def discard(self, tenant: str) -> None:
         if self.young.pop(tenant, MISSING) is not MISSING:
             self._young_absent.discard(tenant)
-        elif self._old_present.pop(tenant, MISSING) is MISSING:
-            self._old_absent.discard(tenant)
+        elif self._expiry.get(tenant) is not None:
+            self._absent.pop(tenant)
+        else:
+            self._present.pop(tenant)
         self._expiry.pop(tenant, None)
 
     def expire(self, now: float) -> list[str]:
@@ -114,39 +169,43 @@ class Entries:
         return expired
 
     def present_tenants(self) -> list[str]:
-        return [t for t in self.young if t not in self._young_absent] + list(self._old_present)
+        young = [tenant for tenant in self.young if tenant not in self._young_absent]
+        return young + list(self._present.tenants())
 
     def modes(self) -> Iterator[Mode | None]:
         """Every entry's mode (LEGACY for an absent one)."""
         yield from self.young.values()
-        yield from self._old_present.values()
-        for _ in self._old_absent:
-            yield _ABSENT
+        yield from self._present.values()
+        yield from self._absent.values()
 
     def take(self) -> tuple[dict[str, Mode | None], list[str]]:
         """Empty the entries: returns the present ones and the absent tenants."""
         present = {t: m for t, m in self.young.items() if t not in self._young_absent}
-        present.update(self._old_present)
+        for generation in self._present.generations:
+            present.update(generation)
         absent = list(self._expiry)
-        self.young, self._young_absent = {}, set()
-        self._old_present, self._old_absent, self._expiry = {}, set(), {}
+        self.young, self._young_absent, self._expiry = {}, set(), {}
+        self._present, self._absent = _Aged(), _Aged()
         return present, absent
 
     def _young_present(self, tenant: str, mode: Mode | None) -> None:
         if len(self.young) - len(self._young_absent) >= self._present_generation:
-            # The old present generation is dropped; the young one becomes it, in one step
-            # (the young dict itself), once the few young absent entries are moved out of it.
+            # The young dict itself becomes the aged generation, once the few young absent
+            # entries are moved out of it: no pass over the large kind.
             young = self.young
             self.young = {absentee: young.pop(absentee) for absentee in self._young_absent}
-            self._old_present = young
+            self._present.add(young)
         self.young[tenant] = mode
+        if self.present > self._present_size:
+            self._present.evict()
 
     def _young_absentee(self, tenant: str) -> None:
         if len(self._young_absent) >= self._absent_generation:
-            for dropped in self._old_absent:
-                del self._expiry[dropped]
-            for aged in self._young_absent:
-                del self.young[aged]
-            self._old_absent, self._young_absent = self._young_absent, set()
+            self._absent.add(
+                {absentee: self.young.pop(absentee) for absentee in self._young_absent}
+            )
+            self._young_absent = set()
         self._young_absent.add(tenant)
         self.young[tenant] = _ABSENT
+        if self.absent > self._absent_size:
+            del self._expiry[self._absent.evict()]
