@@ -63,8 +63,8 @@ class Subscription:
         try:
             async with asyncio.timeout(self.timeout * 4):  # four round trips
                 await self.connection.connect()  # type: ignore[no-untyped-call]
-                own_id = await self._ask("CLIENT", "ID")
                 try:
+                    own_id = await self._ask("CLIENT", "ID")
                     await self._ask(
                         "CLIENT", "TRACKING", "ON", "REDIRECT", own_id, "BCAST",
                         "PREFIX", self.mode_prefix,
