@@ -160,7 +160,7 @@ class _Collector(Collector):
             "that is not one), negative (no key), unverified (kept while not yet read again).",
             labels=("kind",),
         )
-        for kind, size in self.cache.kinds(counts).items():
+        for kind, size in self.cache.kinds().items():
             entries.add_metric((kind,), size)
         yield entries
         if self.access_log is not None:

@@ -3,6 +3,8 @@ first, each kind on its own, every answer the last value put."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -92,6 +94,7 @@ def test_entries_keep_a_suffix_of_each_kinds_use_order(
             assert set(order[-max(1, size // 2) :]) <= set(kept)
             for tenant in set(order) - set(kept):
                 forget(tenant)
+        assert +entries.modes == Counter(value[t] for t in used[False])
         assert entries.present == len(used[False])
         assert entries.absent == len(used[True])
         assert len(entries) == len(value)

@@ -136,13 +136,15 @@ class ModeCache:
         return len(self._entries)
 
     def counts(self) -> collections.Counter[Mode | None]:
-        """How many cached tenants are in each mode (None: the stored value is not a mode)."""
-        return collections.Counter(self._entries.modes())
+        """How many cached tenants are in each mode (None: the stored value is not a mode;
+        a tenant without a key counts as legacy)."""
+        counts = +self._entries.modes
+        counts[Mode.LEGACY] += self._entries.absent
+        return counts
 
-    def kinds(self, counts: collections.Counter[Mode | None] | None = None) -> dict[str, int]:
-        """Cached entries by kind: a mode, an invalid value, no key; and the unverified
-        ones. ``counts``: this moment's counts(), if at hand."""
-        invalid = (self.counts() if counts is None else counts)[None]
+    def kinds(self) -> dict[str, int]:
+        """Cached entries by kind: a mode, an invalid value, no key; and the unverified ones."""
+        invalid = self._entries.modes[None]
         return {
             "positive": self._entries.present - invalid,
             "invalid": invalid,

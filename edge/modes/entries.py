@@ -18,7 +18,7 @@ pass over the young absent entries (half the small bound), never one over the la
 from __future__ import annotations
 
 import enum
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator
 from typing import Final, Literal
 
@@ -64,8 +64,8 @@ class _Aged:
                 return mode
         return MISSING
 
-    def evict(self) -> str:
-        """Drop the least recently used entry; there must be one."""
+    def evict(self) -> tuple[str, Mode | None]:
+        """Drop the least recently used entry (there must be one): its tenant and mode."""
         while True:
             oldest = self.generations[0]
             if self._at == 0:
@@ -73,19 +73,16 @@ class _Aged:
             while self._at < len(self._order):
                 tenant = self._order[self._at]
                 self._at += 1
-                if oldest.pop(tenant, MISSING) is not MISSING:  # else moved back to young
+                mode = oldest.pop(tenant, MISSING)
+                if mode is not MISSING:  # else it went back to young
                     self.size -= 1
-                    return tenant
+                    return tenant, mode
             self.generations.popleft()
             self._order, self._at = [], 0
 
     def tenants(self) -> Iterator[str]:
         for generation in self.generations:
             yield from generation
-
-    def values(self) -> Iterator[Mode | None]:
-        for generation in self.generations:
-            yield from generation.values()
 
 
 class Entries:
@@ -97,6 +94,7 @@ class Entries:
         self._present_size, self._absent_size = present_size, absent_size
         self._present_generation = max(1, present_size // 2)
         self._absent_generation = max(1, absent_size // 2)
+        self.modes: Counter[Mode | None] = Counter()  # of the present entries, kept as they go
 
     def __len__(self) -> int:
         return len(self.young) + self._present.size + self._absent.size
@@ -140,6 +138,7 @@ class Entries:
     def put(self, tenant: str, mode: Mode | None) -> None:
         """A tenant with a key, just read."""
         self.discard(tenant)
+        self.modes[mode] += 1
         self._young_present(tenant, mode)
 
     def put_absent(self, tenant: str, expires: float) -> None:
@@ -149,13 +148,17 @@ class Entries:
         self._young_absentee(tenant)
 
     def discard(self, tenant: str) -> None:
-        if self.young.pop(tenant, MISSING) is not MISSING:
+        if tenant in self._expiry:
+            if self.young.pop(tenant, MISSING) is MISSING:
+                self._absent.pop(tenant)
             self._young_absent.discard(tenant)
-        elif self._expiry.get(tenant) is not None:
-            self._absent.pop(tenant)
-        else:
-            self._present.pop(tenant)
-        self._expiry.pop(tenant, None)
+            del self._expiry[tenant]
+            return
+        mode = self.young.pop(tenant, MISSING)
+        if mode is MISSING:
+            mode = self._present.pop(tenant)
+        if mode is not MISSING:
+            self.modes[mode] -= 1
 
     def expire(self, now: float) -> list[str]:
         """Drop the absent entries whose time has come; returns their tenants."""
@@ -172,12 +175,6 @@ class Entries:
         young = [tenant for tenant in self.young if tenant not in self._young_absent]
         return young + list(self._present.tenants())
 
-    def modes(self) -> Iterator[Mode | None]:
-        """Every entry's mode (LEGACY for an absent one)."""
-        yield from self.young.values()
-        yield from self._present.values()
-        yield from self._absent.values()
-
     def take(self) -> tuple[dict[str, Mode | None], list[str]]:
         """Empty the entries: returns the present ones and the absent tenants."""
         present = {t: m for t, m in self.young.items() if t not in self._young_absent}
@@ -186,6 +183,7 @@ class Entries:
         absent = list(self._expiry)
         self.young, self._young_absent, self._expiry = {}, set(), {}
         self._present, self._absent = _Aged(), _Aged()
+        self.modes = Counter()
         return present, absent
 
     def _young_present(self, tenant: str, mode: Mode | None) -> None:
@@ -197,7 +195,7 @@ class Entries:
             self._present.add(young)
         self.young[tenant] = mode
         if self.present > self._present_size:
-            self._present.evict()
+            self.modes[self._present.evict()[1]] -= 1
 
     def _young_absentee(self, tenant: str) -> None:
         if len(self._young_absent) >= self._absent_generation:
@@ -208,4 +206,4 @@ class Entries:
         self._young_absent.add(tenant)
         self.young[tenant] = _ABSENT
         if self.absent > self._absent_size:
-            del self._expiry[self._absent.evict()]
+            del self._expiry[self._absent.evict()[0]]
