@@ -33,42 +33,17 @@ from pathlib import Path
 
 from redis import Redis
 
-from bench.load import wrk_binary
+from bench.load import THREAD_IDS, wrk_binary
+from bench.propagation import CONFIG, NEW_HOST, PREFIX
 from tests.support import RedisServer, free_port, wait_for_port
 
 REPO = Path(__file__).resolve().parent.parent
-PREFIX = "bench:"
-NEW_HOST = "portal.bench"
 SETTLE = 5.0  # seconds after the last request before the idle count starts
-CONFIG = """
-[server]
-host = "127.0.0.1"
-port = {port}
-access_log = false
-log_level = "warning"
-[store]
-url = "{url}"
-prefix = "{prefix}"
-[legacy]
-hosts = ["parents.bench"]
-backend = "http://127.0.0.1:9"
-public_url = "https://parents.bench"
-[new]
-hosts = ["{new_host}"]
-backend = "http://127.0.0.1:9"
-public_url = "https://{new_host}"
-[admin]
-host = "127.0.0.1"
-port = {admin_port}
-"""
 
 # Each wrk thread asks for its share of ids, in turn, over and over: {count} ids in all.
-_IDS = """
-local threads = 0
-function setup(thread)
-  thread:set("id", threads)
-  threads = threads + 1
-end
+_IDS = (
+    THREAD_IDS
+    + """
 function init(args)
   n = id
 end
@@ -77,6 +52,7 @@ request = function()
   return wrk.format(nil, string.format("/{name}%07d/", n % {count}))
 end
 """
+)
 
 
 class Instance:
@@ -91,6 +67,7 @@ class Instance:
                 admin_port=self.admin_port,
                 url=redis_url,
                 prefix=PREFIX,
+                resync=2.0,  # the default
                 new_host=NEW_HOST,
             )
         )
@@ -159,7 +136,7 @@ def ask_for(instance: Instance, name: str, count: int, done: str, workdir: Path)
 
 
 def commandstats(redis: Redis) -> Counter[str]:
-    stats: dict[str, dict[str, int]] = redis.info("commandstats")  # type: ignore[assignment]
+    stats: dict[str, dict[str, int]] = redis.info("commandstats")
     return Counter({name.removeprefix("cmdstat_"): int(s["calls"]) for name, s in stats.items()})
 
 
