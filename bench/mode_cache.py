@@ -85,7 +85,8 @@ class Instance:
         url = f"http://127.0.0.1:{self.admin_port}/metrics"
         with urllib.request.urlopen(url, timeout=10) as response:
             text = response.read().decode()
-        pattern = re.compile(rf"^{name}(?:{{[^}}]*}})? (\S+)$", re.MULTILINE)
+        labels = "" if "{" in name else r"(?:\{[^}]*\})?"
+        pattern = re.compile(rf"^{re.escape(name)}{labels} (\S+)$", re.MULTILINE)
         return sum(float(value) for value in pattern.findall(text))
 
     def rss_mib(self) -> float:
@@ -150,6 +151,25 @@ def idle_traffic(redis: Redis, seconds: float) -> Counter[str]:
     return Counter({name: round(calls * 60 / seconds) for name, calls in delta.items()})
 
 
+def read_back(instance: Instance, redis: Redis) -> str:
+    """Kill the instance's subscription, as a network cut would; how long its cache took to
+    be read back once it subscribed again."""
+    names = [
+        f'edge_mode_resync_{name}{{pass="reconnect"}}'
+        for name in ("seconds_count", "seconds_sum", "keys_read_total")
+    ]
+    runs, seconds, keys = (instance.metric(name) for name in names)
+    redis.client_kill_filter(_type="pubsub")
+    started = time.monotonic()
+    while instance.metric(names[0]) == runs:
+        if time.monotonic() - started > 600:
+            return "read back after a reconnect: not within 10 minutes"
+        time.sleep(0.5)
+    seconds = instance.metric(names[1]) - seconds
+    keys = instance.metric(names[2]) - keys
+    return f"read back after a reconnect: {keys:,.0f} keys in {seconds:.1f} s"
+
+
 def shown(per_minute: Counter[str]) -> str:
     by_command = ", ".join(f"{name} {calls}" for name, calls in per_minute.most_common())
     return f"{sum(per_minute.values())} a minute ({by_command or 'none'})"
@@ -186,6 +206,8 @@ def main() -> None:
                     f"{shown(idle)}; RSS {instance.rss_mib():.0f} MiB",
                     flush=True,
                 )
+                if args.source == REPO:
+                    print(f"  {read_back(instance, redis)}", flush=True)
             finally:
                 instance.stop()
         if args.flood:

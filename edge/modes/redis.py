@@ -211,8 +211,9 @@ class RedisStore(ModeStore):
                 pipe.type(key)
             kinds = dict(zip(nils, await pipe.execute(), strict=True))
             for index, key in enumerate(keys):
+                # A string now was SET since the MGET: missing still, and its notice follows.
                 if values[index] is None and kinds[key] not in ("none", "string"):
-                    values[index] = not_a_string(str(kinds[key]))  # a string: SET since
+                    values[index] = not_a_string(str(kinds[key]))
         return values
 
     async def _mget(self, keys: list[str]) -> list[str | None]:
