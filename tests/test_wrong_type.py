@@ -132,3 +132,15 @@ def test_a_customer_gets_misconfigured_and_nothing_is_forwarded(
                     assert answer.status_code == 500, (tenant, host, method)
                     assert answer.headers["x-edge-mode"] == "invalid"
             assert edge.reached_backend() == forwarded
+
+
+@pytest.mark.parametrize("kind", TYPES)
+async def test_a_move_through_edge_replaces_a_key_of_another_type(
+    redis_store: ModeStore, redis_server: RedisServer, prefix: str, kind: str
+) -> None:
+    replace_with(redis_server.cli, f"{prefix}mode:acme-gym", kind)
+    change = await redis_store.set_mode("acme-gym", Mode.SETUP, actor="ana")
+    assert (change.previous, change.changed) == (f"<a Redis {kind}>", True)
+    assert redis_server.cli("TYPE", f"{prefix}mode:acme-gym") == "string"
+    assert await redis_store.get("acme-gym") == "setup"
+    assert [c.previous for c in await redis_store.history("acme-gym")] == [f"<a Redis {kind}>"]

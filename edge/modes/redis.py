@@ -60,9 +60,16 @@ NODES_RECHECK = 1.0
 # Replies {outcome, raw previous value or nil, seconds, microseconds}: the outcome numbers
 # are base.Outcome, the time is Redis's own at the swap, so that audit entries written by
 # different instances order by it. Single-key on purpose, so that it runs on Redis Cluster.
+# A key of another type is an invalid value, as not_a_string() names it: a move replaces it.
 COMPARE_AND_SET = """
 local now = redis.call('TIME')
-local previous = redis.call('GET', KEYS[1])
+local kind = redis.call('TYPE', KEYS[1])['ok']
+local previous = false
+if kind == 'string' then
+  previous = redis.call('GET', KEYS[1])
+elseif kind ~= 'none' then
+  previous = '<a Redis ' .. kind .. '>'
+end
 local current = previous or ARGV[3]
 if current == ARGV[1] then
   return {0, previous, now[1], now[2]}
