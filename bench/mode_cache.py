@@ -167,7 +167,7 @@ def read_back(instance: Instance, redis: Redis) -> str:
         time.sleep(0.5)
     seconds = instance.metric(names[1]) - seconds
     keys = instance.metric(names[2]) - keys
-    return f"read back after a reconnect: {keys:,.0f} keys in {seconds:.1f} s"
+    return f"read back after a reconnect: {keys:,.0f} keys in {seconds:.2f} s"
 
 
 def shown(per_minute: Counter[str]) -> str:
