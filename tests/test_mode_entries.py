@@ -38,6 +38,7 @@ def test_entries_keep_a_suffix_of_each_kinds_use_order(
     ops: list[tuple[object, ...]], present_size: int, absent_size: int
 ) -> None:
     entries = Entries(present_size, absent_size)
+    young = entries.young  # what the request path holds on to
     value: dict[str, Mode | None] = {}  # the model: every tenant's last value put
     expiry: dict[str, int] = {}
     used: dict[bool, list[str]] = {False: [], True: []}  # per kind (absent?), oldest first
@@ -94,6 +95,7 @@ def test_entries_keep_a_suffix_of_each_kinds_use_order(
             assert set(order[-max(1, size // 2) :]) <= set(kept)
             for tenant in set(order) - set(kept):
                 forget(tenant)
+        assert entries.young is young
         assert +entries.modes == Counter(value[t] for t in used[False])
         assert entries.present == len(used[False])
         assert entries.absent == len(used[True])

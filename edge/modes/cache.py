@@ -110,6 +110,7 @@ class ModeCache:
         self.listening = False  # the subscription to the store's notices is in place
         self.tracked = False  # the store reports every write to a mode key
         self._entries = Entries(max_size, negative_size)
+        self._young = self._entries.young  # the request path's one look-up
         self._max_size = max_size
         # Last known modes not trusted since the notices stopped: read again by the pass
         # (those with a key), served only when the store cannot answer for them.
@@ -155,7 +156,7 @@ class ModeCache:
     def cached(self, tenant: str) -> Mode | Missing | None:
         """The cached mode (None: invalid stored value), or MISSING. No I/O."""
         try:
-            mode = self._entries.young[tenant]  # a subscript costs less than a .get() call
+            mode = self._young[tenant]  # a subscript costs less than a .get() call
         except KeyError:
             return self._recall(tenant)
         self.stats.hits += 1
