@@ -4,6 +4,7 @@ outages."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 
@@ -182,6 +183,41 @@ async def test_a_raw_edit_is_served_at_once_without_waiting_for_a_resync(
         assert cache.stats.resyncs["periodic"].runs == 0
     finally:
         await cache.stop()
+
+
+async def test_a_raw_edit_is_logged_by_the_instances_that_held_the_tenant(
+    store: CountingStore,
+    writer: RedisStore,
+    redis_server: RedisServer,
+    prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cache = await started(store, resync_interval=60)
+    found = "mode changed in the store, found by resync"
+    try:
+        for tenant in ("acme-gym", "swim-school"):
+            assert await cache.load(tenant) is Mode.LEGACY
+        with caplog.at_level(logging.INFO, logger="edge.modes"):
+            await writer.set_mode("acme-gym", Mode.SETUP, actor="ana")  # its maker logs it
+            redis_server.cli("SET", f"{prefix}mode:swim-school", "active")  # no maker
+            redis_server.cli("SET", f"{prefix}mode:not-held", "active")
+            await until_noticed(cache, 3)
+            await asyncio.sleep(0.1)  # the event follows its invalidation
+            assert await cache.resync()
+            assert [r for r in caplog.records if r.message == found] == []  # not yet judged
+            assert await cache.resync()
+        [logged] = [r for r in caplog.records if r.message == found]
+        assert (logged.tenant, logged.__dict__["from"], logged.to) == (  # type: ignore[attr-defined]
+            "swim-school",
+            Mode.LEGACY,
+            Mode.ACTIVE,
+        )
+    finally:
+        await cache.stop()
+
+
+async def until_noticed(cache: ModeCache, invalidations: int) -> None:
+    await eventually(lambda: cache.stats.invalidations >= invalidations, within=2)
 
 
 async def test_a_notice_beats_a_read_that_started_before_it() -> None:

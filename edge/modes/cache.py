@@ -44,6 +44,9 @@ PASS_PAUSE = 0.01
 # Missed tenants read together: at most this many a read, this many reads at a time.
 READ_BATCH = 500
 READERS = 4
+# Changes found in the store logged one by one, at most this many a resync or pass; and
+# writes Redis reported remembered for that, at most this many between two resyncs.
+_LOGGED_MAX = 1_000
 # Tenants noticed while reads were in flight, remembered up to this many; past it every read
 # in flight is treated as older than its tenant's last notice.
 _NOTICED_MAX = 100_000
@@ -128,6 +131,13 @@ class ModeCache:
         self._stale_before = 0  # reads that started before this epoch are all stale
         self._noticed: dict[str, int] = {}
         self._reads = 0
+        # Cached tenants Redis reported written, with their mode then, since the last resync
+        # and before it. A change made through edge is logged by the instance that made it,
+        # and its event follows at once; one that no event followed by the next resync was
+        # made behind edge's back, and each instance that had the tenant logs it then.
+        self._written: dict[str, Mode | None] = {}
+        self._written_before: dict[str, Mode | None] = {}
+        self._change_logs_left, self._changes_not_logged = _LOGGED_MAX, 0
         self._rotation: list[str] = []  # the periodic resync's turn through the cache
         self._rotation_at = 0
         self._background = Background("mode cache")
@@ -225,7 +235,46 @@ class ModeCache:
         for tenant in self._entries.expire(time.monotonic()):
             self._invalid.pop(tenant, None)
         self._forget_invalid_evicted()
+        await self._log_raw_edits()
+        self._log_changes_left_out()
         return True
+
+    async def _log_raw_edits(self) -> None:
+        """Log the writes Redis reported before the last resync that no event followed:
+        edits behind edge's back, which have no maker to log them."""
+        judged, self._written_before, self._written = self._written_before, self._written, {}
+        if not judged:
+            return
+        try:
+            values = await self.store.get_many(list(judged))
+        except StoreUnavailable:
+            self.stats.store_errors += 1
+            return
+        for (tenant, before), raw in zip(judged.items(), values, strict=True):
+            self._log_change(tenant, before, raw)
+
+    def _log_change(self, tenant: str, before: Mode | None, raw: str | None) -> None:
+        """Log a change found in the store, if it is one: a raw edit (redis-cli SET) or an
+        event this process missed. A few hundred a pass at most, then a count."""
+        after = Mode.parse(raw)
+        if after is before and (after is not None or self._invalid.get(tenant) == raw):
+            return
+        if self._change_logs_left:
+            self._change_logs_left -= 1
+            log.info(
+                "mode changed in the store, found by resync",
+                extra={"tenant": tenant, "from": before, "to": after, "via": "resync"},
+            )
+        else:
+            self._changes_not_logged += 1
+
+    def _log_changes_left_out(self) -> None:
+        if self._changes_not_logged:
+            log.info(
+                "%d more modes changed in the store, not logged one by one",
+                self._changes_not_logged,
+            )
+        self._change_logs_left, self._changes_not_logged = _LOGGED_MAX, 0
 
     async def start(self) -> None:
         self._background.start(self._listen, self._resync_loop, self._verify_loop)
@@ -326,13 +375,9 @@ class ModeCache:
             changed = self._entries.is_absent(tenant) or Mode.parse(raw) is not before
             changed = changed or (before is None and self._invalid.get(tenant) != raw)
         if changed:
-            after = self._put(tenant, raw)
+            self._log_change(tenant, before, raw)
+            self._put(tenant, raw)
             self.stats.resync_changes += 1
-            # A raw edit (redis-cli SET) or an event this process missed.
-            log.info(
-                "mode changed in the store, found by resync",
-                extra={"tenant": tenant, "from": before, "to": after, "via": "resync"},
-            )
 
     def _next_slice(self) -> list[str]:
         """The tenants the periodic resync reads now: every cached tenant with a key while
@@ -363,7 +408,9 @@ class ModeCache:
         if isinstance(notice, ModeEvent):
             self.stats.events += 1
             tenants: tuple[str, ...] = (notice.tenant,)
-            log.debug("mode event", extra={"tenant": notice.tenant, "mode": notice.mode})
+            self._written.pop(notice.tenant, None)  # made through edge: its maker logged it
+            self._written_before.pop(notice.tenant, None)
+            log.debug("mode event applied", extra={"tenant": notice.tenant, "mode": notice.mode})
         elif notice.tenants is None:
             self.stats.invalidations += 1
             log.info("the mode store was flushed: reading every cached tenant again")
@@ -372,6 +419,10 @@ class ModeCache:
         else:
             self.stats.invalidations += len(notice.tenants)
             tenants = notice.tenants
+            for tenant in tenants:
+                before = self._entries.peek(tenant)
+                if before is not MISSING and len(self._written) < _LOGGED_MAX:
+                    self._written.setdefault(tenant, before)
         self._epoch += 1
         for tenant in tenants:
             if self._reads:
@@ -466,13 +517,17 @@ class ModeCache:
                         return False
                     self.ready = True
                     for tenant, raw in zip(chunk, values, strict=True):
-                        if self._unverified.pop(tenant, MISSING) is MISSING:
+                        before = self._unverified.pop(tenant, MISSING)
+                        if before is MISSING:
                             continue  # read by a request, or noticed, meanwhile
-                        if raw is not None and self._fresh(tenant, epoch):
-                            self._put(tenant, raw)
+                        if self._fresh(tenant, epoch):
+                            self._log_change(tenant, before, raw)
+                            if raw is not None:
+                                self._put(tenant, raw)
                 keys += len(chunk)
                 await asyncio.sleep(PASS_PAUSE)
         self._unverified_absent.clear()
+        self._log_changes_left_out()
         if keys:
             self.stats.resynced("reconnect", started, keys)
         return True
