@@ -108,23 +108,30 @@ class Watch:
         self.session = session
         self.instances = instances
 
-    async def mode(self, instance: Instance, tenant: str) -> str | None:
+    async def mode(self, instance: Instance, tenant: str) -> str:
         url = f"http://127.0.0.1:{instance.port}/{tenant}/"
         async with self.session.post(url, headers={"Host": NEW_HOST}) as response:
             await response.read()
-            return response.headers.get("x-edge-mode")
+            return response.headers.get("x-edge-mode") or f"no mode, {response.status}"
 
-    async def until_all(self, tenant: str, target: str, within: float = 10.0) -> float:
+    async def until_all(self, tenant: str, target: str, within: float = 30.0) -> float:
         """The time.time() at which the last instance first answered with ``target``."""
+        last: dict[int, str] = {}
 
         async def one(instance: Instance) -> float:
-            while True:
-                if await self.mode(instance, tenant) == target:
-                    return time.time()
+            while (answer := await self.mode(instance, tenant)) != target:
+                last[instance.port] = answer
                 await asyncio.sleep(POLL_PAUSE)
+            last[instance.port] = answer
+            return time.time()
 
-        async with asyncio.timeout(within):
-            return max(await asyncio.gather(*(one(i) for i in self.instances)))
+        try:
+            async with asyncio.timeout(within):
+                return max(await asyncio.gather(*(one(i) for i in self.instances)))
+        except TimeoutError:
+            raise RuntimeError(
+                f"{tenant} not {target} on every instance within {within} s: {last}"
+            ) from None
 
 
 async def cli_change(config: Path, tenant: str, mode: str) -> None:
