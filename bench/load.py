@@ -20,13 +20,19 @@ done = function(summary, latency, requests)
 end
 """
 
-# Each request picks one of `spread` tenants at random; each wrk thread seeds its own sequence.
-_SPREAD = """
+# Numbers wrk's threads 0, 1, ... as `id`, for scripts that give each thread its own share.
+THREAD_IDS = """
 local threads = 0
 function setup(thread)
   thread:set("id", threads)
   threads = threads + 1
 end
+"""
+
+# Each request picks one of `spread` tenants at random; each wrk thread seeds its own sequence.
+_SPREAD = (
+    THREAD_IDS
+    + """
 function init(args)
   math.randomseed(7919 + id)
 end
@@ -34,6 +40,7 @@ request = function()
   return wrk.format(nil, string.format("/{prefix}%06d/classes", math.random(0, {spread} - 1)))
 end
 """
+)
 
 
 @dataclass(frozen=True)

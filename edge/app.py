@@ -43,6 +43,9 @@ class EdgeApp:
             self.store,
             resync_interval=settings.store.resync_interval,
             max_size=settings.store.cache_size,
+            negative_size=settings.store.negative_cache_size,
+            negative_ttl=settings.store.negative_ttl,
+            resync_keys=settings.store.resync_keys,
         )
         self.forwarder = Forwarder(settings.upstream, settings.server.trusted_proxies)
         self.scheduler = Scheduler(self.store)

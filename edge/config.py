@@ -151,7 +151,14 @@ class StoreSettings(_Section):
     prefix: str = Field("edge:", min_length=1, max_length=64)
     resync_interval: float = Field(2.0, gt=0, le=3600)
     timeout: float = Field(0.5, gt=0, le=60)
+    # Tenants with a key each process caches; those without one (legacy by default, or ids
+    # nobody set up) in a cache of their own, each for negative_ttl seconds at most.
     cache_size: int = Field(1_000_000, ge=1)
+    negative_cache_size: int = Field(10_000, ge=1)
+    negative_ttl: float = Field(60.0, gt=0, le=86_400)
+    # Cached tenants the periodic resync reads each resync_interval, in turn (all of them
+    # while Redis does not report writes).
+    resync_keys: int = Field(1_000, ge=1)
     # Seconds between writes of this process's traffic counts (deep links, watch) to the store.
     flush_interval: float = Field(5.0, gt=0, le=3600)
 

@@ -22,6 +22,7 @@ from prometheus_client.core import (
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
+    SummaryMetricFamily,
 )
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
@@ -106,7 +107,7 @@ class _Collector(Collector):
         )
         yield _counter(
             "edge_mode_events_reconnects",
-            "Times the mode event subscription was made again after being lost.",
+            "Times the subscription to the store's notices was made again after being lost.",
             stats.reconnects,
         )
         yield _counter(
@@ -123,9 +124,27 @@ class _Collector(Collector):
         yield _gauge("edge_store_ready", "1 once the store has answered.", int(self.cache.ready))
         yield _gauge(
             "edge_mode_events_subscribed",
-            "1 while the mode event subscription is in place.",
+            "1 while the subscription to the store's notices (events, invalidations) is in place.",
             int(self.cache.listening),
         )
+        yield _gauge(
+            "edge_mode_cache_tracking",
+            "1 while the store reports every write to the mode keys (Redis 6+ tracking).",
+            int(self.cache.listening and self.cache.tracked),
+        )
+        yield _counter(
+            "edge_mode_invalidations",
+            "Tenants whose mode key Redis reported written, raw edits included "
+            "(a flush counts one).",
+            stats.invalidations,
+        )
+        yield _counter(
+            "edge_mode_events",
+            "Mode changes made through edge, announced and received (on a Redis Cluster, once per "
+            "primary).",
+            stats.events,
+        )
+        yield from self._resyncs()
         counts = self.cache.counts()
         tenants = GaugeMetricFamily(
             "edge_tenants",
@@ -135,12 +154,43 @@ class _Collector(Collector):
         for mode in (*Mode, None):
             tenants.add_metric((mode.value if mode else "invalid",), counts.get(mode, 0))
         yield tenants
+        entries = GaugeMetricFamily(
+            "edge_mode_cache_entries",
+            "Entries of this process's mode cache by kind: positive (a mode), invalid (a value "
+            "that is not one), negative (no key), unverified (kept while not yet read again).",
+            labels=("kind",),
+        )
+        for kind, size in self.cache.kinds().items():
+            entries.add_metric((kind,), size)
+        yield entries
         if self.access_log is not None:
             yield _counter(
                 "edge_access_log_dropped_lines",
                 "Access lines lost: the queue was full, or stdout failed.",
                 self.access_log.dropped + self.access_log.failed,
             )
+
+    def _resyncs(self) -> Iterable[Metric]:
+        labels = ("pass",)
+        seconds = SummaryMetricFamily(
+            "edge_mode_resync_seconds",
+            "Resyncs with the store and their duration: the periodic safety net, and the pass "
+            "that reads the cache back after the store's notices were interrupted.",
+            labels=labels,
+        )
+        keys = CounterMetricFamily(
+            "edge_mode_resync_keys_read", "Mode keys read by resyncs.", labels=labels
+        )
+        for name, totals in self.cache.stats.resyncs.items():
+            seconds.add_metric((name,), totals.runs, totals.seconds)
+            keys.add_metric((name,), totals.keys)
+        yield seconds
+        yield keys
+        yield _counter(
+            "edge_mode_resync_changes",
+            "Changes a periodic resync found: writes that no notice reported.",
+            self.cache.stats.resync_changes,
+        )
 
     def _requests(self) -> Metric:
         family = CounterMetricFamily(

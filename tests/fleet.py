@@ -35,12 +35,16 @@ public_url = "https://portal.example.com"
 
 
 @contextmanager
-def fleet(instances: int, store: dict[str, Any]) -> Iterator[list[Stack]]:
-    """``instances`` edge instances on the store's url and prefix (resync every 0.2 s), each
-    with its own recording backends."""
+def fleet(
+    instances: int, store: dict[str, Any], resync_interval: float = 0.2
+) -> Iterator[list[Stack]]:
+    """``instances`` edge instances on the store's url and prefix, each with its own recording
+    backends. A long ``resync_interval`` leaves raw edits to Redis's invalidation messages."""
+    settings = {"resync_interval": resync_interval}
     with ExitStack() as running:
         yield [
-            running.enter_context(stack(store["url"], store["prefix"])) for _ in range(instances)
+            running.enter_context(stack(store["url"], store["prefix"], store_settings=settings))
+            for _ in range(instances)
         ]
 
 

@@ -146,12 +146,18 @@ def run_edge(
 
 @contextmanager
 def stack(
-    store_url: str, prefix: str, store: ModeStore | None = None, **sections: dict[str, Any]
+    store_url: str,
+    prefix: str,
+    store: ModeStore | None = None,
+    store_settings: dict[str, Any] | None = None,
+    **sections: dict[str, Any],
 ) -> Iterator[Stack]:
+    """``store_settings``: [store] keys beside the url and prefix (resync_interval: 0.2)."""
     legacy, new = RecordingBackend("legacy"), RecordingBackend("new")
     with ExitStack() as running:
         legacy_server = running.enter_context(ServerThread(legacy, log_level="warning"))
         new_server = running.enter_context(ServerThread(new, log_level="warning"))
         raw = settings_for(legacy_server.url, new_server.url, store_url, prefix, **sections)
+        raw["store"].update(store_settings or {})
         app, public_url, admin_url = running.enter_context(run_edge(raw, store))
         yield Stack(app, public_url, admin_url, legacy, new)

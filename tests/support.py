@@ -112,6 +112,18 @@ class RedisServer:
         """Run redis-cli against this server, as ops would."""
         return redis_cli(self.port, *args)
 
+    def transaction(self, *commands: tuple[str, ...]) -> str:
+        """Run the commands in one MULTI/EXEC, from one redis-cli session: all at one instant."""
+        lines = ["MULTI", *(" ".join(command) for command in commands), "EXEC"]
+        done = subprocess.run(
+            ["redis-cli", "-p", str(self.port)],
+            input="\n".join(lines) + "\n",
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return done.stdout.strip()
+
 
 def redis_cli(port: int, *args: str) -> str:
     done = subprocess.run(

@@ -217,7 +217,9 @@ def test_a_mode_change_is_logged_once_by_the_instance_that_made_it(
         }
         assert other.changes("mode changed") == []
 
-        # A raw edit has no maker: each instance says what its resync found.
+        # A raw edit has no maker: each instance that holds the tenant says what it found.
+        with httpx.Client(base_url=maker.public_url) as client:
+            assert client.get("/acme-gym/", headers=NEW).status_code == 200
         redis_server.cli("SET", f"{prefix}mode:acme-gym", "active")
         for edge in (maker, other):
             eventually(lambda edge=edge: edge.changes("mode changed in the store, found by resync"))

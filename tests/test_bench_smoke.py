@@ -96,3 +96,18 @@ def test_the_soak_runs_in_smoke_mode() -> None:
     [slow_heads] = [line for line in done.stdout.splitlines() if "attack slow head" in line]
     assert ": 408 " in slow_heads or ", 408 " in slow_heads  # header_timeout answered them
     assert "Redis keys at the end: 1 " in done.stdout
+
+
+def test_the_propagation_bench_times_raw_edits() -> None:
+    done = bench(
+        "bench.propagation", "--instances", "2", "--changes", "0", "--raw-edits", "4", timeout=240
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "raw SET (4), edit → all:" in done.stdout
+
+
+def test_the_mode_cache_bench_counts_idle_traffic_and_a_flood() -> None:
+    done = bench("bench.mode_cache", "--seen", "200", "--flood", "2000", "--idle", "3", timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "seen       200 tenants" in done.stdout
+    assert "keys in Redis 200 → 200" in done.stdout  # the flood created none

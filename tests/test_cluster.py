@@ -13,7 +13,7 @@ from edge.config import StoreSettings
 from edge.modes import open_store
 from edge.policy import Mode
 from tests.fleet import ANSWER, Traffic, answer, fleet, set_modes, write_cli_config
-from tests.support import ClusterServers, RedisServer, eventually
+from tests.support import ClusterServers, RedisServer, eventually, redis_cli
 from tests.test_cli import edge
 
 MODES = {f"gym-{n:02}": (Mode.SETUP, Mode.ACTIVE)[n % 2] for n in range(24)}
@@ -64,7 +64,8 @@ def test_a_cluster_routes_lists_and_propagates_like_one_server(
         assert any(holds(server, f"{prefix}mode:{tenant}") for tenant in MODES)
     assert asyncio.run(all_pages(store)) == {t: mode.value for t, mode in MODES.items()}
 
-    with fleet(2, store) as instances:
+    # No resync within the test: raw edits reach the instances by invalidation only.
+    with fleet(2, store, resync_interval=3600) as instances:
         config = str(write_cli_config(tmp_path / "edge.toml", store, instances[0]))
         listed = edge("tenant", "list", "--config", config)
         assert listed.returncode == 0, listed.stderr
@@ -72,53 +73,77 @@ def test_a_cluster_routes_lists_and_propagates_like_one_server(
         history = edge("tenant", "history", "gym-01", "--config", config)
         assert "legacy → active  by test-seed" in history.stdout
         for instance in instances:
+            eventually(lambda i=instance: i.edge.cache.listening and i.edge.cache.tracked)
             assert {t: answer(instance, t) for t in MODES} == {
                 t: ANSWER[mode] for t, mode in MODES.items()
             }
             assert answer(instance, "newcomer") == ANSWER[Mode.LEGACY]
-            eventually(lambda i=instance: i.edge.cache.listening)
-        assert subscribers(cluster.servers, f"{prefix}events") == 2
+        # Each instance subscribes on each master: each master reports its own keys' writes.
+        assert subscribers(cluster.servers, f"{prefix}events") == 2 * 3
+        assert all(subscribers([s], "__redis__:invalidate") == 2 for s in cluster.servers)
 
         moved = edge("tenant", "set", "newcomer", "active", "--config", config)
         assert moved.returncode == 0, moved.stderr
         eventually(lambda: [answer(i, "newcomer") for i in instances] == [302, 302])
 
-        cluster.cli("SET", f"{prefix}mode:gym-00", "active")  # a raw edit, on whichever node
-        eventually(lambda: [answer(i, "gym-00") for i in instances] == [302, 302], within=5)
+        setup = [t for t, mode in MODES.items() if mode is Mode.SETUP]
+        for tenant in setup:  # a raw edit on whichever node holds it: every master's keys
+            cluster.cli("SET", f"{prefix}mode:{tenant}", "active")
+        for instance in instances:
+            eventually(lambda i=instance: all(answer(i, t) == 302 for t in setup), within=5)
+            assert instance.edge.cache.stats.resyncs["periodic"].runs == 0
 
 
-def test_a_failed_node_costs_no_request_and_events_move_to_a_live_one(
+def test_a_failed_node_costs_no_request_and_its_successor_is_tracked(
     prefix: str, tmp_path: Path
 ) -> None:
-    """Three masters, each with a replica; the node that holds the subscriptions dies."""
+    """Three masters, each with a replica; a master dies, its replica takes over."""
     cluster = ClusterServers(masters=3, replicas=1).start()
     try:
         store = {"url": cluster.url, "prefix": prefix}
         set_modes(store, MODES)
         channel = f"{prefix}events"
-        with fleet(2, store) as instances:
+        with fleet(2, store, resync_interval=3600) as instances:
             config = str(write_cli_config(tmp_path / "edge.toml", store, instances[0]))
             expected = {t: ANSWER[mode] for t, mode in MODES.items()}
             for instance in instances:
                 assert {t: answer(instance, t) for t in MODES} == expected
                 assert answer(instance, "newcomer") == ANSWER[Mode.LEGACY]
-            eventually(lambda: subscribers(cluster.servers, channel) == 2)
+                assert answer(instance, "raw-during") == ANSWER[Mode.LEGACY]
+            eventually(lambda: subscribers(cluster.servers, channel) == 2 * 3)
             victim = next(s for s in cluster.servers if subscribers([s], channel))
             survivors = [s for s in cluster.servers if s is not victim]
+            key = f"{prefix}mode:raw-during"
 
             with Traffic(instances, expected) as traffic:
                 victim.stop()
-                eventually(lambda: subscribers(survivors, channel) == 2, within=30)
-                # The others mark it failed after the node timeout (1 s); a master's replica
+                # The others mark it failed after the node timeout (1 s); its replica
                 # takes its slots over. Until then a new client cannot reach every slot.
                 eventually(lambda: all(written_off(s, victim) for s in survivors), within=30)
+                # A raw edit during the fault, on whichever node holds the key now: seen
+                # whether or not the instances have subscribed to the new master yet.
+                cluster_cli(survivors, "SET", key, "active")
+                eventually(lambda: [answer(i, "raw-during") for i in instances] == [302, 302])
+                # Subscribed again on every master, the promoted replica included.
+                eventually(lambda: subscribers(survivors, channel) == 2 * 3, within=30)
                 moved = edge("tenant", "set", "newcomer", "active", "--config", config)
                 assert moved.returncode == 0, moved.stderr
                 eventually(lambda: [answer(i, "newcomer") for i in instances] == [302, 302])
             assert traffic.wrong == []
             assert traffic.answered > 0
+
+            for tenant in MODES:  # a raw edit on each master's keys, the new one's included
+                cluster_cli(survivors, "SET", f"{prefix}mode:{tenant}", "active")
+            eventually(lambda: all(answer(i, t) == 302 for i in instances for t in MODES))
+            for instance in instances:
+                assert instance.edge.cache.stats.resyncs["periodic"].runs == 0
     finally:
         cluster.stop()
+
+
+def cluster_cli(servers: list[RedisServer], *args: str) -> str:
+    """redis-cli in cluster mode through a live node."""
+    return redis_cli(servers[0].port, "-c", *args)
 
 
 def written_off(server: RedisServer, dead: RedisServer) -> bool:

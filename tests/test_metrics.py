@@ -105,19 +105,39 @@ def test_a_latency_on_a_bucket_bound_counts_in_that_bucket() -> None:
     assert requests(samples, front="new", decision="forward", status="2xx") == 4
 
 
+PERIODIC = {"pass": "periodic"}
+
+
 def test_the_mode_cache_and_the_store_are_visible(redis_server: RedisServer, prefix: str) -> None:
     redis_server.cli("SET", f"{prefix}mode:acme-gym", "active")
     redis_server.cli("SET", f"{prefix}mode:broken", "actve")
     with stack(redis_server.url, prefix) as edge, edge.client() as client:
+        # Subscribed first: a subscription made later trusts nothing read before it.
+        eventually(lambda: value(scrape(edge.admin_url)[0], "edge_mode_events_subscribed") == 1)
         assert client.get("/acme-gym/", headers=NEW).status_code == 200
         assert client.get("/acme-gym/", headers=NEW).status_code == 200
         assert client.get("/dance-studio/", headers=LEGACY).status_code == 200  # no key: legacy
         assert client.get("/broken/", headers=NEW).status_code == 500
-        eventually(lambda: value(scrape(edge.admin_url)[0], "edge_mode_events_subscribed") == 1)
+        redis_server.cli("SET", f"{prefix}mode:elsewhere", "setup")  # not cached here
+        redis_server.cli("SET", f"{prefix}mode:acme-gym", "active")  # as it was: still a write
+        eventually(lambda: value(scrape(edge.admin_url)[0], "edge_mode_invalidations_total") == 2)
+        assert client.get("/acme-gym/", headers=NEW).status_code == 200
+        eventually(
+            lambda: (
+                value(scrape(edge.admin_url)[0], "edge_mode_resync_seconds_count", **PERIODIC) > 0
+            )
+        )
         samples, _ = scrape(edge.admin_url)
 
-    assert value(samples, "edge_mode_cache_misses_total") == 3
+    assert value(samples, "edge_mode_cache_misses_total") == 4  # acme-gym again, once written
     assert value(samples, "edge_mode_cache_hits_total") == 1
+    assert value(samples, "edge_mode_cache_tracking") == 1
+    assert value(samples, "edge_mode_events_total") == 0
+    for kind, size in {"positive": 1, "invalid": 1, "negative": 1, "unverified": 0}.items():
+        assert value(samples, "edge_mode_cache_entries", kind=kind) == size
+    assert value(samples, "edge_mode_resync_keys_read_total", **PERIODIC) > 0
+    assert value(samples, "edge_mode_resync_seconds_sum", **PERIODIC) > 0
+    assert value(samples, "edge_mode_resync_changes_total") == 0
     assert value(samples, "edge_tenants", mode="active") == 1
     assert value(samples, "edge_tenants", mode="legacy") == 1
     assert value(samples, "edge_tenants", mode="setup") == 0

@@ -153,3 +153,30 @@ def test_a_sleeping_redis_never_stalls_cached_tenants(
         sleeper.join()
     # Waiting on Redis, a customer would have been answered only after it woke.
     assert len(answered_while_asleep) >= 10
+
+
+def test_the_subscription_killed_under_load_misses_no_edit(
+    own_redis: RedisServer, prefix: str
+) -> None:
+    seeded(own_redis, prefix)
+    # No resync within the test: only the reconnect can find an edit whose notice was lost.
+    with stack(own_redis.url, prefix, store_settings={"resync_interval": 3600}) as edge:
+        eventually(lambda: edge.edge.cache.listening)
+        with under_load(edge) as load, edge.client() as client:
+            assert client.get("/yoga/", headers={"Host": LEGACY_HOST}).status_code == 200
+            own_redis.cli("SET", f"{prefix}mode:yoga", "active")  # positive control: noticed
+            eventually(
+                lambda: client.get("/yoga/", headers={"Host": LEGACY_HOST}).status_code == 302
+            )
+            assert client.get("/pilates/", headers={"Host": LEGACY_HOST}).status_code == 200
+            eventually(answers_grow(load))
+            # The edit and the subscription's end in one instant: its invalidation is lost.
+            own_redis.transaction(
+                ("SET", f"{prefix}mode:pilates", "active"), ("CLIENT", "KILL", "TYPE", "pubsub")
+            )
+            eventually(lambda: edge.edge.cache.stats.reconnects == 1)
+            eventually(
+                lambda: client.get("/pilates/", headers={"Host": LEGACY_HOST}).status_code == 302
+            )
+            eventually(answers_grow(load))
+    assert load.failures() == []

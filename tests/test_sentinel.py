@@ -69,18 +69,25 @@ def test_a_master_failover_costs_no_request_and_loses_no_confirmed_change(
         # Changes count as done once one replica has confirmed them (Redis WAIT).
         store = {"url": servers.url, "prefix": prefix, "wait_replicas": 1}
         set_modes(store, MODES)
-        with fleet(2, store) as instances:
+        # No resync within the test: raw edits reach the instances by invalidation only.
+        with fleet(2, store, resync_interval=3600) as instances:
             config = str(write_cli_config(tmp_path / "edge.toml", store, instances[0]))
             expected = {t: ANSWER[mode] for t, mode in MODES.items()}
             for instance in instances:
                 assert {t: answer(instance, t) for t in MODES} == expected
                 assert answer(instance, "newcomer") == ANSWER[Mode.LEGACY]
+                assert answer(instance, "raw-during") == ANSWER[Mode.LEGACY]
+            eventually(lambda: invalidation_subscribers(servers.master) == 2)
 
             with Traffic(instances, expected) as traffic, Writer(store) as writer:
                 eventually(lambda: len(writer.done) >= 5, within=10)
                 old_master = servers.master
                 old_master.stop()  # SIGKILL: no goodbye to the replica or the sentinels
                 eventually(lambda: servers.master_port() == servers.replica.port, within=30)
+                # A raw edit on the new master, whether or not the instances found it yet.
+                servers.replica.cli("SET", f"{prefix}mode:raw-during", "active")
+                eventually(lambda: [answer(i, "raw-during") for i in instances] == [302, 302])
+                eventually(lambda: invalidation_subscribers(servers.replica) == 2)
                 # With the one replica promoted, nothing can confirm a change: the writer's
                 # moves fail until the old master comes back, as a replica of the new one.
                 failover_done = time.monotonic()
@@ -97,12 +104,23 @@ def test_a_master_failover_costs_no_request_and_loses_no_confirmed_change(
             assert traffic.answered > 0
             assert writer.failed > 0  # refused, not reported done, while nothing could confirm
 
+            gym = next(iter(MODES))  # tracked again: a raw edit is seen without a resync
+            servers.replica.cli("SET", f"{prefix}mode:{gym}", "active")
+            eventually(lambda: [answer(i, gym) for i in instances] == [302, 302])
+            for instance in instances:
+                assert instance.edge.cache.stats.resyncs["periodic"].runs == 0
+
         confirmed = [tenant for _, tenant in writer.done]
         assert read_modes(store, confirmed) == ["setup"] * len(confirmed)
     finally:
         if returned is not None:
             returned.stop()
         servers.stop()
+
+
+def invalidation_subscribers(server: RedisServer) -> int:
+    """Connections that hear this server's invalidation messages."""
+    return int(server.cli("PUBSUB", "NUMSUB", "__redis__:invalidate").split()[1])
 
 
 def test_a_change_no_replica_confirmed_is_not_reported_done(prefix: str) -> None:

@@ -7,12 +7,13 @@ import itertools
 import random
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from edge.config import StoreSettings
 from edge.modes import Change, ChangeRefused, ModeEvent, ModeStore, open_store
+from edge.modes.base import KeysChanged, StoreNotice
 from edge.modes.memory import MemoryStore
 from edge.policy import Mode
 from tests.support import RedisServer
@@ -248,18 +249,34 @@ async def test_history_entries_round_trip_as_json(store: ModeStore) -> None:
 
 
 async def test_changes_are_announced(store: ModeStore) -> None:
-    events, listener = await _listen(store)
+    notices, listener = await _listen(store)
     try:
         await store.set_mode("acme-gym", Mode.SETUP, actor="ana")
         await store.set_mode("acme-gym", Mode.SETUP, actor="ana")  # no change, no event
         await store.set_mode("acme-gym", Mode.LEGACY, actor="ana", force=True)
         await store.set_mode("other-gym", Mode.ACTIVE, actor="ana")
-        received = [await asyncio.wait_for(events.get(), 5) for _ in range(3)]
+        received = [await _next(notices, ModeEvent) for _ in range(3)]
         assert received == [
             ModeEvent("acme-gym", Mode.SETUP),
             ModeEvent("acme-gym", Mode.LEGACY),
             ModeEvent("other-gym", Mode.ACTIVE),
         ]
+    finally:
+        listener.cancel()
+
+
+async def test_every_write_to_a_mode_key_is_reported(store: ModeStore, raw_set: RawSet) -> None:
+    notices, listener = await _listen(store)
+    try:
+        raw_set("acme-gym", "active")  # behind edge's back: no event, but Redis tells
+        assert await _next(notices, KeysChanged) == KeysChanged(("acme-gym",))
+        raw_set("acme-gym", None)
+        assert await _next(notices, KeysChanged) == KeysChanged(("acme-gym",))
+        await store.set_mode("other-gym", Mode.SETUP, actor="ana")
+        assert await _next(notices, KeysChanged) == KeysChanged(("other-gym",))
+        await store.set_mode("other-gym", Mode.SETUP, actor="ana")  # no write, no notice
+        raw_set("last-gym", "setup")
+        assert await _next(notices, KeysChanged) == KeysChanged(("last-gym",))
     finally:
         listener.cancel()
 
@@ -300,17 +317,30 @@ def _assert_chain(history: list[Change]) -> None:
         assert newer.previous == older.mode.value
 
 
-async def _listen(store: ModeStore) -> tuple[asyncio.Queue[ModeEvent], asyncio.Task[None]]:
-    events: asyncio.Queue[ModeEvent] = asyncio.Queue()
-    subscribed = asyncio.Event()
+async def _listen(
+    store: ModeStore,
+) -> tuple[asyncio.Queue[StoreNotice], asyncio.Task[None]]:
+    """Every notice of the store, from a subscription that tracks writes."""
+    notices: asyncio.Queue[StoreNotice] = asyncio.Queue()
+    subscribed: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
-    async def on_subscribed() -> None:
-        subscribed.set()
+    async def on_subscribed(tracked: bool) -> None:
+        subscribed.set_result(tracked)
 
     async def run() -> None:
-        async for event in store.events(on_subscribed):
-            events.put_nowait(event)
+        async for notice in store.events(on_subscribed):
+            notices.put_nowait(notice)
 
     listener = asyncio.create_task(run())
-    await asyncio.wait_for(subscribed.wait(), 5)
-    return events, listener
+    assert await asyncio.wait_for(subscribed, 5) is True
+    return notices, listener
+
+
+Notice = TypeVar("Notice", ModeEvent, KeysChanged)
+
+
+async def _next(notices: asyncio.Queue[StoreNotice], kind: type[Notice]) -> Notice:
+    """The next notice of that kind, skipping the others."""
+    while not isinstance(notice := await asyncio.wait_for(notices.get(), 5), kind):
+        pass
+    return notice

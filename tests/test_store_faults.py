@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from edge.config import StoreSettings
-from edge.modes import ChangeRefused, ModeStore, StoreUnavailable, open_store
+from edge.modes import ChangeRefused, ModeStore, StoreUnavailable, open_store, subscription
+from edge.modes.base import KeysChanged
 from edge.modes.redis import RedisStore
 from edge.policy import Mode
 from tests.support import RedisServer, free_port, wait_for_port
@@ -135,7 +136,7 @@ async def test_a_lost_subscription_raises(own_redis: RedisServer) -> None:
     store = _open(own_redis)
     subscribed = asyncio.Event()
 
-    async def on_subscribed() -> None:
+    async def on_subscribed(tracked: bool) -> None:
         subscribed.set()
 
     async def listen() -> None:
@@ -151,6 +152,36 @@ async def test_a_lost_subscription_raises(own_redis: RedisServer) -> None:
         with pytest.raises(StoreUnavailable):
             await anext(aiter(store.events()))
     finally:
+        await store.close()
+
+
+async def test_a_quiet_subscription_is_pinged_and_a_hung_server_ends_it(
+    own_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(subscription, "IDLE_PING", 0.2)
+    assert own_redis.process is not None
+    store = _open(own_redis)
+    subscribed = asyncio.Event()
+
+    async def on_subscribed(tracked: bool) -> None:
+        subscribed.set()
+
+    notices = store.events(on_subscribed)
+    first = asyncio.ensure_future(anext(notices))
+    try:
+        await asyncio.wait_for(subscribed.wait(), 5)
+        await asyncio.sleep(1)  # silent for five pings: each answered
+        assert not first.done()
+        own_redis.cli("SET", "edge:mode:acme-gym", "setup")
+        assert await asyncio.wait_for(first, 5) == KeysChanged(("acme-gym",))
+        os.kill(own_redis.process.pid, signal.SIGSTOP)  # up, but answering nothing
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="no answer to PING"):
+            await asyncio.wait_for(anext(notices), 5)
+        assert time.monotonic() - started < 3
+    finally:
+        os.kill(own_redis.process.pid, signal.SIGCONT)
+        await notices.aclose()
         await store.close()
 
 

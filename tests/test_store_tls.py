@@ -12,6 +12,7 @@ import pytest
 
 from edge.config import StoreSettings
 from edge.modes import ModeEvent, ModeStore, StoreUnavailable, open_store
+from edge.modes.base import KeysChanged
 from edge.policy import Mode
 from tests.support import RedisServer, free_port
 
@@ -80,16 +81,17 @@ async def store(tls_redis: RedisServer, certs: Path, prefix: str) -> AsyncIterat
 
 
 async def test_changes_and_events_travel_over_tls(store: ModeStore) -> None:
-    subscribed = asyncio.Event()
+    subscribed: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
-    async def on_subscribed() -> None:
-        subscribed.set()
+    async def on_subscribed(tracked: bool) -> None:
+        subscribed.set_result(tracked)
 
     events = store.events(on_subscribed)
     first = asyncio.ensure_future(anext(events))
-    await asyncio.wait_for(subscribed.wait(), 5)
+    assert await asyncio.wait_for(subscribed, 5) is True  # Redis tracks writes over TLS too
     await store.set_mode("acme-gym", Mode.SETUP, actor="ana")
-    assert await asyncio.wait_for(first, 5) == ModeEvent("acme-gym", Mode.SETUP)
+    assert await asyncio.wait_for(first, 5) == KeysChanged(("acme-gym",))
+    assert await asyncio.wait_for(anext(events), 5) == ModeEvent("acme-gym", Mode.SETUP)
     await events.aclose()
     assert await store.modes() == {"acme-gym": "setup"}
     assert [change.mode for change in await store.history("acme-gym")] == [Mode.SETUP]

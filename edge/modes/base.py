@@ -26,7 +26,9 @@ BULK_CONCURRENCY = 16
 # What a missing key means.
 DEFAULT_MODE = Mode.LEGACY
 
-OnSubscribed = Callable[[], Awaitable[None]]
+# Awaited once a subscription is in place; True when the store also reports every write to a
+# mode key (KeysChanged), raw edits included.
+OnSubscribed = Callable[[bool], Awaitable[None]]
 # Asked before a tenant is moved to active without force: raises ChangeRefused to refuse,
 # else returns a note for the audit entry (edge.readiness.ReadinessCheck.guard).
 ActivationGuard = Callable[[str], Awaitable[str]]
@@ -231,6 +233,18 @@ class ModeEvent:
     mode: Mode | None
 
 
+@dataclass(frozen=True)
+class KeysChanged:
+    """The store's word that these tenants' mode keys were written, by anyone (edge, redis-cli,
+    a script), without the values: Redis's invalidation messages. ``tenants`` None: any key may
+    have changed (the database was flushed)."""
+
+    tenants: tuple[str, ...] | None
+
+
+StoreNotice = ModeEvent | KeysChanged
+
+
 def encode_event(change: Change) -> str:
     return json.dumps(
         {
@@ -356,8 +370,10 @@ class ModeStore(ABC):
         """When the tenant was last activated through edge, None if it is not active since."""
 
     @abstractmethod
-    def events(self, on_subscribed: OnSubscribed | None = None) -> AsyncIterator[ModeEvent]:
-        """Live changes. ``on_subscribed`` is awaited once the subscription is in place.
+    def events(self, on_subscribed: OnSubscribed | None = None) -> AsyncIterator[StoreNotice]:
+        """Live changes: the changes made through edge (ModeEvent) and, where the store tracks
+        writes, every write to a mode key (KeysChanged). ``on_subscribed`` is awaited once
+        the subscription is in place, before any notice is read.
 
         Raises StoreUnavailable when the subscription cannot be made or is lost; ends when
         the store is closed.

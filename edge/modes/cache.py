@@ -1,37 +1,70 @@
 """The per-process mode cache in front of the store, after lua-resty-mlcache.
 
-A cached tenant never waits on the store: events apply changes at once, a periodic resync
-picks up raw edits (``redis-cli SET``) and anything an event missed, and while the store is
-down the last known modes keep serving. A miss costs one fetch however many requests wait.
+A cached tenant never waits on the store. The store says whose mode keys were written: edge's
+own events, and on Redis 6 and later Redis's invalidation messages for every write, raw
+``redis-cli`` edits included. Those tenants are forgotten at once and their next request
+reads the store; a miss costs one read however many requests wait for it.
+
+Nothing is guessed when those notices stop (the subscription lost): the modes cached keep
+serving while the store cannot be reached, and once the notices flow again nothing cached is
+trusted until it has been read again. A request reads its tenant afresh (the last known mode
+answers only if the store fails it), and a pass reads the rest back in paced chunks. The
+periodic resync is a safety net that reads a bounded slice of the cache each interval, the
+next in turn, whatever the cache's size; only while the store does not report writes (the
+subscription down, or a Redis without tracking) does it read every cached tenant each
+interval, as the only way to keep the resync bound.
+
+The entries are bounded (edge.modes.entries): tenants with a key up to ``max_size``, tenants
+without one in a small negative cache with a TTL of its own, never read in bulk.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import enum
-import functools
 import logging
 import time
-from dataclasses import dataclass
-from typing import Final, Literal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from itertools import islice
 
 from edge.background import Background
-from edge.modes.base import ModeEvent, ModeStore, StoreUnavailable
+from edge.modes.base import ModeEvent, ModeStore, StoreNotice, StoreUnavailable
+from edge.modes.entries import MISSING, Entries, Missing
 from edge.policy import Mode
 
 log = logging.getLogger("edge.modes")
 
 _MIN_BACKOFF = 0.05
 _MAX_BACKOFF = 1.0
+# The reconnect pass: keys a read, and seconds between two reads.
+PASS_CHUNK = 500
+PASS_PAUSE = 0.01
+# Missed tenants read together: at most this many a read, this many reads at a time.
+READ_BATCH = 500
+READERS = 4
+# Changes found in the store logged one by one, at most this many a resync or pass; and
+# writes Redis reported remembered for that, at most this many between two resyncs.
+_LOGGED_MAX = 1_000
+# Tenants noticed while reads were in flight, remembered up to this many; past it every read
+# in flight is treated as older than its tenant's last notice.
+_NOTICED_MAX = 100_000
+
+__all__ = ["MISSING", "CacheStats", "Missing", "ModeCache", "ResyncTotals"]
 
 
-class _Missing(enum.Enum):
-    MISSING = "missing"
+def _retrieved(loading: asyncio.Future[Mode | None]) -> None:
+    """Marks a read's failure as seen even when every caller has gone."""
+    if not loading.cancelled():
+        loading.exception()
 
 
-MISSING: Final = _Missing.MISSING
-Missing = Literal[_Missing.MISSING]
+@dataclass(slots=True)
+class ResyncTotals:
+    runs: int = 0
+    seconds: float = 0.0
+    keys: int = 0
 
 
 @dataclass(slots=True)  # hits += 1 on every request
@@ -41,147 +74,322 @@ class CacheStats:
     store_errors: int = 0
     reconnects: int = 0
     invalid_values: int = 0
+    events: int = 0  # edge's change events received
+    invalidations: int = 0  # tenants named in Redis's invalidation messages (a flush: one)
+    resync_changes: int = 0  # changes a resync found: writes no notice reported
     last_resync: float | None = None  # time.monotonic() of the last successful resync
+    resyncs: dict[str, ResyncTotals] = field(
+        default_factory=lambda: {"periodic": ResyncTotals(), "reconnect": ResyncTotals()}
+    )
 
     def age(self) -> float | None:
         """Seconds since the last successful resync, None before the first."""
         return None if self.last_resync is None else time.monotonic() - self.last_resync
 
+    def resynced(self, kind: str, started: float, keys: int) -> None:
+        totals = self.resyncs[kind]
+        totals.runs += 1
+        totals.seconds += time.monotonic() - started
+        totals.keys += keys
+
 
 class ModeCache:
     def __init__(
-        self, store: ModeStore, *, resync_interval: float = 2.0, max_size: int = 1_000_000
+        self,
+        store: ModeStore,
+        *,
+        resync_interval: float = 2.0,
+        max_size: int = 1_000_000,
+        negative_size: int = 10_000,
+        negative_ttl: float = 60.0,
+        resync_keys: int = 1_000,
     ) -> None:
         self.store = store
         self.resync_interval = resync_interval
-        self.max_size = max_size
+        self.negative_ttl = negative_ttl
+        self.resync_keys = resync_keys
         self.stats = CacheStats()
         self.ready = False  # the store has answered at least once
-        self.listening = False  # the event subscription is in place
-        # Insertion order is eviction order. None: the stored value is not a mode.
-        self._modes: dict[str, Mode | None] = {}
-        # Per tenant, the event count when an event last set it: a read that started
-        # before then is older than the event and must not overwrite it.
-        self._event_marks: dict[str, int] = {}
-        self._events_applied = 0
+        self.listening = False  # the subscription to the store's notices is in place
+        self.tracked = False  # the store reports every write to a mode key
+        self._entries = Entries(max_size, negative_size)
+        self._young = self._entries.young  # the request path's one look-up
+        self._max_size = max_size
+        # Last known modes not trusted since the notices stopped: read again by the pass
+        # (those with a key), served only when the store cannot answer for them.
+        self._unverified: dict[str, Mode | None] = {}
+        self._unverified_absent: set[str] = set()
+        self._verify_wanted = asyncio.Event()
         self._invalid: dict[str, str] = {}  # tenant → the invalid value last warned about
-        self._loading: dict[str, asyncio.Task[Mode | None]] = {}
+        self._loading: dict[str, asyncio.Future[Mode | None]] = {}
+        self._wanted: dict[str, None] = {}  # missed tenants not read yet, oldest first
+        self._readers = 0
+        self._reader_tasks: set[asyncio.Task[None]] = set()
+        # A read that started before a notice about its tenant must not be cached: each
+        # notice moves the epoch on and, while reads are in flight, marks its tenants.
+        self._epoch = 0
+        self._stale_before = 0  # reads that started before this epoch are all stale
+        self._noticed: dict[str, int] = {}
+        self._reads = 0
+        # Cached tenants Redis reported written, with their mode then, since the last resync
+        # and before it. A change made through edge is logged by the instance that made it,
+        # and its event follows at once; one that no event followed by the next resync was
+        # made behind edge's back, and each instance that had the tenant logs it then.
+        self._written: dict[str, Mode | None] = {}
+        self._written_before: dict[str, Mode | None] = {}
+        self._change_logs_left, self._changes_not_logged = _LOGGED_MAX, 0
+        self._rotation: list[str] = []  # the periodic resync's turn through the cache
+        self._rotation_at = 0
         self._background = Background("mode cache")
         self._resync_failing = False
 
     def __len__(self) -> int:
-        return len(self._modes)
+        return len(self._entries)
 
     def counts(self) -> collections.Counter[Mode | None]:
-        """How many cached tenants are in each mode (None: the stored value is not a mode)."""
-        return collections.Counter(self._modes.values())
+        """How many cached tenants are in each mode (None: the stored value is not a mode;
+        a tenant without a key counts as legacy)."""
+        counts = +self._entries.modes
+        counts[Mode.LEGACY] += self._entries.absent
+        return counts
+
+    def kinds(self) -> dict[str, int]:
+        """Cached entries by kind: a mode, an invalid value, no key; and the unverified ones."""
+        invalid = self._entries.modes[None]
+        return {
+            "positive": self._entries.present - invalid,
+            "invalid": invalid,
+            "negative": self._entries.absent,
+            "unverified": len(self._unverified) + len(self._unverified_absent),
+        }
 
     def cached(self, tenant: str) -> Mode | Missing | None:
         """The cached mode (None: invalid stored value), or MISSING. No I/O."""
         try:
-            mode = self._modes[tenant]  # a subscript costs less than a .get() call
+            mode = self._young[tenant]  # a subscript costs less than a .get() call
         except KeyError:
-            self.stats.misses += 1
-            return MISSING
+            return self._recall(tenant)
         self.stats.hits += 1
         return mode
 
+    def _recall(self, tenant: str) -> Mode | Missing | None:
+        mode = self._entries.recall(tenant)
+        if mode is MISSING:
+            self.stats.misses += 1
+        else:
+            self.stats.hits += 1
+        return mode
+
     async def load(self, tenant: str) -> Mode | None:
-        """The mode, fetched once however many callers wait; raises StoreUnavailable."""
-        mode = self._modes.get(tenant, MISSING)
+        """The mode, read once however many callers wait; raises StoreUnavailable.
+
+        The tenants missed meanwhile are read together, up to READ_BATCH a read and
+        READERS reads at a time: a flood of unknown ids costs Redis a few commands per
+        batch and never more connections than that.
+        """
+        mode = self._entries.get(tenant)
         if mode is not MISSING:
             return mode
-        task = self._loading.get(tenant)
-        if task is None:
-            task = asyncio.create_task(self._fetch(tenant, self._events_applied))
-            self._loading[tenant] = task
-            task.add_done_callback(functools.partial(self._loaded, tenant))
-        # Shielded: a caller that goes away must not cancel the fetch for the others.
-        return await asyncio.shield(task)
+        loading = self._loading.get(tenant)
+        if loading is None:
+            loading = self._loading[tenant] = asyncio.get_running_loop().create_future()
+            loading.add_done_callback(_retrieved)
+            self._wanted[tenant] = None
+            if self._readers < READERS:
+                self._readers += 1
+                task = asyncio.create_task(self._read_wanted())
+                self._reader_tasks.add(task)
+                task.add_done_callback(self._reader_tasks.discard)
+        # Shielded: a caller that goes away must not cancel the read for the others.
+        return await asyncio.shield(loading)
 
     async def resync(self) -> bool:
-        """Re-read every cached tenant; on failure keep the last known modes."""
-        tenants = list(self._modes)
-        mark = self._events_applied
-        try:
-            if tenants:
-                values = await self.store.get_many(tenants)
-            else:
-                await self.store.ping()
-                values = []
-        except StoreUnavailable as exc:
-            self.stats.store_errors += 1
-            if not self._resync_failing:
-                log.warning("mode resync failed, serving the last known modes: %s", exc)
-            self._resync_failing = True
-            return False
-        for tenant, raw in zip(tenants, values, strict=True):
-            if tenant in self._modes and self._event_marks.get(tenant, -1) <= mark:
-                before = self._modes[tenant]
-                if (after := self._put(tenant, raw)) is not before:
-                    # A raw edit (redis-cli SET), or an event this process missed.
-                    log.info(
-                        "mode changed in the store, found by resync",
-                        extra={"tenant": tenant, "from": before, "to": after, "via": "resync"},
-                    )
+        """Read the next slice of the cache and correct what differs; on failure keep the
+        last known modes. False when the store could not be read."""
+        started = time.monotonic()
+        tenants = self._next_slice()
+        with self._reading() as epoch:
+            try:
+                if tenants:
+                    values = await self.store.get_many(tenants)
+                else:
+                    await self.store.ping()
+                    values = []
+            except StoreUnavailable as exc:
+                self.stats.store_errors += 1
+                if not self._resync_failing:
+                    log.warning("mode resync failed, serving the last known modes: %s", exc)
+                self._resync_failing = True
+                return False
+            for tenant, raw in zip(tenants, values, strict=True):
+                if self._fresh(tenant, epoch):
+                    self._correct(tenant, raw)
         if self._resync_failing:
             log.info("mode resync works again")
         self._resync_failing = False
         self.ready = True
         self.stats.last_resync = time.monotonic()
+        self.stats.resynced("periodic", started, len(tenants))
+        # Absent entries expire only while the store answers: during an outage they are
+        # the last known modes.
+        for tenant in self._entries.expire(time.monotonic()):
+            self._invalid.pop(tenant, None)
+        self._forget_invalid_evicted()
+        await self._log_raw_edits()
+        self._log_changes_left_out()
         return True
 
+    async def _log_raw_edits(self) -> None:
+        """Log the writes Redis reported before the last resync that no event followed:
+        edits behind edge's back, which have no maker to log them."""
+        judged, self._written_before, self._written = self._written_before, self._written, {}
+        if not judged:
+            return
+        try:
+            values = await self.store.get_many(list(judged))
+        except StoreUnavailable:
+            self.stats.store_errors += 1
+            return
+        for (tenant, before), raw in zip(judged.items(), values, strict=True):
+            self._log_change(tenant, before, raw)
+
+    def _log_change(self, tenant: str, before: Mode | None, raw: str | None) -> None:
+        """Log a change found in the store, if it is one: a raw edit (redis-cli SET) or an
+        event this process missed. A few hundred a pass at most, then a count."""
+        after = Mode.parse(raw)
+        if after is before and (after is not None or self._invalid.get(tenant) == raw):
+            return
+        if self._change_logs_left:
+            self._change_logs_left -= 1
+            log.info(
+                "mode changed in the store, found by resync",
+                extra={"tenant": tenant, "from": before, "to": after, "via": "resync"},
+            )
+        else:
+            self._changes_not_logged += 1
+
+    def _log_changes_left_out(self) -> None:
+        if self._changes_not_logged:
+            log.info(
+                "%d more modes changed in the store, not logged one by one",
+                self._changes_not_logged,
+            )
+        self._change_logs_left, self._changes_not_logged = _LOGGED_MAX, 0
+
     async def start(self) -> None:
-        self._background.start(self._listen, self._resync_loop)
+        self._background.start(self._listen, self._resync_loop, self._verify_loop)
 
     async def stop(self) -> None:
         await self._background.stop()
         self.listening = False
 
-    async def _fetch(self, tenant: str, mark: int) -> Mode | None:
+    # Reads
+
+    async def _read_wanted(self) -> None:
         try:
-            raw = await self.store.get(tenant)
-        except StoreUnavailable:
-            self.stats.store_errors += 1
-            raise
-        self.ready = True
-        if self._event_marks.get(tenant, -1) > mark:
-            # An event set it while we read: the event is at least as new.
-            return self._modes[tenant]
-        return self._put(tenant, raw)
+            while self._wanted:
+                tenants = list(islice(self._wanted, READ_BATCH))
+                for tenant in tenants:
+                    del self._wanted[tenant]
+                await self._read(tenants)
+        finally:
+            self._readers -= 1
 
-    def _loaded(self, tenant: str, task: asyncio.Task[Mode | None]) -> None:
-        if self._loading.get(tenant) is task:
-            del self._loading[tenant]
-        if not task.cancelled():
-            task.exception()  # marks it retrieved even when every waiter has gone
+    async def _read(self, tenants: list[str]) -> None:
+        try:
+            with self._reading() as epoch:
+                try:
+                    values = await self.store.get_many(tenants)
+                except StoreUnavailable as exc:
+                    self.stats.store_errors += 1
+                    for tenant in tenants:  # the last known mode, where there is one
+                        last = self._last_known(tenant)
+                        self._answer(tenant, exc if last is MISSING else last)
+                    return
+                self.ready = True
+                for tenant, raw in zip(tenants, values, strict=True):
+                    if self._fresh(tenant, epoch):
+                        self._unverified.pop(tenant, None)
+                        self._unverified_absent.discard(tenant)
+                        self._answer(tenant, self._put(tenant, raw))
+                    else:  # noticed meanwhile: right for the callers, not for the cache
+                        self._answer(tenant, Mode.parse(raw))
+        finally:  # cancelled: nobody waits for ever
+            for tenant in tenants:
+                self._answer(tenant, StoreUnavailable("the read of the mode was cancelled"))
 
-    def _apply(self, event: ModeEvent) -> None:
-        if event.mode is None:
-            self._note_invalid(event.tenant, "(an invalid mode in an event)")
+    def _answer(self, tenant: str, outcome: Mode | StoreUnavailable | None) -> None:
+        loading = self._loading.pop(tenant, None)
+        if loading is None or loading.done():
+            return
+        if isinstance(outcome, StoreUnavailable):
+            loading.set_exception(outcome)
         else:
-            self._invalid.pop(event.tenant, None)
-        self._set(event.tenant, event.mode)
-        log.debug("mode event applied", extra={"tenant": event.tenant, "mode": event.mode})
-        self._events_applied += 1
-        self._event_marks[event.tenant] = self._events_applied
+            loading.set_result(outcome)
+
+    def _last_known(self, tenant: str) -> Mode | Missing | None:
+        if tenant in self._unverified_absent:
+            return Mode.LEGACY
+        return self._unverified.get(tenant, MISSING)
+
+    @contextmanager
+    def _reading(self) -> Iterator[int]:
+        """Around a read of the store: the epoch it started in."""
+        self._reads += 1
+        try:
+            yield self._epoch
+        finally:
+            self._reads -= 1
+            if not self._reads:
+                self._noticed.clear()
+
+    def _fresh(self, tenant: str, epoch: int) -> bool:
+        """Whether a read that started in ``epoch`` is newer than every notice about it."""
+        return epoch >= self._stale_before and self._noticed.get(tenant, 0) <= epoch
 
     def _put(self, tenant: str, raw: str | None) -> Mode | None:
+        """Cache what the store holds for the tenant."""
+        if raw is None:
+            self._invalid.pop(tenant, None)
+            ttl = self.negative_ttl
+            if not (self.listening and self.tracked):  # then only expiry can find a new key
+                ttl = min(ttl, self.resync_interval)
+            self._entries.put_absent(tenant, time.monotonic() + ttl)
+            return Mode.LEGACY
         mode = Mode.parse(raw)
         if mode is None:
-            self._note_invalid(tenant, str(raw))
+            self._note_invalid(tenant, raw)
         else:
             self._invalid.pop(tenant, None)
-        self._set(tenant, mode)
+        self._entries.put(tenant, mode)
         return mode
 
-    def _set(self, tenant: str, mode: Mode | None) -> None:
-        if tenant not in self._modes and len(self._modes) >= self.max_size:
-            oldest = next(iter(self._modes))
-            del self._modes[oldest]
-            self._event_marks.pop(oldest, None)
-            self._invalid.pop(oldest, None)
-        self._modes[tenant] = mode
+    def _correct(self, tenant: str, raw: str | None) -> None:
+        """Apply a resync's read of a cached tenant, if it differs from the entry."""
+        before = self._entries.peek(tenant)
+        if before is MISSING:  # evicted or noticed since
+            return
+        if raw is None:
+            changed = not self._entries.is_absent(tenant)
+        else:
+            changed = self._entries.is_absent(tenant) or Mode.parse(raw) is not before
+            changed = changed or (before is None and self._invalid.get(tenant) != raw)
+        if changed:
+            self._log_change(tenant, before, raw)
+            self._put(tenant, raw)
+            self.stats.resync_changes += 1
+
+    def _next_slice(self) -> list[str]:
+        """The tenants the periodic resync reads now: every cached tenant with a key while
+        the store does not report writes, else the next ``resync_keys`` of them in turn."""
+        if not (self.listening and self.tracked):
+            return self._entries.present_tenants()
+        if self._rotation_at >= len(self._rotation):
+            self._rotation, self._rotation_at = self._entries.present_tenants(), 0
+        end = self._rotation_at + self.resync_keys
+        turn = self._rotation[self._rotation_at : end]
+        self._rotation_at = end
+        return [tenant for tenant in turn if self._entries.peek(tenant) is not MISSING]
 
     def _note_invalid(self, tenant: str, raw: str) -> None:
         if self._invalid.get(tenant) == raw:
@@ -190,31 +398,86 @@ class ModeCache:
         self.stats.invalid_values += 1
         log.warning("%s: the stored mode %r is not a mode; refusing its requests", tenant, raw)
 
+    def _forget_invalid_evicted(self) -> None:
+        for tenant in [t for t in self._invalid if self._entries.peek(t) is MISSING]:
+            del self._invalid[tenant]
+
+    # Notices
+
+    def _notice(self, notice: StoreNotice) -> None:
+        if isinstance(notice, ModeEvent):
+            self.stats.events += 1
+            tenants: tuple[str, ...] = (notice.tenant,)
+            self._written.pop(notice.tenant, None)  # made through edge: its maker logged it
+            self._written_before.pop(notice.tenant, None)
+            log.debug("mode event applied", extra={"tenant": notice.tenant, "mode": notice.mode})
+        elif notice.tenants is None:
+            self.stats.invalidations += 1
+            log.info("the mode store was flushed: reading every cached tenant again")
+            self._distrust()
+            return
+        else:
+            self.stats.invalidations += len(notice.tenants)
+            tenants = notice.tenants
+            for tenant in tenants:
+                before = self._entries.peek(tenant)
+                if before is not MISSING and len(self._written) < _LOGGED_MAX:
+                    self._written.setdefault(tenant, before)
+        self._epoch += 1
+        for tenant in tenants:
+            if self._reads:
+                self._noticed[tenant] = self._epoch
+            self._entries.discard(tenant)
+            self._unverified.pop(tenant, None)
+            self._unverified_absent.discard(tenant)
+            self._invalid.pop(tenant, None)
+        if len(self._noticed) > _NOTICED_MAX:
+            self._stale_before = self._epoch
+            self._noticed.clear()
+
+    def _distrust(self) -> None:
+        """Trust nothing cached until it is read again: a request reads its tenant afresh,
+        and the pass reads back the rest; the last known modes answer only for a tenant
+        the store cannot be read for."""
+        self._epoch += 1
+        self._stale_before = self._epoch
+        self._noticed.clear()
+        present, absent = self._entries.take()
+        unverified = self._unverified
+        unverified.update(present)
+        if len(unverified) > self._max_size:  # several gaps in a row: the newest win
+            unverified = dict(islice(unverified.items(), len(unverified) - self._max_size, None))
+        self._unverified = unverified
+        self._unverified_absent.update(absent)
+        self._rotation, self._rotation_at = [], 0
+        self._verify_wanted.set()
+
     async def _listen(self) -> None:
         delay = _MIN_BACKOFF
         subscribed_before = False
         failing = False
 
-        async def on_subscribed() -> None:
+        async def on_subscribed(tracked: bool) -> None:
             nonlocal delay, subscribed_before, failing
             if subscribed_before:
                 self.stats.reconnects += 1
-                log.info("mode events: subscribed again")
+                log.info("mode notices: subscribed again")
             subscribed_before = True
             failing = False
             delay = _MIN_BACKOFF
+            self.tracked = tracked
             self.listening = True
-            await self.resync()  # events may have been missed while not subscribed
+            self._distrust()  # writes may have been missed while not subscribed
 
         while True:
             try:
-                async for event in self.store.events(on_subscribed):
-                    self._apply(event)
+                async for notice in self.store.events(on_subscribed):
+                    self._notice(notice)
                 return  # the store was closed
             except StoreUnavailable as exc:
                 self.stats.store_errors += 1
                 if not failing:
-                    log.warning("mode events: no subscription, retrying: %s", exc)
+                    log.warning("mode notices: no subscription, retrying: %s", exc)
                 failing = True
             finally:
                 self.listening = False
@@ -225,3 +488,46 @@ class ModeCache:
         while True:
             await asyncio.sleep(self.resync_interval)
             await self.resync()
+
+    async def _verify_loop(self) -> None:
+        delay = _MIN_BACKOFF
+        while True:
+            await self._verify_wanted.wait()
+            self._verify_wanted.clear()
+            while not await self._verify():
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _MAX_BACKOFF)
+            delay = _MIN_BACKOFF
+
+    async def _verify(self) -> bool:
+        """Read back the unverified entries with a key, a chunk at a time; the absent ones
+        are never read in bulk, and go once the pass is over. False if the store failed."""
+        started, keys = time.monotonic(), 0
+        while self._unverified:
+            order = list(self._unverified)
+            for start in range(0, len(order), PASS_CHUNK):
+                chunk = [t for t in order[start : start + PASS_CHUNK] if t in self._unverified]
+                if not chunk:
+                    continue
+                with self._reading() as epoch:
+                    try:
+                        values = await self.store.get_many(chunk)
+                    except StoreUnavailable:
+                        self.stats.store_errors += 1
+                        return False
+                    self.ready = True
+                    for tenant, raw in zip(chunk, values, strict=True):
+                        before = self._unverified.pop(tenant, MISSING)
+                        if before is MISSING:
+                            continue  # read by a request, or noticed, meanwhile
+                        if self._fresh(tenant, epoch):
+                            self._log_change(tenant, before, raw)
+                            if raw is not None:
+                                self._put(tenant, raw)
+                keys += len(chunk)
+                await asyncio.sleep(PASS_PAUSE)
+        self._unverified_absent.clear()
+        self._log_changes_left_out()
+        if keys:
+            self.stats.resynced("reconnect", started, keys)
+        return True

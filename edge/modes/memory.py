@@ -11,11 +11,13 @@ from edge.modes.base import (
     DEFAULT_MODE,
     HISTORY_LIMIT,
     Change,
+    KeysChanged,
     ModeEvent,
     ModeStore,
     OnSubscribed,
     Outcome,
     Schedule,
+    StoreNotice,
     TenantPage,
     backward_from,
 )
@@ -29,7 +31,7 @@ class MemoryStore(ModeStore):
         super().__init__()
         self._modes: dict[str, str] = {}
         self._history: dict[str, deque[Change]] = {}
-        self._subscribers: set[asyncio.Queue[ModeEvent | None]] = set()
+        self._subscribers: set[asyncio.Queue[StoreNotice | None]] = set()
         self._deep_links: dict[str, dict[str, int]] = {}
         self._responses: dict[str, dict[str, dict[str, int]]] = {}  # tenant → phase → counts
         self._activated: dict[str, datetime] = {}
@@ -63,18 +65,24 @@ class MemoryStore(ModeStore):
         return dict(self._modes)
 
     def set_raw(self, tenant: str, value: str | None) -> None:
-        """What a raw ``redis-cli SET`` (or ``DEL`` for None) is to Redis: no audit, no event."""
+        """What a raw ``redis-cli SET`` (or ``DEL`` for None) is to Redis: no audit, no event,
+        only the write's invalidation."""
         if value is None:
             self._modes.pop(tenant, None)
         else:
             self._modes[tenant] = value
+        self._announce(KeysChanged((tenant,)))
 
-    async def events(self, on_subscribed: OnSubscribed | None = None) -> AsyncIterator[ModeEvent]:
-        queue: asyncio.Queue[ModeEvent | None] = asyncio.Queue()
+    def _announce(self, notice: StoreNotice) -> None:
+        for queue in self._subscribers:
+            queue.put_nowait(notice)
+
+    async def events(self, on_subscribed: OnSubscribed | None = None) -> AsyncIterator[StoreNotice]:
+        queue: asyncio.Queue[StoreNotice | None] = asyncio.Queue()
         self._subscribers.add(queue)
         try:
             if on_subscribed is not None:
-                await on_subscribed()
+                await on_subscribed(True)
             while (event := await queue.get()) is not None:
                 yield event
         finally:
@@ -127,6 +135,7 @@ class MemoryStore(ModeStore):
         if not force and current in backward_from(target):
             return Outcome.REFUSED, previous, now
         self._modes[tenant] = target.value
+        self._announce(KeysChanged((tenant,)))
         return Outcome.CHANGED, previous, now
 
     async def _record(self, change: Change) -> None:
@@ -135,9 +144,7 @@ class MemoryStore(ModeStore):
         if change.mode is Mode.ACTIVE:  # a fresh watch
             self._activated[change.tenant] = change.at
             self._responses.get(change.tenant, {}).pop(Mode.ACTIVE.value, None)
-        event = ModeEvent(change.tenant, change.mode)
-        for queue in self._subscribers:
-            queue.put_nowait(event)
+        self._announce(ModeEvent(change.tenant, change.mode))
 
     async def schedules(self) -> list[Schedule]:
         return sorted((s for _, s in self._schedules.values()), key=lambda s: (s.at, s.created))

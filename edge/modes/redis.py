@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -15,30 +16,30 @@ from datetime import UTC, datetime
 from typing import Any, Self
 
 from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.maint_notifications import MaintNotificationsConfig
 
 from edge.modes.base import (
     DEFAULT_MODE,
     HISTORY_LIMIT,
     Change,
-    ModeEvent,
     ModeStore,
     OnSubscribed,
     Outcome,
     Schedule,
+    StoreNotice,
     StoreUnavailable,
     TenantPage,
     backward_from,
-    decode_event,
     decode_history,
     decode_schedules,
     encode_event,
 )
+from edge.modes.subscription import Subscription, merged, resp2
 from edge.modes.traffic import KEEP_SLACK, RETENTION_SECONDS, TrafficCounts
 from edge.policy import Mode
 from edge.tenants import is_tenant_id
@@ -50,15 +51,25 @@ NODE_CURSORS = 2**64  # a SCAN cursor is below this
 # no single call holds Redis up for more than a few milliseconds.
 PAGE_SCANS = 64
 SCAN_COUNT_MAX = 2_000
+# Seconds between two looks at a Cluster's primaries, and while one of them cannot be reached.
+NODES_CHECK = 5.0
+NODES_RECHECK = 1.0
 
 # KEYS[1]: the mode key. ARGV[1]: the target mode; ARGV[2]: "1" to force; ARGV[3]: what a
 # missing key means; ARGV[4..]: the modes from which the target is a backward move.
 # Replies {outcome, raw previous value or nil, seconds, microseconds}: the outcome numbers
 # are base.Outcome, the time is Redis's own at the swap, so that audit entries written by
 # different instances order by it. Single-key on purpose, so that it runs on Redis Cluster.
+# A key of another type is an invalid value, as not_a_string() names it: a move replaces it.
 COMPARE_AND_SET = """
 local now = redis.call('TIME')
-local previous = redis.call('GET', KEYS[1])
+local kind = redis.call('TYPE', KEYS[1])['ok']
+local previous = false
+if kind == 'string' then
+  previous = redis.call('GET', KEYS[1])
+elseif kind ~= 'none' then
+  previous = '<a Redis ' .. kind .. '>'
+end
 local current = previous or ARGV[3]
 if current == ARGV[1] then
   return {0, previous, now[1], now[2]}
@@ -87,11 +98,18 @@ end
 return due
 """
 
+log = logging.getLogger("edge.modes")
+
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
 
 def _glob_escape(text: str) -> str:
     return _GLOB_SPECIAL.sub(r"\\\1", text)
+
+
+def not_a_string(kind: str) -> str:
+    """What a mode key of another Redis type (a hash, a list...) reads as: never a mode."""
+    return f"<a Redis {kind}>"
 
 
 def client_options(timeout: float) -> dict[str, Any]:
@@ -101,10 +119,12 @@ def client_options(timeout: float) -> dict[str, Any]:
     change it made, and a subscription must fail loudly rather than silently reconnect
     after missing events. The pool replaces a connection the server has closed, but only
     with maintenance notifications off: redis-py 8.1 skips that check when they are on
-    (by default with RESP3; redis/redis-py#4128, fixed by #4260).
+    (by default with RESP3; redis/redis-py#4128, fixed by #4260). Bytes that are not UTF-8
+    decode to U+FFFD: such a stored value is an invalid mode, not an exception.
     """
     return {
         "decode_responses": True,
+        "encoding_errors": "replace",
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
         "retry": Retry(NoBackoff(), 0),
@@ -129,6 +149,7 @@ class RedisStore(ModeStore):
         self._channel = f"{prefix}events"
         self._activated_key = f"{prefix}activated"
         self._closed = False
+        self._subscriptions: set[Subscription] = set()
         self._claim_due_script = client.register_script(CLAIM_DUE)
         self._schedules_key = f"{prefix}schedules"
 
@@ -168,14 +189,38 @@ class RedisStore(ModeStore):
                 return await operation
 
     async def get(self, tenant: str) -> str | None:
-        value: str | None = await self._call("GET", self._client.get(self._mode_key(tenant)))
+        value: str | None = await self._call("GET", self._get(self._mode_key(tenant)))
         return value
+
+    async def _get(self, key: str) -> str | None:
+        try:
+            value: Any = await self._client.get(key)
+        except ResponseError as exc:
+            if not str(exc).startswith("WRONGTYPE"):
+                raise
+            return not_a_string(str(await self._client.type(key)))
+        return str(value) if value is not None else None
 
     async def get_many(self, tenants: Sequence[str]) -> list[str | None]:
         values: list[str | None] = []
         for start in range(0, len(tenants), CHUNK):
             keys = [self._mode_key(tenant) for tenant in tenants[start : start + CHUNK]]
-            values.extend(await self._call("MGET", self._mget(keys)))
+            values.extend(await self._call("MGET", self._get_many(keys)))
+        return values
+
+    async def _get_many(self, keys: list[str]) -> list[str | None]:
+        """MGET, which reads a key of another type as missing: such keys are told apart."""
+        values = await self._mget(keys)
+        nils = [keys[index] for index, value in enumerate(values) if value is None]
+        if nils and await self._client.exists(*nils):  # rare: one is there after all
+            pipe = self._client.pipeline(transaction=False)
+            for key in nils:
+                pipe.type(key)
+            kinds = dict(zip(nils, await pipe.execute(), strict=True))
+            for index, key in enumerate(keys):
+                # A string now was SET since the MGET: missing still, and its notice follows.
+                if values[index] is None and kinds[key] not in ("none", "string"):
+                    values[index] = not_a_string(str(kinds[key]))
         return values
 
     async def _mget(self, keys: list[str]) -> list[str | None]:
@@ -296,47 +341,56 @@ class RedisStore(ModeStore):
     def _cursor_bound(self) -> int:
         return NODE_CURSORS
 
-    async def events(self, on_subscribed: OnSubscribed | None = None) -> AsyncIterator[ModeEvent]:
-        pubsub: PubSub = await self._call("SUBSCRIBE", self._pubsub())
+    async def events(self, on_subscribed: OnSubscribed | None = None) -> AsyncIterator[StoreNotice]:
+        subscription = await self._subscribe(self._stream_connection())
         try:
-            await self._subscribe(pubsub)
             if on_subscribed is not None:
-                await on_subscribed()
-            while True:
-                try:
-                    message = await pubsub.get_message(timeout=None)
-                except (RedisError, OSError) as exc:
-                    if self._closed:
-                        return
-                    raise StoreUnavailable(f"redis subscription lost: {exc}") from exc
-                if message is not None and message["type"] == "message":
-                    event = decode_event(message["data"])
-                    if event is not None:
-                        yield event
+                await on_subscribed(subscription.tracked)
+            async for notice in self._until_closed(subscription.notices()):
+                yield notice
         finally:
-            with suppress(RedisError, OSError):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await self._unsubscribe(subscription)
 
-    async def _pubsub(self) -> PubSub:
-        return self._client.pubsub()
+    def _stream_connection(self) -> AbstractConnection:
+        """A connection of its own to the master (Sentinel: as the sentinels name it now)."""
+        assert isinstance(self._client, Redis)
+        pool = self._client.connection_pool
+        return resp2(pool.connection_class, pool.connection_kwargs)
 
-    async def _subscribe(self, pubsub: PubSub) -> None:
-        """Subscribe and wait for the confirmation, so no later PUBLISH can be missed."""
+    async def _subscribe(self, connection: AbstractConnection) -> Subscription:
+        subscription = Subscription(
+            connection, prefix=self._prefix, channel=self._channel, timeout=self._timeout
+        )
+        self._subscriptions.add(subscription)
+        try:
+            await subscription.open()
+        except BaseException:
+            self._subscriptions.discard(subscription)
+            raise
+        return subscription
 
-        async def confirmed() -> None:
-            await pubsub.subscribe(self._channel)
-            while True:
-                message = await pubsub.get_message(timeout=self._timeout)
-                if message is not None and message["type"] == "subscribe":
-                    return
+    async def _unsubscribe(self, subscription: Subscription) -> None:
+        self._subscriptions.discard(subscription)
+        await subscription.close()
 
-        await self._call("SUBSCRIBE", confirmed())
+    async def _until_closed(
+        self, notices: AsyncIterator[StoreNotice]
+    ) -> AsyncIterator[StoreNotice]:
+        """The notices; a subscription lost because the store was closed just ends."""
+        try:
+            async for notice in notices:
+                yield notice
+        except StoreUnavailable:
+            if not self._closed:
+                raise
 
     async def ping(self) -> None:
         await self._call("PING", self._client.ping())
 
     async def close(self) -> None:
         self._closed = True
+        for subscription in list(self._subscriptions):
+            await subscription.close()
         await self._client.aclose()
 
     async def _compare_and_set(
@@ -419,23 +473,72 @@ class RedisClusterStore(RedisStore):
     """The same keys on a Redis Cluster: a tenant's mode and history keys hash to different
     slots, so multi-key reads are split per slot and every primary is scanned.
 
-    A classic PUBLISH reaches every node of a Cluster over the cluster bus, so events are
-    published on the node that just took the write (it is up) and heard on any node: each
-    new subscription takes the next node in turn, and a failed node costs one retry.
+    Each primary reports the writes to its own keys only, so every primary gets a subscription
+    of its own; a classic PUBLISH reaches every node over the cluster bus, so each also hears
+    edge's events (once per primary: forgetting a tenant twice does no harm). A primary that
+    cannot be reached is left out until it answers again or the primaries change (a replica
+    promoted), which is checked every few seconds: then the subscriptions are all made anew,
+    and the cache reads again what it holds.
     """
 
     _client: RedisCluster
 
-    def __init__(
-        self,
-        client: RedisCluster,
-        *,
-        prefix: str = "edge:",
-        timeout: float = 0.5,
-        wait_replicas: int = 0,
-    ) -> None:
-        super().__init__(client, prefix=prefix, timeout=timeout, wait_replicas=wait_replicas)
-        self._subscriptions = 0
+    async def events(self, on_subscribed: OnSubscribed | None = None) -> AsyncIterator[StoreNotice]:
+        primaries = await self._primaries(refresh=True)
+        opened = await asyncio.gather(
+            *(self._subscribe(self._node_connection(node)) for node in primaries),
+            return_exceptions=True,
+        )
+        subscriptions = [s for s in opened if isinstance(s, Subscription)]
+        missing = [
+            node for node, s in zip(primaries, opened, strict=True) if s not in subscriptions
+        ]
+        try:
+            for failure in opened:
+                if isinstance(failure, BaseException) and not isinstance(failure, Exception):
+                    raise failure  # cancelled
+            if not subscriptions:
+                raise next(f for f in opened if isinstance(f, StoreUnavailable))
+            for node in missing:
+                log.warning("mode notices: Redis node %s cannot be reached for now", node.name)
+            if on_subscribed is not None:
+                await on_subscribed(all(s.tracked for s in subscriptions))
+            watch = self._nodes_changed({node.name for node in primaries}, missing)
+            notices = merged([s.notices() for s in subscriptions], watch)
+            async for notice in self._until_closed(notices):
+                yield notice
+        finally:
+            for subscription in subscriptions:
+                await self._unsubscribe(subscription)
+
+    def _node_connection(self, node: ClusterNode) -> AbstractConnection:
+        return resp2(node.connection_class, node.connection_kwargs)
+
+    async def _nodes_changed(self, names: set[str], missing: list[ClusterNode]) -> None:
+        """Returns once the primaries are others than ``names``, or a missing one answers."""
+        while True:
+            await asyncio.sleep(NODES_RECHECK if missing else NODES_CHECK)
+            with suppress(StoreUnavailable):  # a cluster that is down fails the subscriptions
+                primaries = await self._primaries(refresh=True)
+                if {node.name for node in primaries} != names:
+                    return
+                for node in missing:
+                    if await self._answers(node):
+                        return
+
+    async def _answers(self, node: ClusterNode) -> bool:
+        connection = self._node_connection(node)
+        try:
+            async with asyncio.timeout(self._timeout):
+                await connection.connect()  # type: ignore[no-untyped-call]
+                await connection.send_command("PING")
+                await connection.read_response()
+            return True
+        except (RedisError, OSError, TimeoutError):
+            return False
+        finally:
+            with suppress(RedisError, OSError):
+                await connection.disconnect(nowait=True)
 
     async def _mget(self, keys: list[str]) -> list[str | None]:
         values: list[str | None] = await self._client.mget_nonatomic(keys)
@@ -457,16 +560,11 @@ class RedisClusterStore(RedisStore):
     def _cursor_bound(self) -> int:
         return NODE_CURSORS * 1000  # Redis Cluster's ceiling: 1000 nodes
 
-    async def _primaries(self) -> list[ClusterNode]:
-        await self._call("CLUSTER SLOTS", self._client.initialize())
+    async def _primaries(self, *, refresh: bool = False) -> list[ClusterNode]:
+        """The primaries, by name; ``refresh`` asks the cluster rather than the client's map."""
+        initialize = self._client.nodes_manager.initialize if refresh else self._client.initialize
+        await self._call("CLUSTER SLOTS", initialize())
         return sorted(self._client.get_primaries(), key=lambda node: node.name)
-
-    async def _pubsub(self) -> PubSub:
-        await self._client.initialize()
-        nodes = sorted(self._client.get_nodes(), key=lambda node: node.name)
-        node = nodes[self._subscriptions % len(nodes)]
-        self._subscriptions += 1
-        return self._client.pubsub(node=node)
 
     def _node_of(self, key: str) -> dict[str, Any]:
         return {"target_nodes": self._key_node(key)}
