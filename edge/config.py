@@ -337,9 +337,17 @@ class PolicySettings(_Section):
 
 class UpstreamSettings(_Section):
     connect_timeout: float = Field(5.0, gt=0)
+    # Until the answer's head is in whole (interim 1xx answers included); then between reads of
+    # a body with a Content-Length.
     read_timeout: float = Field(30.0, gt=0)
     pool_size: int = Field(512, ge=1)
-    pool_size_per_host: int = Field(0, ge=0)
+    # The places one portal may hold; by default half the pool, so that a portal that hangs
+    # leaves the other front its half.
+    pool_size_per_host: int | None = Field(None, ge=1)
+    # A portal's answer head (interim 1xx answers included), and its trailer section: over
+    # these the answer is a 502 and the connection is closed.
+    max_header_bytes: int = Field(32768, ge=1024, le=1_048_576)
+    max_headers: int = Field(100, ge=16, le=10_000)
     # Idle pooled connections are dropped before the backend's own idle timeout (uvicorn: 5 s),
     # so a request never goes out on a connection the backend is closing.
     keepalive_timeout: float = Field(4.0, gt=0)
@@ -347,6 +355,16 @@ class UpstreamSettings(_Section):
     # Content-Length; a streamed body (no Content-Length: server-sent events, long polls) may
     # stay idle this long between reads instead. 0: no limit.
     stream_idle_timeout: float = Field(300.0, ge=0)
+
+    @model_validator(mode="after")
+    def _places(self) -> UpstreamSettings:
+        if self.pool_size_per_host is not None and self.pool_size_per_host > self.pool_size:
+            raise _keyed("upstream.pool_size_per_host", "must not exceed upstream.pool_size")
+        return self
+
+    @property
+    def places_per_portal(self) -> int:
+        return self.pool_size_per_host or max(1, self.pool_size // 2)
 
 
 class WebSocketSettings(_Section):

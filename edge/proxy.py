@@ -270,9 +270,8 @@ class Forwarder:
             exchange.finish()
             if connection is not None:
                 if upload is not None and not upload.done():
-                    upload.cancel()  # the portal answered before the whole body was sent
-                    connection.close()
-                pool.release(connection)
+                    upload.cancel()  # the answer ended before the body: the rest is not sent
+                pool.release(connection)  # kept only if the exchange ended as framed
         return Outcome(status, sent, perf_counter() - started, None)
 
 

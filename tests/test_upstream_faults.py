@@ -57,6 +57,7 @@ class FaultyPortal:
             b"stall": self.stall,
             b"drip": self.drip,
             b"drip-head": self.drip_head,
+            b"drip-head-forever": self.drip_head_forever,
         }
 
     def __enter__(self) -> FaultyPortal:
@@ -148,11 +149,25 @@ class FaultyPortal:
         return True
 
     async def drip_head(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """A head in parts, the whole of it well within the read timeout."""
         for line in (b"HTTP/1.1 200 OK\r\n", b"Content-Length: 4\r\n", b"X-Slow: yes\r\n"):
-            await asyncio.sleep(READ_TIMEOUT / 3)
+            await asyncio.sleep(READ_TIMEOUT / 10)
             writer.write(line)
         writer.write(b"\r\nhead")
         return True
+
+    async def drip_head_forever(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        """A head that never ends: a byte each tenth of the read timeout, each in time."""
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+        try:
+            while True:
+                await asyncio.sleep(READ_TIMEOUT / 10)
+                writer.write(b"z")
+                await writer.drain()
+        except ConnectionError:
+            return False
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:
@@ -202,6 +217,11 @@ def test_a_portal_that_breaks_before_answering_is_a_502(edge: EdgeProcess, fault
     response = get(edge, fault)
     assert response.status_code == 502
     assert response.headers["x-request-id"]
+
+
+def test_a_head_that_drips_past_the_read_timeout_is_a_504(edge: EdgeProcess) -> None:
+    """Every byte comes in time, but the whole head is due within read_timeout."""
+    assert get(edge, "drip-head-forever").status_code == 504
 
 
 def test_a_portal_that_never_answers_is_a_504_and_is_hung_up_on(
