@@ -12,7 +12,8 @@ from contextlib import contextmanager
 import httpx
 import pytest
 
-from tests.support import Answer, ScriptedPortal, eventually
+from tests.stack import LEGACY_HOST, NEW_HOST, run_edge, settings_for
+from tests.support import Answer, RedisServer, ScriptedPortal, eventually, unique_prefix
 from tests.test_forwarding import ProxyApp, serve_proxy
 
 WAIT = 10
@@ -126,3 +127,40 @@ def test_request_bodies_go_out_with_their_length(size: int) -> None:
         response = httpx.post(url + "/acme-gym/", content=b"y" * size, timeout=WAIT)
     assert response.text == "ok"
     assert f"content-length: {size}".encode() in seen[0].lower()
+
+
+def test_a_request_at_one_portals_cap_leaves_the_others_idle_connections(
+    redis_server: RedisServer,
+) -> None:
+    """pool_size 4: each portal holds 2. While legacy's 2 are busy and 4 more requests wait
+    for them, the new portal's 2 idle connections stay open and carry its next requests."""
+    prefix = unique_prefix()
+    redis_server.cli("SET", f"{prefix}mode:dance", "active")
+    with (
+        ScriptedPortal(lambda _: OK, delay=0.3) as slow,
+        ScriptedPortal(lambda _: OK, delay=0.1) as fast,  # two at once take two connections
+        concurrent.futures.ThreadPoolExecutor(6) as clients,
+    ):
+        raw = settings_for(
+            slow.url,
+            fast.url,
+            redis_server.url,
+            prefix,
+            upstream={"pool_size": 4, "connect_timeout": 5.0, "keepalive_timeout": 30.0},
+        )
+        with run_edge(raw) as (_, public_url, _):
+
+            def get(host: str, path: str) -> int:
+                return httpx.get(
+                    public_url + path, headers={"Host": host}, timeout=WAIT
+                ).status_code
+
+            assert list(clients.map(lambda _: get(NEW_HOST, "/dance/"), range(2))) == [200] * 2
+            eventually(lambda: fast.open == 2)  # both kept for the next requests
+            legacy = [clients.submit(get, LEGACY_HOST, "/acme/") for _ in range(6)]
+            eventually(lambda: slow.open == 2)
+            time.sleep(0.1)  # the other 4 are waiting for legacy's places
+            assert fast.open == 2
+            assert [get(NEW_HOST, "/dance/") for _ in range(4)] == [200] * 4
+            assert [answer.result() for answer in legacy] == [200] * 6
+    assert fast.connections == 2 and slow.connections == 2
