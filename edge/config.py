@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import ssl
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -57,6 +58,9 @@ def _http_url(value: str) -> str:
         raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
     if parts.query or parts.fragment:
         raise ValueError("must not have a query or fragment")
+    if "@" in parts.netloc:
+        # Whether it would become Host or Authorization, a credential has no place here.
+        raise ValueError("must not carry a user or password (user:password@)")
     return value.rstrip("/")
 
 
@@ -262,6 +266,12 @@ class FrontSettings(_Section):
     rewrite_location: bool = False
     # The Domain of a Set-Cookie from the portal, where it names one, is rewritten to this.
     cookie_domain: str | None = None
+    # TLS to an https:// portal, as [store] has for Redis: the CA that signed the portal's
+    # certificate (else the system's), and a client certificate when the portal asks for one.
+    ssl_ca_certs: FilePath | None = None
+    ssl_certfile: FilePath | None = None
+    ssl_keyfile: FilePath | None = None
+    ssl_check_hostname: bool = True
 
     @field_validator("cookie_domain")
     @classmethod
@@ -284,6 +294,27 @@ class FrontSettings(_Section):
         if self.tenant == "subdomain" and not all(h.startswith("*.") for h in self.hosts):
             raise ValueError("tenant = 'subdomain' needs every host written as '*.domain'")
         return self
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """How edge speaks TLS to this front's portal; None for an http:// portal.
+
+        Raises PortalTLSError naming the key whose file cannot be used.
+        """
+        if not self.backend.startswith("https:"):
+            return None
+        try:
+            context = ssl.create_default_context(cafile=self.ssl_ca_certs)
+        except (ssl.SSLError, OSError) as exc:
+            raise PortalTLSError("ssl_ca_certs", f"holds no usable CA certificate: {exc}") from None
+        context.check_hostname = self.ssl_check_hostname
+        if self.ssl_certfile is not None:
+            try:
+                # An empty password: a key that needs one fails here rather than prompting.
+                context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile, password=b"")
+            except (ssl.SSLError, OSError) as exc:
+                problem = "with ssl_keyfile" if self.ssl_keyfile else "(certificate and key)"
+                raise PortalTLSError("ssl_certfile", f"cannot be used {problem}: {exc}") from None
+        return context
 
     @property
     def home_template(self) -> str:
@@ -333,6 +364,14 @@ class PolicySettings(_Section):
         if isinstance(value, datetime) and value.utcoffset() is None:
             raise ValueError("must be an instant with a UTC offset, such as 2027-03-31T22:00:00Z")
         return value
+
+
+class PortalTLSError(ValueError):
+    """A front's TLS file that cannot be used; ``key`` names it (``ssl_certfile``)."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(problem)
+        self.key = key
 
 
 class UpstreamSettings(_Section):
@@ -419,7 +458,21 @@ class Settings(_Section):
                 "policy.private_preview needs a secret to sign preview links: "
                 "set admin.preview_secret (or admin.token)",
             )
+        _check_portal_tls("legacy", self.legacy)
+        _check_portal_tls("new", self.new)
         return self
+
+
+def _check_portal_tls(name: str, front: FrontSettings) -> None:
+    for key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+        if getattr(front, key) is not None and not front.backend.startswith("https:"):
+            raise _keyed(f"{name}.{key}", f"needs an https:// {name}.backend")
+    if front.ssl_keyfile is not None and front.ssl_certfile is None:
+        raise _keyed(f"{name}.ssl_keyfile", f"needs {name}.ssl_certfile")
+    try:
+        front.ssl_context()
+    except PortalTLSError as exc:
+        raise _keyed(f"{name}.{exc.key}", str(exc)) from None
 
 
 class _KeyedError(ValueError):

@@ -207,7 +207,7 @@ class Forwarder:
         pool = self._pool
         if pool is None:
             raise RuntimeError("Forwarder.start() has not run")
-        origin = Origin.of(backend.url)
+        origin = backend.origin
         client = scope.get("client")
         headers, framing = upstream_headers(
             scope["headers"],

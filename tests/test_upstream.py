@@ -12,6 +12,7 @@ from contextlib import contextmanager
 import httpx
 import pytest
 
+from edge.upstream import Origin
 from tests.stack import LEGACY_HOST, NEW_HOST, run_edge, settings_for
 from tests.support import Answer, RedisServer, ScriptedPortal, eventually, unique_prefix
 from tests.test_forwarding import ProxyApp, serve_proxy
@@ -127,6 +128,13 @@ def test_request_bodies_go_out_with_their_length(size: int) -> None:
         response = httpx.post(url + "/acme-gym/", content=b"y" * size, timeout=WAIT)
     assert response.text == "ok"
     assert f"content-length: {size}".encode() in seen[0].lower()
+
+
+def test_a_portal_url_never_puts_userinfo_in_host() -> None:
+    """Config refuses such a URL; the Host edge writes would not carry it either."""
+    origin = Origin.of("http://edge:s3cret@portal.internal:8000/base/")
+    assert (origin.host, origin.port, origin.path) == ("portal.internal", 8000, "/base")
+    assert origin.host_header == b"portal.internal:8000"
 
 
 def test_a_request_at_one_portals_cap_leaves_the_others_idle_connections(
