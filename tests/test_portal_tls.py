@@ -1,5 +1,5 @@
 """https:// portals: edge checks the portal's certificate against the front's CA, shows its own
-client certificate, and checks the host name unless told not to.
+client certificate, checks the host name unless told not to, and relays WebSockets the same way.
 
 The portals are real TLS servers on loopback (uvicorn asking for client certificates, and a
 raw ssl socket for the ways a TLS stream can end), with certificates made by openssl.
@@ -8,6 +8,7 @@ raw ssl socket for the ways a TLS stream can end), with certificates made by ope
 from __future__ import annotations
 
 import contextlib
+import socket
 import ssl
 import threading
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.sync.client import connect
 
 from edge.asgi import Receive, Scope, Send
 from tests.stack import LEGACY_HOST, run_edge, settings_for
@@ -125,6 +127,18 @@ def test_the_host_name_is_checked_unless_told_otherwise(
         assert get(public_url).status_code == 502
     with edge_for(url, **tls, ssl_check_hostname=False) as public_url:
         assert get(public_url).status_code == 200
+
+
+def test_a_websocket_to_an_https_portal_goes_over_tls(
+    certs: Path, portal: tuple[str, Portal]
+) -> None:
+    url, _ = portal
+    with edge_for(url, **client_certificate(certs)) as public_url:
+        port = int(public_url.rsplit(":", 1)[1])
+        sock = socket.create_connection(("127.0.0.1", port), WAIT)
+        with connect(f"ws://{LEGACY_HOST}/acme/live", sock=sock, open_timeout=WAIT) as ws:
+            ws.send("over tls")
+            assert ws.recv(timeout=WAIT) == "echo: over tls"
 
 
 class UntilClosePortal:
