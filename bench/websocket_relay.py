@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,10 +21,9 @@ from typing import Any
 from websockets.asyncio.client import connect
 
 from bench.instructions import callgrind, control, dumped
-from bench.procs import Service
-from tests.process import to_toml
+from bench.procs import edge_serve
 from tests.stack import LEGACY_HOST, settings_for
-from tests.support import RedisServer, ServerThread, free_port, unique_prefix
+from tests.support import RedisServer, ServerThread, unique_prefix
 
 
 async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -53,16 +51,6 @@ async def round_trips(port: int, sockets: int, messages: int, size: int) -> None
     await asyncio.gather(*(one() for _ in range(sockets)))
 
 
-def start_edge(portal: str, redis: RedisServer, work: Path, launcher: list[str]) -> Service:
-    port = free_port()
-    raw = settings_for(portal, portal, redis.url, unique_prefix())
-    raw["server"]["port"], raw["admin"]["port"] = port, free_port()
-    config = work / "edge.toml"
-    config.write_text(to_toml(raw))
-    argv = [*launcher, sys.executable, "-m", "edge", "serve", "--config", str(config)]
-    return Service("edge", argv, port, work / "edge.log").start(300 if launcher else 30)
-
-
 def main() -> None:
     arguments = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     arguments.add_argument("--sockets", type=int, default=10)
@@ -76,7 +64,8 @@ def main() -> None:
         with ServerThread(echo) as portal, tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
             launcher = callgrind(work) if options.callgrind else []
-            edge = start_edge(portal.url, redis, work, launcher)
+            raw = settings_for(portal.url, portal.url, redis.url, unique_prefix())
+            edge = edge_serve(raw, work, launcher)
             try:
                 pid = edge.serving_pid()
                 asyncio.run(round_trips(edge.port, options.sockets, 20, options.size))  # warm
