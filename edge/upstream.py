@@ -423,8 +423,11 @@ class Connection(asyncio.Protocol):
         )
 
     def time_out(self) -> None:
-        what = "its answer" if not self._head_done else "the rest of its answer"
-        self.fail(UpstreamTimeout(f"the portal sent nothing for {self._timeout:g} s ({what})"))
+        if self._head_done:
+            late = f"sent nothing for {self._timeout:g} s (the rest of its answer)"
+        else:
+            late = f"did not send its answer's head within {self._timeout:g} s"
+        self.fail(UpstreamTimeout(f"the portal {late}"))
 
     def close(self) -> None:
         self.closed = True

@@ -4,15 +4,19 @@ client never sees (interim 1xx, a body that runs until close, HEAD, unsolicited 
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import httptools
 import httpx
 import pytest
 
-from edge.upstream import Origin
+from edge.config import UpstreamSettings
+from edge.upstream import Connection, Origin, UpstreamPool
 from tests.stack import LEGACY_HOST, NEW_HOST, run_edge, settings_for
 from tests.support import Answer, RedisServer, ScriptedPortal, eventually, unique_prefix
 from tests.test_forwarding import ProxyApp, serve_proxy
@@ -172,3 +176,41 @@ def test_a_request_at_one_portals_cap_leaves_the_others_idle_connections(
             assert [get(NEW_HOST, "/dance/") for _ in range(4)] == [200] * 4
             assert [answer.result() for answer in legacy] == [200] * 6
     assert fast.connections == 2 and slow.connections == 2
+
+
+class RecordingParser(httptools.HttpResponseParser):
+    """httptools' parser, remembering each piece it is fed."""
+
+    def __init__(self, protocol: object) -> None:
+        super().__init__(protocol)
+        self.fed: list[bytes] = []
+
+    def feed_data(self, data: bytes | bytearray | memoryview) -> None:  # type: ignore[override]
+        self.fed.append(bytes(data))
+        super().feed_data(data)
+
+
+async def test_a_header_value_in_thousands_of_reads_reaches_the_parser_whole() -> None:
+    """httptools builds a value that comes in parts by +=: n parts cost n² bytes copied. The
+    connection holds a line until its end is in, so the parser is fed whole lines only."""
+    pool = UpstreamPool(UpstreamSettings(max_header_bytes=1_048_576))
+    ours, theirs = socket.socketpair()
+    connection = Connection(pool, Origin.of("http://portal.test"))
+    await asyncio.get_running_loop().create_connection(lambda: connection, sock=ours)
+    parser = connection._parser = RecordingParser(connection)
+    try:
+        connection.send_head(b"GET / HTTP/1.1\r\nHost: portal.test\r\n\r\n", False, False)
+        value = b"v" * 1_000_000
+        answer = b"HTTP/1.1 200 OK\r\nX-Big: " + value + b"\r\nContent-Length: 2\r\n\r\nok"
+        reads = [answer[at : at + 256] for at in range(0, len(answer), 256)]
+        for data in reads:  # as the event loop hands over what each read returned
+            connection.data_received(data)
+        await connection.head()
+        assert (b"X-Big", value) in connection.headers
+        assert await connection.read() == b"ok"
+        assert len(reads) > 3900
+        assert [piece[-1:] for piece in parser.fed] == [b"\n", b"\n", b"k"]  # lines, then body
+    finally:
+        connection.close()
+        theirs.close()
+        await pool.close()
