@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import socket
@@ -12,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import uvicorn
 
@@ -306,6 +307,40 @@ class ServerThread:
         self.thread.join(10)
         for sock in self.sockets:
             sock.close()
+
+
+class AsyncPortal:
+    """A raw asyncio server on a free loopback port, its event loop in a thread of its own:
+    ``serve`` (a subclass's) handles each connection. ``with`` starts it; leaving stops it and
+    every connection it still serves."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        start = asyncio.start_server(self.serve, sock=self.sock)
+        self.server = asyncio.run_coroutine_threadsafe(start, self.loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+    async def _close(self) -> None:
+        self.server.close()
+        connections = asyncio.all_tasks() - {asyncio.current_task()}
+        for task in connections:
+            task.cancel()
+        await asyncio.gather(*connections, return_exceptions=True)
 
 
 def eventually(check: Callable[[], bool], within: float = 5.0) -> None:

@@ -27,7 +27,7 @@ import pytest
 
 from tests.process import EdgeProcess
 from tests.stack import LEGACY_HOST, NEW_HOST, settings_for
-from tests.support import RedisServer, eventually, unique_prefix
+from tests.support import AsyncPortal, RedisServer, eventually, unique_prefix
 
 READ_TIMEOUT = 1.0
 HEAD_LIMIT = 8192  # [upstream] max_header_bytes
@@ -105,40 +105,18 @@ def answer(status: int, customer: str, extra: bytes = b"") -> bytes:
     return b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n%b\r\n%b" % (status, len(body), extra, body)
 
 
-class Portal:
+class Portal(AsyncPortal):
     """A raw HTTP/1.1 portal on loopback: it parses every request as a correct server does,
     records it, and answers the way the target's last segment names (a method below)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.requests: list[Request] = []
         self.accepted = 0
         self.open = 0
         self.offered = 0  # bytes of endless answers written before edge hung up
         self.strays = 0  # unsolicited answers written on idle connections
         self.misread = 0  # bytes that were not the request or chunk a correct server expected
-        self.loop = asyncio.new_event_loop()
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    def __enter__(self) -> Portal:
-        self.thread.start()
-        start = asyncio.start_server(self.serve, sock=self.sock)
-        self.server = asyncio.run_coroutine_threadsafe(start, self.loop).result(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._close(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-    async def _close(self) -> None:
-        self.server.close()
-        tasks = asyncio.all_tasks() - {asyncio.current_task()}
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
     def seen(self, customer: str) -> list[Request]:
         return [request for request in self.requests if customer in request.customers]

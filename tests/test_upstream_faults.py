@@ -12,7 +12,6 @@ import asyncio
 import random
 import socket
 import struct
-import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ import pytest
 
 from tests.process import EdgeProcess
 from tests.stack import LEGACY_HOST, settings_for
-from tests.support import RedisServer, eventually, unique_prefix
+from tests.support import AsyncPortal, RedisServer, eventually, unique_prefix
 
 READ_TIMEOUT = 0.5
 POOL = 4  # connections to the portal: one leaked connection would show
@@ -32,20 +31,17 @@ HEAD_1000 = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"
 Fault = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[bool]]
 
 
-class FaultyPortal:
+class FaultyPortal(AsyncPortal):
     """Answers each request the way its last path segment names; counts its connections.
 
     A fault returns whether the connection may carry another request.
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self.open = 0  # connections open right now
         self.accepted = 0
         self.stalled = 0  # requests being stalled right now
-        self.loop = asyncio.new_event_loop()
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.faults: dict[bytes, Fault] = {
             b"ok": self.ok,
             b"reset": self.reset,
@@ -59,25 +55,6 @@ class FaultyPortal:
             b"drip-head": self.drip_head,
             b"drip-head-forever": self.drip_head_forever,
         }
-
-    def __enter__(self) -> FaultyPortal:
-        self.thread.start()
-        start = asyncio.start_server(self.serve, sock=self.sock)
-        self.server = asyncio.run_coroutine_threadsafe(start, self.loop).result(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._close(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-    async def _close(self) -> None:
-        self.server.close()
-        connections = asyncio.all_tasks() - {asyncio.current_task()}
-        for task in connections:
-            task.cancel()
-        await asyncio.gather(*connections, return_exceptions=True)
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.open += 1

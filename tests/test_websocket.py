@@ -394,75 +394,11 @@ def test_a_slow_portal_holds_the_client_back(edge: Edge) -> None:
     assert len(edge.seen("sink").received) == FLOOD
 
 
-class SilentPortal:
-    """Accepts every WebSocket handshake on a raw socket, then never reads or answers again."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.connections: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                conn, _ = self.sock.accept()
-                head = b""
-                while b"\r\n\r\n" not in head:
-                    head += conn.recv(65536)
-                key = next(
-                    line.split(b":", 1)[1].strip()
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"sec-websocket-key:")
-                )
-                accept = key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 4.2.2
-                digest = hashlib.sha1(accept, usedforsecurity=False).digest()
-                conn.sendall(
-                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                    b"Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n"
-                    % base64.b64encode(digest)
-                )
-                self.connections.append(conn)
-
-    def close(self) -> None:
-        self.sock.close()
-        for conn in self.connections:
-            conn.close()
-
-
-@pytest.fixture(scope="module")
-def pinging_edge(redis_server: RedisServer) -> Iterator[Edge]:
-    """Pings every 0.2 s: the legacy front's portal answers them, the new front's never."""
-    prefix = unique_prefix()
-    redis_server.cli("SET", f"{prefix}mode:swim", "setup")
-    portal, silent = Portal(), SilentPortal()
-    with ExitStack() as running:
-        running.callback(silent.close)
-        server = running.enter_context(ServerThread(portal))
-        raw = settings_for(
-            server.url, silent.url, redis_server.url, prefix, websocket={"ping_interval": 0.2}
-        )
-        _, public_url, _ = running.enter_context(run_edge(raw))
-        yield Edge(int(public_url.rsplit(":", 1)[1]), portal)
-
-
-def test_a_client_that_stops_answering_pings_is_dropped(pinging_edge: Edge) -> None:
-    with pinging_edge.handshake("/acme/echo?id=silent", LEGACY_HOST) as silent:
-        assert silent.recv(65536).startswith(b"HTTP/1.1 101")
-        # ... and then never reads again, nor answers a ping.
-        eventually(lambda: pinging_edge.seen("silent").closed is not None)
-
-
-def test_a_portal_that_stops_answering_pings_is_dropped(pinging_edge: Edge) -> None:
-    with pinging_edge.connect("/swim/live") as ws, pytest.raises(ConnectionClosed) as closed:
-        ws.recv(timeout=10)
-    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1014
-
-
 class RawPortal:
     """A raw-socket portal: plain HTTP on /http (keep-alive, then an answer nobody asked for
-    on the idle connection), and WebSocket handshakes whose path names what follows them.
-    It records, per connection, the first line it read."""
+    on the idle connection), and WebSocket handshakes whose path names what follows them: by
+    default nothing, it never reads or answers again. It records, per connection, the first
+    line it read."""
 
     def __init__(self) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0))
@@ -470,6 +406,7 @@ class RawPortal:
         self.first_lines: list[bytes] = []
         self.strays = 0
         self.connections: list[socket.socket] = []
+        self.closed = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -492,7 +429,7 @@ class RawPortal:
                 time.sleep(0.1)
                 conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n")
                 self.strays += 1
-                time.sleep(30)
+                self.closed.wait(30)
                 return
             if path == "redirect":
                 redirect = b"HTTP/1.1 302 Found\r\nLocation: ws://elsewhere/\r\n"
@@ -504,10 +441,11 @@ class RawPortal:
                     conn.sendall(b"X-Flood-%d: %s\r\n" % (n, b"f" * 64))
                 return
             conn.sendall(_accepting(head))
-            conn.sendall(_CLOSES[path])
-            time.sleep(30)  # and keeps the TCP connection open
+            conn.sendall(_CLOSES.get(path, b""))
+            self.closed.wait(30)  # and keeps the TCP connection open
 
     def close(self) -> None:
+        self.closed.set()
         self.sock.close()
         for conn in self.connections:
             conn.close()
@@ -538,6 +476,35 @@ _CLOSES = {
     "reserved-1015": _close_frame((1015).to_bytes(2, "big")),
     "out-of-range": _close_frame((5000).to_bytes(2, "big")),
 }
+
+
+@pytest.fixture(scope="module")
+def pinging_edge(redis_server: RedisServer) -> Iterator[Edge]:
+    """Pings every 0.2 s: the legacy front's portal answers them, the new front's never."""
+    prefix = unique_prefix()
+    redis_server.cli("SET", f"{prefix}mode:swim", "setup")
+    portal, silent = Portal(), RawPortal()
+    with ExitStack() as running:
+        running.callback(silent.close)
+        server = running.enter_context(ServerThread(portal))
+        raw = settings_for(
+            server.url, silent.url, redis_server.url, prefix, websocket={"ping_interval": 0.2}
+        )
+        _, public_url, _ = running.enter_context(run_edge(raw))
+        yield Edge(int(public_url.rsplit(":", 1)[1]), portal)
+
+
+def test_a_client_that_stops_answering_pings_is_dropped(pinging_edge: Edge) -> None:
+    with pinging_edge.handshake("/acme/echo?id=silent", LEGACY_HOST) as silent:
+        assert silent.recv(65536).startswith(b"HTTP/1.1 101")
+        # ... and then never reads again, nor answers a ping.
+        eventually(lambda: pinging_edge.seen("silent").closed is not None)
+
+
+def test_a_portal_that_stops_answering_pings_is_dropped(pinging_edge: Edge) -> None:
+    with pinging_edge.connect("/swim/live") as ws, pytest.raises(ConnectionClosed) as closed:
+        ws.recv(timeout=10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1014
 
 
 @pytest.fixture(scope="module")
