@@ -27,6 +27,7 @@ Header = tuple[bytes, bytes]
 
 _HIGH_WATER = 2**17  # buffered body bytes at which the backend's connection stops being read
 _TICK_MIN, _TICK_MAX = 0.01, 1.0  # how often the pool's one timer looks for overdue reads
+_HEAD_END = b"\r\n\r\n"
 
 
 class UpstreamError(Exception):
@@ -142,6 +143,7 @@ class Connection(asyncio.Protocol):
         "_head_done",
         "_head_only",
         "_held",
+        "_in_parts",
         "_interim",
         "_keep_alive",
         "_last_progress",
@@ -204,6 +206,7 @@ class Connection(asyncio.Protocol):
         self._held = bytearray()
         self._gate: bytearray | None = None
         self._room = 0  # bytes the section may still take
+        self._in_parts = False  # the head came in more than one read
         self._trailing = False
         self.closed = False
         self.counted = True  # holds one of the pool's places until it is retired
@@ -214,20 +217,22 @@ class Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
-        if self._gate is None:  # a body: straight to the parser
+        gate = self._gate
+        if gate is None:  # a body: straight to the parser
             self._last_progress = self._loop.time()
-        elif self._held or self._head_done or len(data) > self._room or b"\r\n\r\n" not in data:
+        elif self._in_parts or self._head_done or len(data) > self._room:
             self._through_gate(data)
             return
-        else:
-            # The usual answer: its whole head in one read, within the budget, each value
-            # parsed in one piece (but the last line of one after an interim answer, which
-            # then ends in one more).
+        else:  # the first read of a head, within the budget: parsed as it is
             self._room -= len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._unparsable(exc)
+        if gate is not None and not self._head_done:
+            # The head goes on in later reads: line by line from here, so that a value cut by
+            # this read ends in one more piece, not one per read.
+            self._in_parts = True
 
     def eof_received(self) -> bool | None:
         self._eof = True
@@ -330,7 +335,7 @@ class Connection(asyncio.Protocol):
         self._head_only = head_only
         self.status = 0
         self._head_done = self._complete = self._early = self._trailing = False
-        self._request_sent = False
+        self._request_sent = self._in_parts = False
         self._uploading = body_follows
         self._timeout = self.pool.read_timeout
         self._last_progress = self._loop.time()
@@ -442,6 +447,7 @@ class Connection(asyncio.Protocol):
 
         A head's bytes do not restart its timer: the whole head is due within read_timeout.
         """
+        self._in_parts = True
         if self._head_done and not self._trailing:
             # A chunk header came last: its data follows, or the trailer section does. One byte
             # tells (on_body lifts the gate); a trailer section has a budget of its own.
@@ -457,7 +463,7 @@ class Connection(asyncio.Protocol):
         held = self._held
         free = self._room - len(held)  # bytes this read may add to the section
         if not held:
-            cut = data.find(b"\r\n\r\n", 0, free) + 4
+            cut = data.find(_HEAD_END, 0, free) + 4
             if cut > 3:  # more than the budget in this read, but a head ends within it
                 self._room = free - cut
                 view = memoryview(data)
