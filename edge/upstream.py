@@ -120,8 +120,9 @@ class Connection(asyncio.Protocol):
 
     It carries the next exchange only if the last one ended exactly as framed both ways (see
     ``reusable``); anything else closes it. A head (interim answers included) and a trailer
-    section reach the parser in whole lines, within the configured bytes, so that no header
-    value is built up by repeated concatenation and none grows without bound.
+    section reach the parser within the configured bytes, and in whole lines after their
+    first read, so that no header value is built up by repeated concatenation and none grows
+    without bound.
     """
 
     # Slots: past 30 attributes an instance's __dict__ loses CPython's fast attribute access.
