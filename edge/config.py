@@ -312,8 +312,12 @@ class FrontSettings(_Section):
                 # An empty password: a key that needs one fails here rather than prompting.
                 context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile, password=b"")
             except (ssl.SSLError, OSError) as exc:
-                problem = "with ssl_keyfile" if self.ssl_keyfile else "(certificate and key)"
-                raise PortalTLSError("ssl_certfile", f"cannot be used {problem}: {exc}") from None
+                wanted = "a PEM certificate" + (
+                    ", matching ssl_keyfile (PEM, no password)"
+                    if self.ssl_keyfile
+                    else " followed by its key (PEM, no password)"
+                )
+                raise PortalTLSError("ssl_certfile", f"must be {wanted}: {exc}") from None
         return context
 
     @property

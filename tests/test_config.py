@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edge import config
-from tests.support import make_certificates
+from tests.support import make_certificates, openssl
 
 GOOD = """
 [server]
@@ -271,11 +271,11 @@ def portal_tls(certs: Path, **files: str) -> str:
         ({"ssl_ca_certs": "san.ext"}, "legacy.ssl_ca_certs: holds no usable CA certificate"),
         (
             {"ssl_certfile": "client.crt", "ssl_keyfile": "server.key"},
-            "legacy.ssl_certfile: cannot be used with ssl_keyfile",
+            "legacy.ssl_certfile: must be a PEM certificate, matching ssl_keyfile",
         ),
         (
             {"ssl_certfile": "client.crt"},
-            "legacy.ssl_certfile: cannot be used (certificate and key)",
+            "legacy.ssl_certfile: must be a PEM certificate followed by its key",
         ),
     ],
 )
@@ -344,3 +344,28 @@ def test_each_portal_holds_half_the_pool_by_default() -> None:
     assert config.UpstreamSettings(pool_size=512).places_per_portal == 256
     assert config.UpstreamSettings(pool_size=1).places_per_portal == 1
     assert config.UpstreamSettings(pool_size=8, pool_size_per_host=8).places_per_portal == 8
+
+
+def test_a_client_key_behind_a_password_is_refused_not_asked_for(
+    tmp_path: Path, certs: Path
+) -> None:
+    """edge runs unattended: a key that needs a password stops it at load, no prompt."""
+    key = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-passout", "pass:x")
+    openssl(
+        "req",
+        "-x509",
+        *key,
+        "-keyout",
+        "locked.key",
+        "-out",
+        "locked.crt",
+        "-subj",
+        "/CN=x",
+        cwd=certs,
+    )
+    files = {"ssl_certfile": "locked.crt", "ssl_keyfile": "locked.key"}
+    path = write(tmp_path, GOOD.replace(LEGACY_BACKEND, portal_tls(certs, **files)))
+    with pytest.raises(
+        config.ConfigError, match=r"legacy\.ssl_certfile: must be a PEM certificate"
+    ):
+        config.load(path, env={})
