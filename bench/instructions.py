@@ -54,21 +54,21 @@ def count(wrk: Wrk, target: Target, connections: int, seconds: float, directory:
     url = target.url + PATH
     wrk.run(url, connections, min(seconds, 2.0))
     pid = str(target.service.serving_pid())
-    _control("--instr=on", pid)
+    control("--instr=on", pid)
     run = wrk.run(url, connections, seconds)
-    _control("--instr=off", pid)
-    _control("--dump", pid)
+    control("--instr=off", pid)
+    control("--dump", pid)
     if not run.clean or not run.requests:
         problem = f"{run.socket_errors} socket errors, {run.bad_status} bad statuses"
         raise RuntimeError(f"{target.name} under callgrind: {problem}")
-    return Count(_dumped(directory / f"callgrind.{pid}.1"), run.requests)
+    return Count(dumped(directory / f"callgrind.{pid}.1"), run.requests)
 
 
-def _control(option: str, pid: str) -> None:
+def control(option: str, pid: str) -> None:
     subprocess.run(["callgrind_control", option, pid], check=True, capture_output=True, timeout=60)
 
 
-def _dumped(path: Path, timeout: float = 30.0) -> int:
+def dumped(path: Path, timeout: float = 30.0) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if path.exists() and (totals := _TOTALS.findall(path.read_bytes())):

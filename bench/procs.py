@@ -8,9 +8,14 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+from tests.process import to_toml
+from tests.support import free_port
 
 
 class Service:
@@ -81,6 +86,18 @@ class Service:
         if len(children) != 1:
             raise RuntimeError(f"{self.name} should have one worker process, has {children}")
         return int(children[0])
+
+
+def edge_serve(raw: dict[str, Any], work: Path, launcher: Sequence[str] = ()) -> Service:
+    """`edge serve` with the settings ``raw`` (as tests.stack.settings_for builds them) on free
+    ports, its config and log in ``work``, under ``launcher`` (valgrind) if given; started."""
+    port = free_port()
+    raw = {**raw, "server": {**raw["server"], "port": port}, "admin": {**raw["admin"]}}
+    raw["admin"]["port"] = free_port()
+    config = work / "edge.toml"
+    config.write_text(to_toml(raw))
+    argv = [*launcher, sys.executable, "-m", "edge", "serve", "--config", str(config)]
+    return Service("edge", argv, port, work / "edge.log").start(300 if launcher else 30)
 
 
 def reset_peak_rss(pid: int) -> None:

@@ -33,7 +33,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
+import httpx
 from redis import Redis
 from redis.cluster import RedisCluster
 
@@ -104,15 +104,14 @@ class Instance:
 class Watch:
     """Asks every instance concurrently which mode it serves, until each serves ``target``."""
 
-    def __init__(self, session: aiohttp.ClientSession, instances: list[Instance]) -> None:
-        self.session = session
+    def __init__(self, client: httpx.AsyncClient, instances: list[Instance]) -> None:
+        self.client = client
         self.instances = instances
 
     async def mode(self, instance: Instance, tenant: str) -> str:
         url = f"http://127.0.0.1:{instance.port}/{tenant}/"
-        async with self.session.post(url, headers={"Host": NEW_HOST}) as response:
-            await response.read()
-            return response.headers.get("x-edge-mode") or f"no mode, {response.status}"
+        response = await self.client.post(url, headers={"Host": NEW_HOST})
+        return response.headers.get("x-edge-mode") or f"no mode, {response.status_code}"
 
     async def until_all(self, tenant: str, target: str, within: float = 30.0) -> float:
         """The time.time() at which the last instance first answered with ``target``."""
@@ -178,8 +177,9 @@ class Store:
 
 async def measure(args: argparse.Namespace, store: Store, instances: list[Instance]) -> None:
     config = instances[0].config
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        watch = Watch(session, instances)
+    unlimited = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    async with httpx.AsyncClient(limits=unlimited, trust_env=False) as client:
+        watch = Watch(client, instances)
         await watch.until_all("bench-gym", "legacy", within=60)  # all up, tenant cached
         from_swap, from_cli = [], []
         for n in range(args.changes):

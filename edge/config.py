@@ -17,6 +17,7 @@ import ipaddress
 import json
 import os
 import re
+import ssl
 import tomllib
 import types
 from collections.abc import Mapping
@@ -73,6 +74,9 @@ def _http_url(value: str) -> str:
         raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
     if parts.query or parts.fragment:
         raise ValueError("must not have a query or fragment")
+    if "@" in parts.netloc:
+        # Whether it would become Host or Authorization, a credential has no place here.
+        raise ValueError("must not carry a user or password (user:password@)")
     return value.rstrip("/")
 
 
@@ -297,6 +301,12 @@ class FrontSettings(_Section):
     rewrite_location: bool = False
     # The Domain of a Set-Cookie from the portal, where it names one, is rewritten to this.
     cookie_domain: str | None = None
+    # TLS to an https:// portal, as [store] has for Redis: the CA that signed the portal's
+    # certificate (else the system's), and a client certificate when the portal asks for one.
+    ssl_ca_certs: FilePath | None = None
+    ssl_certfile: FilePath | None = None
+    ssl_keyfile: FilePath | None = None
+    ssl_check_hostname: bool = True
 
     @field_validator("cookie_domain")
     @classmethod
@@ -319,6 +329,31 @@ class FrontSettings(_Section):
         if self.tenant == "subdomain" and not all(h.startswith("*.") for h in self.hosts):
             raise ValueError("tenant = 'subdomain' needs every host written as '*.domain'")
         return self
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """How edge speaks TLS to this front's portal; None for an http:// portal.
+
+        Raises PortalTLSError naming the key whose file cannot be used.
+        """
+        if not self.backend.startswith("https:"):
+            return None
+        try:
+            context = ssl.create_default_context(cafile=self.ssl_ca_certs)
+        except (ssl.SSLError, OSError) as exc:
+            raise PortalTLSError("ssl_ca_certs", f"holds no usable CA certificate: {exc}") from None
+        context.check_hostname = self.ssl_check_hostname
+        if self.ssl_certfile is not None:
+            try:
+                # An empty password: a key that needs one fails here rather than prompting.
+                context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile, password=b"")
+            except (ssl.SSLError, OSError) as exc:
+                wanted = "a PEM certificate" + (
+                    ", matching ssl_keyfile (PEM, no password)"
+                    if self.ssl_keyfile
+                    else " followed by its key (PEM, no password)"
+                )
+                raise PortalTLSError("ssl_certfile", f"must be {wanted}: {exc}") from None
+        return context
 
     @property
     def home_template(self) -> str:
@@ -370,11 +405,27 @@ class PolicySettings(_Section):
         return value
 
 
+class PortalTLSError(ValueError):
+    """A front's TLS file that cannot be used; ``key`` names it (``ssl_certfile``)."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(problem)
+        self.key = key
+
+
 class UpstreamSettings(_Section):
     connect_timeout: float = Field(5.0, gt=0)
+    # Until the answer's head is in whole (interim 1xx answers included); then between reads of
+    # a body with a Content-Length.
     read_timeout: float = Field(30.0, gt=0)
     pool_size: int = Field(512, ge=1)
-    pool_size_per_host: int = Field(0, ge=0)
+    # The places one portal may hold; by default half the pool, so that a portal that hangs
+    # leaves the other front its half.
+    pool_size_per_host: int | None = Field(None, ge=1)
+    # A portal's answer head (interim 1xx answers included), and its trailer section: over
+    # these the answer is a 502 and the connection is closed.
+    max_header_bytes: int = Field(32768, ge=1024, le=1_048_576)
+    max_headers: int = Field(100, ge=16, le=10_000)
     # Idle pooled connections are dropped before the backend's own idle timeout (uvicorn: 5 s),
     # so a request never goes out on a connection the backend is closing.
     keepalive_timeout: float = Field(4.0, gt=0)
@@ -382,6 +433,16 @@ class UpstreamSettings(_Section):
     # Content-Length; a streamed body (no Content-Length: server-sent events, long polls) may
     # stay idle this long between reads instead. 0: no limit.
     stream_idle_timeout: float = Field(300.0, ge=0)
+
+    @model_validator(mode="after")
+    def _places(self) -> UpstreamSettings:
+        if self.pool_size_per_host is not None and self.pool_size_per_host > self.pool_size:
+            raise _keyed("upstream.pool_size_per_host", "must not exceed upstream.pool_size")
+        return self
+
+    @property
+    def places_per_portal(self) -> int:
+        return self.pool_size_per_host or max(1, self.pool_size // 2)
 
 
 class WebSocketSettings(_Section):
@@ -439,9 +500,27 @@ class Settings(_Section):
                     "set admin.preview_secret (or admin.token)",
                 )
             )
+        problems += _portal_tls_problems("legacy", self.legacy)
+        problems += _portal_tls_problems("new", self.new)
         if problems:
             raise _KeyedError(problems)
         return self
+
+
+def _portal_tls_problems(name: str, front: FrontSettings) -> list[tuple[str, str]]:
+    problems = [
+        (f"{name}.{key}", f"needs an https:// {name}.backend")
+        for key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+        if getattr(front, key) is not None and not front.backend.startswith("https:")
+    ]
+    if front.ssl_keyfile is not None and front.ssl_certfile is None:
+        problems.append((f"{name}.ssl_keyfile", f"needs {name}.ssl_certfile"))
+    if not problems:
+        try:
+            front.ssl_context()
+        except PortalTLSError as exc:
+            problems.append((f"{name}.{exc.key}", str(exc)))
+    return problems
 
 
 class _KeyedError(ValueError):

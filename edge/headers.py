@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import ssl
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -20,6 +21,7 @@ from urllib.parse import urlsplit
 
 from edge.config import FrontSettings
 from edge.policy import METHOD_OVERRIDE_HEADERS
+from edge.upstream import Origin
 
 Header = tuple[bytes, bytes]
 
@@ -54,6 +56,7 @@ _PREFIXES_TRUSTED = (b"x-edge-",)
 _PREFIXES_UNTRUSTED = (b"x-edge-", b"x-forwarded-")
 _NEVER_NAMED = frozenset({b"close", b"host", b""}) | HOP_BY_HOP
 _DROP_RESPONSE = HOP_BY_HOP | {b"x-request-id"}
+_OWN_PREFIX = b"x-edge-"  # edge's own names: a portal's never reach a client
 _MAX_REQUEST_ID = 200
 _UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
 _UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
@@ -112,12 +115,15 @@ class Backend:
     url: str
     keep_host: bool = True  # send the client's Host; else the backend URL's
     rewrite: ResponseRewrite | None = None
+    tls: ssl.SSLContext | None = None  # for an https:// portal; None: the system's defaults
     # Whether Locations point at a public URL that names the tenant: for_tenant fills it in.
     per_tenant: bool = field(init=False)
+    origin: Origin = field(init=False)  # where the connections go
 
     def __post_init__(self) -> None:
         public_url = self.rewrite.public_url if self.rewrite else None
         object.__setattr__(self, "per_tenant", bool(public_url and b"{tenant}" in public_url))
+        object.__setattr__(self, "origin", Origin.of(self.url, self.tls))
 
     @classmethod
     def from_settings(cls, front: FrontSettings) -> Backend:
@@ -128,7 +134,7 @@ class Backend:
                 front.public_url.encode() if front.rewrite_location else None,
                 front.cookie_domain.encode() if front.cookie_domain else None,
             )
-        return cls(front.backend, front.host_header == "preserve", rewrite)
+        return cls(front.backend, front.host_header == "preserve", rewrite, front.ssl_context())
 
     def for_tenant(self, tenant: str) -> Backend:
         """The same backend, with {tenant} filled into the public URL Locations point at."""
@@ -348,7 +354,8 @@ def downstream_headers(
     named: set[bytes] | None = None
     for name, value in raw:
         lower = name.lower()
-        if lower in _DROP_RESPONSE:
+        # lower[0] == 120 ("x") first: a quarter of what startswith costs on every name.
+        if lower in _DROP_RESPONSE or (lower[0] == 120 and lower.startswith(_OWN_PREFIX)):
             if lower == b"connection":
                 named = _connection_tokens(value, named)
             continue

@@ -75,24 +75,28 @@ class UploadsFull(UpstreamError):
 
 
 class _UploadPlaces:
-    """How many pool places uploads streamed at their clients' pace may hold: half of an
-    origin's, so that clients sending slowly (or a byte per body_idle_timeout) cannot hold
-    the portals from everyone else. A body that fits _READ_AHEAD never needs one."""
+    """How many of a portal's pool places uploads streamed at their clients' pace may hold:
+    half, so that clients sending slowly (or a byte per body_idle_timeout) cannot hold the
+    portal from everyone else. A body that fits _READ_AHEAD never needs one."""
 
     def __init__(self, upstream: UpstreamSettings) -> None:
-        self.limit = max(1, (upstream.pool_size_per_host or upstream.pool_size) // 2)
+        self.limit = max(1, upstream.places_per_portal // 2)
         self.wait = upstream.connect_timeout
-        self._free = asyncio.Semaphore(self.limit)
+        self._free: dict[Origin, asyncio.Semaphore] = {}
 
-    async def take(self) -> _UploadPlace:
+    async def take(self, origin: Origin) -> _UploadPlace:
+        free = self._free.get(origin)
+        if free is None:
+            free = self._free[origin] = asyncio.Semaphore(self.limit)
         try:
             async with asyncio.timeout(self.wait):
-                await self._free.acquire()
+                await free.acquire()
         except TimeoutError:
             raise UploadsFull(
-                f"all {self.limit} places for uploads stayed taken for {self.wait:g} s"
+                f"all {self.limit} places for uploads to {origin.host}:{origin.port} stayed "
+                f"taken for {self.wait:g} s"
             ) from None
-        return _UploadPlace(self._free)
+        return _UploadPlace(free)
 
 
 class _UploadPlace:
@@ -271,7 +275,7 @@ class Forwarder:
         pool = self._pool
         if pool is None:
             raise RuntimeError("Forwarder.start() has not run")
-        origin = Origin.of(backend.url)
+        origin = backend.origin
         client = scope.get("client")
         headers, framing = upstream_headers(
             scope["headers"],
@@ -291,7 +295,7 @@ class Forwarder:
         place: _UploadPlace | None = None
         try:
             if framing != "none" and not await exchange.read_ahead(_READ_AHEAD):
-                place = await self._uploads.take()
+                place = await self._uploads.take(origin)
             connection, upload = await _send(pool, origin, method, head, framing, exchange, place)
             try:
                 status = connection.status
@@ -339,9 +343,8 @@ class Forwarder:
                 place.release()
             if connection is not None:
                 if upload is not None and not upload.done():
-                    upload.cancel()  # the portal answered before the whole body was sent
-                    connection.close()
-                pool.release(connection)
+                    upload.cancel()  # the answer ended before the body: the rest is not sent
+                pool.release(connection)  # kept only if the exchange ended as framed
         return Outcome(status, sent, perf_counter() - started, None)
 
 

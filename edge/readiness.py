@@ -204,7 +204,11 @@ class ReadinessCheck:
         targets = {path: self.policy.new_path(tenant, path) for path, _ in links}
         unique = sorted(set(targets.values()))
         async with httpx.AsyncClient(
-            timeout=self.timeout, limits=limits, trust_env=False, follow_redirects=False
+            timeout=self.timeout,
+            limits=limits,
+            trust_env=False,
+            follow_redirects=False,
+            verify=self.backend.origin.tls or True,  # an https:// portal: as forwarding speaks it
         ) as client:
             answers = dict(
                 zip(unique, await asyncio.gather(*(fetch(client, t) for t in unique)), strict=True)

@@ -27,6 +27,7 @@ Header = tuple[bytes, bytes]
 
 _HIGH_WATER = 2**17  # buffered body bytes at which the backend's connection stops being read
 _TICK_MIN, _TICK_MAX = 0.01, 1.0  # how often the pool's one timer looks for overdue reads
+_HEAD_END = b"\r\n\r\n"
 
 
 class UpstreamError(Exception):
@@ -51,23 +52,34 @@ class UpstreamProtocolError(UpstreamError):
 
 @dataclass(frozen=True, slots=True)
 class Origin:
-    """Where a backend URL's requests go: host, port, TLS, its Host header and path prefix."""
+    """Where a portal URL's requests go: host, port, TLS, its Host header and path prefix.
+
+    Connections are pooled per origin: two fronts with the same URL but other TLS settings (a
+    client certificate of their own) never share one.
+    """
 
     host: str
     port: int
-    tls: bool
+    tls: ssl.SSLContext | None
     host_header: bytes
     path: str
 
     @staticmethod
     @lru_cache(maxsize=64)
-    def of(url: str) -> Origin:
+    def of(url: str, tls: ssl.SSLContext | None = None) -> Origin:
         parts = urlsplit(url)
-        tls = parts.scheme == "https"
-        port = parts.port or (443 if tls else 80)
-        return Origin(
-            parts.hostname or "", port, tls, parts.netloc.encode(), parts.path.rstrip("/")
-        )
+        secure = parts.scheme == "https"
+        if secure and tls is None:
+            tls = _default_tls()
+        # Host is the URL's host and port, whatever userinfo the URL might carry.
+        authority = parts.netloc.rpartition("@")[2]
+        port = parts.port or (443 if secure else 80)
+        return Origin(parts.hostname or "", port, tls, authority.encode(), parts.path.rstrip("/"))
+
+
+@lru_cache(maxsize=1)
+def _default_tls() -> ssl.SSLContext:
+    return ssl.create_default_context()
 
 
 def request_head(method: str, target: str, headers: Iterable[Header]) -> bytes:
@@ -104,7 +116,57 @@ class _Signal:
 
 
 class Connection(asyncio.Protocol):
-    """One keep-alive connection to a portal, carrying one exchange at a time."""
+    """One keep-alive connection to a portal, carrying one exchange at a time.
+
+    It carries the next exchange only if the last one ended exactly as framed both ways (see
+    ``reusable``); anything else closes it. A head (interim answers included) and a trailer
+    section reach the parser within the configured bytes, and in whole lines after their
+    first read, so that no header value is built up by repeated concatenation and none grows
+    without bound.
+    """
+
+    # Slots: past 30 attributes an instance's __dict__ loses CPython's fast attribute access.
+    __slots__ = (
+        "_answer",
+        "_buffered",
+        "_chunks",
+        "_client_turn",
+        "_complete",
+        "_drained",
+        "_early",
+        "_eof",
+        "_error",
+        "_expecting",
+        "_fields",
+        "_framed",
+        "_gate",
+        "_has_length",
+        "_head_done",
+        "_head_only",
+        "_held",
+        "_in_parts",
+        "_interim",
+        "_keep_alive",
+        "_last_progress",
+        "_loop",
+        "_parser",
+        "_pending_head",
+        "_reading_paused",
+        "_request_sent",
+        "_room",
+        "_timeout",
+        "_trailing",
+        "_uploading",
+        "_writing_paused",
+        "closed",
+        "counted",
+        "headers",
+        "idle_since",
+        "origin",
+        "pool",
+        "status",
+        "transport",
+    )
 
     def __init__(self, pool: UpstreamPool, origin: Origin) -> None:
         self.pool = pool
@@ -122,19 +184,31 @@ class Connection(asyncio.Protocol):
         self._reading_paused = False
         self._client_turn = False
         self._pending_head = b""  # a request head waiting for its body's first chunk
+        # The request, as far as it has gone.
+        self._expecting = False  # from the request's head on the wire until its answer is whole
+        self._request_sent = False  # its last byte is handed to the transport
+        self._uploading = False  # it has a body
         # The exchange's answer, as far as it has come.
         self.status = 0
         self.headers: list[Header] = []
+        self._fields: list[Header] = []  # the section being parsed: a head, or trailers
         self._framed = False  # its end is announced (Content-Length or chunked)
         self._has_length = False
         self._interim = False
         self._head_done = False
+        self._early = False  # its head came before the request was sent whole
         self._complete = False
-        self._expecting = False  # from the request until its answer is complete
         self._keep_alive = False
         self._chunks: collections.deque[bytes] = collections.deque()
         self._buffered = 0
         self._error: BaseException | None = None
+        self._eof = False  # the portal ended the connection cleanly (FIN, or TLS close_notify)
+        # Lines of a head or trailer section are held here until whole; None: straight through.
+        self._held = bytearray()
+        self._gate: bytearray | None = None
+        self._room = 0  # bytes the section may still take
+        self._in_parts = False  # the head came in more than one read
+        self._trailing = False
         self.closed = False
         self.counted = True  # holds one of the pool's places until it is retired
 
@@ -144,15 +218,25 @@ class Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
-        self._last_progress = self._loop.time()
+        gate = self._gate
+        if gate is None:  # a body: straight to the parser
+            self._last_progress = self._loop.time()
+        elif self._in_parts or self._head_done or len(data) > self._room:
+            self._through_gate(data)
+            return
+        else:  # the first read of a head, within the budget: parsed as it is
+            self._room -= len(data)
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self.fail(UpstreamProtocolError("the portal switched protocols on a plain request"))
         except httptools.HttpParserError as exc:
-            self.fail(UpstreamProtocolError(f"the portal's answer is not HTTP/1.1: {exc}"))
+            self._unparsable(exc)
+        if gate is not None and not self._head_done:
+            # The head goes on in later reads: line by line from here, so that a value cut by
+            # this read ends in one more piece, not one per read.
+            self._in_parts = True
 
     def eof_received(self) -> bool | None:
+        self._eof = True
         self._ended(None)
         return None
 
@@ -174,34 +258,56 @@ class Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         if not self._expecting:
             raise UpstreamProtocolError("the portal sent an answer to no request")
-        self.headers = []
+        self._fields = []
         self._framed = self._has_length = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        self._fields.append((name, value))
         if len(name) == 14 and name.lower() == b"content-length":
             self._framed = self._has_length = True
         elif len(name) == 17 and name.lower() == b"transfer-encoding":
             self._framed = True
 
     def on_headers_complete(self) -> None:
+        fields = self._fields
+        if len(fields) > self.pool.max_headers:
+            raise UpstreamProtocolError(
+                f"the portal's answer has over {self.pool.max_headers} header fields"
+            )
         status = self._parser.get_status_code()
-        if 100 <= status < 200:  # 100 Continue, 103 Early Hints: not the answer, skipped
-            self._interim = True
+        if not 200 <= status < 600:
+            self._interim = self._interim_status(status)
             return
         self.status = status
+        self.headers = fields
+        self._fields = []  # trailers, if any, gather apart and are dropped
         self._keep_alive = self._parser.should_keep_alive()
+        if self._uploading and (
+            not self._request_sent or (self.transport and self.transport.get_write_buffer_size())
+        ):
+            self._early = True  # the portal may not have read the whole body
         no_body = self._head_only or status in (204, 304)
         if not no_body and not self._has_length:  # a stream: events, a long poll
             self._timeout = self.pool.stream_idle_timeout
         self._head_done = True
+        self._gate = None
+        self._last_progress = self._loop.time()  # the body's time starts
         if self._head_only:
             # httptools cannot be told a HEAD answer has no body: it would wait for one.
             self._keep_alive = False
             self._finish()
         self._answer.fire()
 
+    @staticmethod
+    def _interim_status(status: int) -> bool:
+        """True for an interim answer (100 Continue, 103 Early Hints: skipped); raises for a
+        status no client may be sent."""
+        if 100 <= status < 200:
+            return True
+        raise UpstreamProtocolError(f"the portal answered with status {status}")
+
     def on_body(self, body: bytes) -> None:
+        self._gate = None  # after a chunk header: this is its data, not a trailer section
         if self._complete:
             return
         self._chunks.append(body)
@@ -210,6 +316,10 @@ class Connection(asyncio.Protocol):
             self._reading_paused = True
             self.transport.pause_reading()
         self._answer.fire()
+
+    def on_chunk_header(self) -> None:
+        # Data follows, or (after the last chunk) the trailer section: held until it is seen.
+        self._gate = self._held
 
     def on_message_complete(self) -> None:
         if self._interim:
@@ -225,15 +335,19 @@ class Connection(asyncio.Protocol):
         body's first chunk: a request whose body turns out broken never reaches the portal."""
         self._head_only = head_only
         self.status = 0
-        self._head_done = self._complete = False
-        self._expecting = True
+        self._head_done = self._complete = self._early = self._trailing = False
+        self._request_sent = self._in_parts = False
+        self._uploading = body_follows
         self._timeout = self.pool.read_timeout
         self._last_progress = self._loop.time()
+        self._gate = self._held
+        self._room = self.pool.max_head_bytes
         if body_follows:
             self._pending_head = head
         else:
             assert self.transport is not None
             self.transport.write(head)
+            self._expecting = self._request_sent = True
         self.pool.track(self)
 
     async def send_body(self, chunks: AsyncIterator[bytes], chunked: bool) -> None:
@@ -255,6 +369,7 @@ class Connection(asyncio.Protocol):
             data = b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk
             if self._pending_head:
                 data, self._pending_head = self._pending_head + data, b""
+                self._expecting = True
             transport.write(data)
             self._last_progress = loop.time()
             if self._writing_paused:
@@ -262,6 +377,7 @@ class Connection(asyncio.Protocol):
         if self._error is None and not self._complete:
             transport.write(self._pending_head + (b"0\r\n\r\n" if chunked else b""))
             self._pending_head = b""
+            self._expecting = self._request_sent = True
         self._last_progress = loop.time()  # from here the portal's answer is due
 
     async def head(self) -> None:
@@ -289,7 +405,20 @@ class Connection(asyncio.Protocol):
         return self._complete and not self._chunks
 
     def reusable(self) -> bool:
-        return self._complete and self._keep_alive and not self.closed and not self._chunks
+        """Whether the exchange ended exactly as framed, both ways: the whole request written
+        before its answer began, the whole answer read and passed on, nothing more from the
+        portal (stray bytes close the connection), and the portal keeps the connection open.
+
+        The one question asked before a connection goes back to the pool.
+        """
+        return (
+            self._complete
+            and self._request_sent
+            and not self._early
+            and self._keep_alive
+            and not self.closed
+            and not self._chunks
+        )
 
     def overdue(self, now: float) -> bool:
         return (
@@ -300,8 +429,11 @@ class Connection(asyncio.Protocol):
         )
 
     def time_out(self) -> None:
-        what = "its answer" if not self._head_done else "the rest of its answer"
-        self.fail(UpstreamTimeout(f"the portal sent nothing for {self._timeout:g} s ({what})"))
+        if self._head_done:
+            late = f"sent nothing for {self._timeout:g} s (the rest of its answer)"
+        else:
+            late = f"did not send its answer's head within {self._timeout:g} s"
+        self.fail(UpstreamTimeout(f"the portal {late}"))
 
     def close(self) -> None:
         self.closed = True
@@ -309,6 +441,84 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
     # -- inside ------------------------------------------------------------------------------
+
+    def _through_gate(self, data: bytes) -> None:
+        """Pass ``data`` to the parser in whole lines while a head or trailer section is read,
+        holding a line's start until its end arrives; what follows the section goes straight.
+
+        A head's bytes do not restart its timer: the whole head is due within read_timeout.
+        """
+        self._in_parts = True
+        if self._head_done and not self._trailing:
+            # A chunk header came last: its data follows, or the trailer section does. One byte
+            # tells (on_body lifts the gate); a trailer section has a budget of its own.
+            self._last_progress = self._loop.time()
+            if not self._parse(data[:1]) or len(data) == 1:
+                return
+            if self._gate is None:
+                self._parse(data[1:])
+                return
+            self._trailing = True
+            self._room = self.pool.max_head_bytes - 1
+            data = data[1:]
+        held = self._held
+        free = self._room - len(held)  # bytes this read may add to the section
+        if not held:
+            cut = data.find(_HEAD_END, 0, free) + 4
+            if cut > 3:  # more than the budget in this read, but a head ends within it
+                self._room = free - cut
+                view = memoryview(data)
+                if not self._parse(view[:cut]):
+                    return
+                if self._gate is None:
+                    self._parse(view[cut:])
+                else:
+                    self._through_gate(data[cut:])  # after an interim answer: the next head
+                return
+        end = data.rfind(b"\n", 0, free) + 1  # whole lines, within the budget
+        if not end:
+            if len(data) >= free:
+                self._too_large()
+            else:
+                held += data
+            return
+        self._room = free - end
+        if held:
+            held += memoryview(data)[:end]
+            lines = bytes(held)
+            held.clear()
+        else:
+            lines = data[:end]
+        if not self._parse(lines) or end == len(data):
+            return
+        rest = data[end:]
+        if self._gate is None or (self._head_done and not self._trailing):
+            self.data_received(rest)  # the body, or a chunk header's data: as any read
+        elif len(rest) >= self._room:
+            self._too_large()
+        else:
+            held += rest
+
+    def _parse(self, data: bytes | memoryview) -> bool:
+        """Feed the parser; False once the connection has failed."""
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._unparsable(exc)
+        return not self.closed
+
+    def _unparsable(self, exc: httptools.HttpParserError) -> None:
+        if isinstance(exc, httptools.HttpParserUpgrade):
+            self.fail(UpstreamProtocolError("the portal switched protocols on a plain request"))
+        elif isinstance(exc.__context__, UpstreamError):  # raised in a callback: it says why
+            self.fail(exc.__context__)
+        else:
+            self.fail(UpstreamProtocolError(f"the portal's answer is not HTTP/1.1: {exc}"))
+
+    def _too_large(self) -> None:
+        section = "trailer section" if self._trailing else "head"
+        limit = self.pool.max_head_bytes
+        self.fail(UpstreamProtocolError(f"the portal's answer {section} is over {limit} bytes"))
 
     async def _wait(self, signal: _Signal) -> None:
         if self._error is not None:
@@ -320,6 +530,7 @@ class Connection(asyncio.Protocol):
     def _finish(self) -> None:
         self._complete = True
         self._expecting = False
+        self._gate = None
         self.pool.untrack(self)
 
     def fail(self, error: BaseException) -> None:
@@ -335,53 +546,54 @@ class Connection(asyncio.Protocol):
         self.pool.retire(self)
         if self._complete or self._error is not None:
             return
-        if self._head_done and not self._framed:
-            self._finish()  # a body that runs until the connection closes: this is its end
+        if self._head_done and not self._framed and self._eof:
+            # A body that runs until the connection closes: a clean close is its end. A reset,
+            # or TLS cut without its close_notify, is not.
+            self._finish()
             return
         detail = f": {exc}" if exc else ""
         self._error = UpstreamDisconnected(f"the portal closed the connection{detail}")
 
 
 class UpstreamPool:
-    """Keep-alive connections to the portals, per origin, within the configured limits."""
+    """Keep-alive connections to the portals, per origin, within the configured limits.
+
+    Each portal holds at most ``places_per_portal`` of the pool's places and has its own queue
+    of requests waiting for one, so that a portal that hangs holds up only its own front.
+    """
 
     def __init__(self, settings: UpstreamSettings) -> None:
         self.read_timeout = settings.read_timeout
         self.stream_idle_timeout = settings.stream_idle_timeout
         self.connect_timeout = settings.connect_timeout
         self.keepalive_timeout = settings.keepalive_timeout
+        self.max_head_bytes = settings.max_header_bytes
+        self.max_headers = settings.max_headers
         self.limit = settings.pool_size
-        self.limit_per_origin = settings.pool_size_per_host or settings.pool_size
+        self.limit_per_origin = settings.places_per_portal
         self._idle: dict[Origin, collections.deque[Connection]] = {}  # oldest first
         self._busy: set[Connection] = set()
         self._open: collections.Counter[Origin] = collections.Counter()
         self._total = 0
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._waiters: dict[Origin, collections.deque[asyncio.Future[None]]] = {}
         self._tracked: dict[Connection, None] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._reaper: asyncio.TimerHandle | None = None
         shortest = min(t for t in (self.read_timeout, self.stream_idle_timeout) if t > 0)
         self._tick = min(max(shortest / 10, _TICK_MIN), _TICK_MAX)
-        self._tls: ssl.SSLContext | None = None
 
     async def acquire(self, origin: Origin, fresh: bool = False) -> Connection:
-        """A pooled connection to the origin (unless ``fresh``), or a new one; while the pool
-        is full, waits for a place (within connect_timeout)."""
+        """A pooled connection to the origin (unless ``fresh``), or a new one; while the
+        origin has no place, waits for one in its queue (within connect_timeout)."""
         if not fresh and (connection := self._reuse(origin)) is not None:
             return connection
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout):
                 while not self._room_for(origin):
-                    if self._close_an_idle_one():
-                        continue
-                    waiter = loop.create_future()
-                    self._waiters.append(waiter)
-                    try:
-                        await waiter
-                    finally:
-                        if not waiter.done():
-                            waiter.cancel()
+                    if self._open[origin] < self.limit_per_origin and self._close_an_idle_one():
+                        continue  # the pool is full, but for an idle connection: it makes way
+                    await self._wait_turn(origin, loop)
                     if not fresh and (connection := self._reuse(origin)) is not None:
                         return connection
                 self._open[origin] += 1
@@ -389,10 +601,7 @@ class UpstreamPool:
                 connection = Connection(self, origin)
                 try:
                     await loop.create_connection(
-                        lambda: connection,
-                        origin.host,
-                        origin.port,
-                        ssl=self._tls_context() if origin.tls else None,
+                        lambda: connection, origin.host, origin.port, ssl=origin.tls
                     )
                 except BaseException:
                     self.retire(connection)
@@ -401,7 +610,7 @@ class UpstreamPool:
             raise UpstreamTimeout(
                 f"no connection to {origin.host}:{origin.port} in {self.connect_timeout:g} s"
             ) from None
-        except OSError as exc:
+        except OSError as exc:  # ssl.SSLError included: a certificate that does not verify
             raise UpstreamConnectError(
                 f"cannot connect to {origin.host}:{origin.port}: {exc.strerror or exc}"
             ) from None
@@ -418,7 +627,8 @@ class UpstreamPool:
             self._idle.setdefault(connection.origin, collections.deque()).append(connection)
             if self._reaper is None:
                 self._reaper = loop.call_later(self.keepalive_timeout, self._reap)
-            self._wake_one()
+            if self._waiters:
+                self._wake(connection.origin)
         else:
             connection.close()
             self.retire(connection)
@@ -433,7 +643,8 @@ class UpstreamPool:
             idle.remove(connection)
         self._open[connection.origin] -= 1
         self._total -= 1
-        self._wake_one()
+        if self._waiters:
+            self._wake(connection.origin)
 
     def track(self, connection: Connection) -> None:
         """Time the connection's waits on its portal until release."""
@@ -469,6 +680,40 @@ class UpstreamPool:
             self._busy.add(connection)
             return connection
         return None
+
+    async def _wait_turn(self, origin: Origin, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait in the origin's queue until a place or an idle connection may be there."""
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.setdefault(origin, collections.deque()).append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._wake(origin)  # woken, but leaving (timed out): the turn goes on
+            raise
+
+    def _wake(self, origin: Origin) -> None:
+        """A place or an idle connection came free at ``origin``: the first in its queue goes
+        on; if none waits there, the first for another origin that has room of its own."""
+        if self._wake_first(origin):
+            return
+        for other in list(self._waiters):
+            if self._open[other] < self.limit_per_origin and self._wake_first(other):
+                return
+
+    def _wake_first(self, origin: Origin) -> bool:
+        queue = self._waiters.get(origin)
+        if queue is None:
+            return False
+        woken = False
+        while queue and not woken:
+            waiter = queue.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                woken = True
+        if not queue:
+            del self._waiters[origin]
+        return woken
 
     def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
@@ -506,15 +751,3 @@ class UpstreamPool:
                 self.retire(connection)
                 return True
         return False
-
-    def _wake_one(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-
-    def _tls_context(self) -> ssl.SSLContext:
-        if self._tls is None:
-            self._tls = ssl.create_default_context()
-        return self._tls

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import socket
@@ -12,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import uvicorn
 
@@ -320,6 +321,40 @@ class ServerThread:
             sock.close()
 
 
+class AsyncPortal:
+    """A raw asyncio server on a free loopback port, its event loop in a thread of its own:
+    ``serve`` (a subclass's) handles each connection. ``with`` starts it; leaving stops it and
+    every connection it still serves."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        start = asyncio.start_server(self.serve, sock=self.sock)
+        self.server = asyncio.run_coroutine_threadsafe(start, self.loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+    async def _close(self) -> None:
+        self.server.close()
+        connections = asyncio.all_tasks() - {asyncio.current_task()}
+        for task in connections:
+            task.cancel()
+        await asyncio.gather(*connections, return_exceptions=True)
+
+
 def eventually(check: Callable[[], bool], within: float = 5.0) -> None:
     """Wait until ``check()`` is true, failing after a generous ``within`` seconds."""
     deadline = time.monotonic() + within
@@ -327,6 +362,33 @@ def eventually(check: Callable[[], bool], within: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"not true within {within} s")
         time.sleep(0.02)
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def issue_certificate(name: str, cwd: Path) -> None:
+    """``name``.key and ``name``.crt for 127.0.0.1, signed by the CA in ``cwd``."""
+    key = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    subject = ("-subj", "/CN=127.0.0.1")
+    openssl("req", *key, "-keyout", f"{name}.key", "-out", f"{name}.csr", *subject, cwd=cwd)
+    (cwd / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl(
+        *("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key"),
+        *("-CAcreateserial", "-days", "1", "-extfile", "san.ext", "-out", f"{name}.crt"),
+        cwd=cwd,
+    )
+
+
+def make_certificates(cwd: Path) -> Path:
+    """A test CA (ca.crt, ca.key) in ``cwd``, and server.* and client.* signed by it."""
+    key = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    ca = ("-keyout", "ca.key", "-out", "ca.crt", "-days", "1", "-subj", "/CN=edge test CA")
+    openssl("req", "-x509", *key, *ca, cwd=cwd)
+    issue_certificate("server", cwd)
+    issue_certificate("client", cwd)
+    return cwd
 
 
 def data_file(name: str) -> Path:

@@ -3,6 +3,8 @@ overrides the file, each variable typed by the key it sets and named in its erro
 
 from __future__ import annotations
 
+import re
+import ssl
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -10,6 +12,7 @@ from typing import Any
 import pytest
 
 from edge import config
+from tests.support import make_certificates, openssl
 
 GOOD = """
 [server]
@@ -458,3 +461,128 @@ def test_the_demo_config_is_the_one_edge_demo_runs() -> None:
 )
 def test_passwords_are_redacted_from_store_urls(url: str, shown: str) -> None:
     assert config.redacted_url(url) == shown
+
+
+# --- the portals: TLS, credentials, the forwarding pool -----------------------------------------
+
+LEGACY_BACKEND = 'backend = "http://127.0.0.1:9001"'
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_certificates(tmp_path_factory.mktemp("portal-certs"))
+
+
+def portal_tls(certs: Path, **files: str) -> str:
+    """[legacy]'s backend on https://, with TLS files from ``certs`` under the keys given."""
+    lines = [LEGACY_BACKEND.replace("http:", "https:")]
+    lines += [f'{key} = "{certs / name}"' for key, name in files.items()]
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"ssl_keyfile": "client.key"}, "legacy.ssl_keyfile: needs legacy.ssl_certfile"),
+        ({"ssl_ca_certs": "absent.pem"}, "legacy.ssl_ca_certs: Path does not point to a file"),
+        ({"ssl_ca_certs": "san.ext"}, "legacy.ssl_ca_certs: holds no usable CA certificate"),
+        (
+            {"ssl_certfile": "client.crt", "ssl_keyfile": "server.key"},
+            "legacy.ssl_certfile: must be a PEM certificate, matching ssl_keyfile",
+        ),
+        (
+            {"ssl_certfile": "client.crt"},
+            "legacy.ssl_certfile: must be a PEM certificate followed by its key",
+        ),
+    ],
+)
+def test_a_portals_tls_files_are_checked_at_load(
+    tmp_path: Path, certs: Path, files: dict[str, str], message: str
+) -> None:
+    path = write(tmp_path, GOOD.replace(LEGACY_BACKEND, portal_tls(certs, **files)))
+    with pytest.raises(config.ConfigError, match=re.escape(f"{path}: {message}")):
+        config.load(path, env={})
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (
+            LEGACY_BACKEND,
+            'backend = "http://edge:s3cret@127.0.0.1:9001"',
+            "legacy.backend: must not carry a user or password",
+        ),
+        (
+            LEGACY_BACKEND,
+            'backend = "https://edge@127.0.0.1:9001"',
+            "legacy.backend: must not carry a user or password",
+        ),
+        (
+            LEGACY_BACKEND,
+            f'{LEGACY_BACKEND}\nssl_ca_certs = "{__file__}"',
+            "legacy.ssl_ca_certs: needs an https:// legacy.backend",
+        ),
+        (
+            "[policy]",
+            "[upstream]\npool_size = 10\npool_size_per_host = 11\n[policy]",
+            "upstream.pool_size_per_host: must not exceed upstream.pool_size",
+        ),
+        (
+            "[policy]",
+            "[upstream]\npool_size_per_host = 0\n[policy]",
+            "upstream.pool_size_per_host: Input should be greater than or equal to 1",
+        ),
+        (
+            "[policy]",
+            "[upstream]\nmax_header_bytes = 100\n[policy]",
+            "upstream.max_header_bytes: Input should be greater than or equal to 1024",
+        ),
+    ],
+)
+def test_a_bad_portal_setting_is_refused_naming_the_key(
+    tmp_path: Path, old: str, new: str, message: str
+) -> None:
+    path = write(tmp_path, GOOD.replace(old, new, 1))
+    with pytest.raises(config.ConfigError, match=re.escape(f"{path}: {message}")):
+        config.load(path, env={})
+
+
+def test_a_portals_tls_settings_load(tmp_path: Path, certs: Path) -> None:
+    files = {"ssl_ca_certs": "ca.crt", "ssl_certfile": "client.crt", "ssl_keyfile": "client.key"}
+    text = GOOD.replace(LEGACY_BACKEND, portal_tls(certs, **files) + "\nssl_check_hostname = false")
+    settings = config.load(write(tmp_path, text), env={})
+    context = settings.legacy.ssl_context()
+    assert context is not None and not context.check_hostname
+    assert context.verify_mode == ssl.CERT_REQUIRED  # the chain is still checked
+    assert settings.new.ssl_context() is None  # an http:// portal
+
+
+def test_each_portal_holds_half_the_pool_by_default() -> None:
+    assert config.UpstreamSettings(pool_size=512).places_per_portal == 256
+    assert config.UpstreamSettings(pool_size=1).places_per_portal == 1
+    assert config.UpstreamSettings(pool_size=8, pool_size_per_host=8).places_per_portal == 8
+
+
+def test_a_client_key_behind_a_password_is_refused_not_asked_for(
+    tmp_path: Path, certs: Path
+) -> None:
+    """edge runs unattended: a key that needs a password stops it at load, no prompt."""
+    key = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-passout", "pass:x")
+    openssl(
+        "req",
+        "-x509",
+        *key,
+        "-keyout",
+        "locked.key",
+        "-out",
+        "locked.crt",
+        "-subj",
+        "/CN=x",
+        cwd=certs,
+    )
+    files = {"ssl_certfile": "locked.crt", "ssl_keyfile": "locked.key"}
+    path = write(tmp_path, GOOD.replace(LEGACY_BACKEND, portal_tls(certs, **files)))
+    with pytest.raises(
+        config.ConfigError, match=r"legacy\.ssl_certfile: must be a PEM certificate"
+    ):
+        config.load(path, env={})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,35 +13,12 @@ from edge.config import StoreSettings
 from edge.modes import ModeEvent, ModeStore, StoreUnavailable, open_store
 from edge.modes.base import KeysChanged
 from edge.policy import Mode
-from tests.support import RedisServer, free_port
-
-
-def openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-def issue(name: str, cwd: Path) -> None:
-    """``name``.key and ``name``.crt for 127.0.0.1, signed by the test CA."""
-    key = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    subject = ("-subj", "/CN=127.0.0.1")
-    openssl("req", *key, "-keyout", f"{name}.key", "-out", f"{name}.csr", *subject, cwd=cwd)
-    (cwd / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    openssl(
-        *("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key"),
-        *("-CAcreateserial", "-days", "1", "-extfile", "san.ext", "-out", f"{name}.crt"),
-        cwd=cwd,
-    )
+from tests.support import RedisServer, free_port, make_certificates
 
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cwd = tmp_path_factory.mktemp("tls")
-    key = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    ca = ("-keyout", "ca.key", "-out", "ca.crt", "-days", "1", "-subj", "/CN=edge test CA")
-    openssl("req", "-x509", *key, *ca, cwd=cwd)
-    issue("server", cwd)
-    issue("client", cwd)
-    return cwd
+    return make_certificates(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture(scope="module")

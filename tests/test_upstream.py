@@ -4,15 +4,21 @@ client never sees (interim 1xx, a body that runs until close, HEAD, unsolicited 
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import httptools
 import httpx
 import pytest
 
-from tests.support import Answer, ScriptedPortal, eventually
+from edge.config import UpstreamSettings
+from edge.upstream import Connection, Origin, UpstreamPool
+from tests.stack import LEGACY_HOST, NEW_HOST, run_edge, settings_for
+from tests.support import Answer, RedisServer, ScriptedPortal, eventually, unique_prefix
 from tests.test_forwarding import ProxyApp, serve_proxy
 
 WAIT = 10
@@ -126,3 +132,87 @@ def test_request_bodies_go_out_with_their_length(size: int) -> None:
         response = httpx.post(url + "/acme-gym/", content=b"y" * size, timeout=WAIT)
     assert response.text == "ok"
     assert f"content-length: {size}".encode() in seen[0].lower()
+
+
+def test_a_portal_url_never_puts_userinfo_in_host() -> None:
+    """Config refuses such a URL; the Host edge writes would not carry it either."""
+    origin = Origin.of("http://edge:s3cret@portal.internal:8000/base/")
+    assert (origin.host, origin.port, origin.path) == ("portal.internal", 8000, "/base")
+    assert origin.host_header == b"portal.internal:8000"
+
+
+def test_a_request_at_one_portals_cap_leaves_the_others_idle_connections(
+    redis_server: RedisServer,
+) -> None:
+    """pool_size 4: each portal holds 2. While legacy's 2 are busy and 4 more requests wait
+    for them, the new portal's 2 idle connections stay open and carry its next requests."""
+    prefix = unique_prefix()
+    redis_server.cli("SET", f"{prefix}mode:dance", "active")
+    with (
+        ScriptedPortal(lambda _: OK, delay=0.3) as slow,
+        ScriptedPortal(lambda _: OK, delay=0.1) as fast,  # two at once take two connections
+        concurrent.futures.ThreadPoolExecutor(6) as clients,
+    ):
+        raw = settings_for(
+            slow.url,
+            fast.url,
+            redis_server.url,
+            prefix,
+            upstream={"pool_size": 4, "connect_timeout": 5.0, "keepalive_timeout": 30.0},
+        )
+        with run_edge(raw) as (_, public_url, _):
+
+            def get(host: str, path: str) -> int:
+                return httpx.get(
+                    public_url + path, headers={"Host": host}, timeout=WAIT
+                ).status_code
+
+            assert list(clients.map(lambda _: get(NEW_HOST, "/dance/"), range(2))) == [200] * 2
+            eventually(lambda: fast.open == 2)  # both kept for the next requests
+            legacy = [clients.submit(get, LEGACY_HOST, "/acme/") for _ in range(6)]
+            eventually(lambda: slow.open == 2)
+            time.sleep(0.1)  # the other 4 are waiting for legacy's places
+            assert fast.open == 2
+            assert [get(NEW_HOST, "/dance/") for _ in range(4)] == [200] * 4
+            assert [answer.result() for answer in legacy] == [200] * 6
+    assert fast.connections == 2 and slow.connections == 2
+
+
+class RecordingParser(httptools.HttpResponseParser):
+    """httptools' parser, remembering each piece it is fed."""
+
+    def __init__(self, protocol: object) -> None:
+        super().__init__(protocol)
+        self.fed: list[bytes] = []
+
+    def feed_data(self, data: bytes | bytearray | memoryview) -> None:  # type: ignore[override]
+        self.fed.append(bytes(data))
+        super().feed_data(data)
+
+
+async def test_a_header_value_in_thousands_of_reads_reaches_the_parser_whole() -> None:
+    """httptools builds a value that comes in parts by +=: n parts cost n² bytes copied. After
+    a head's first read the connection holds each line until its end is in: a value reaches
+    the parser in two parts at most."""
+    pool = UpstreamPool(UpstreamSettings(max_header_bytes=1_048_576))
+    ours, theirs = socket.socketpair()
+    connection = Connection(pool, Origin.of("http://portal.test"))
+    await asyncio.get_running_loop().create_connection(lambda: connection, sock=ours)
+    parser = connection._parser = RecordingParser(connection)
+    try:
+        connection.send_head(b"GET / HTTP/1.1\r\nHost: portal.test\r\n\r\n", False, False)
+        value = b"v" * 1_000_000
+        answer = b"HTTP/1.1 200 OK\r\nX-Big: " + value + b"\r\nContent-Length: 2\r\n\r\nok"
+        reads = [answer[at : at + 256] for at in range(0, len(answer), 256)]
+        for data in reads:  # as the event loop hands over what each read returned
+            connection.data_received(data)
+        await connection.head()
+        assert (b"X-Big", value) in connection.headers
+        assert await connection.read() == b"ok"
+        assert len(reads) > 3900
+        # The first read as it came, the rest of the head's lines, the body.
+        assert [len(piece) for piece in parser.fed] == [256, len(answer) - 256 - 2, 2]
+    finally:
+        connection.close()
+        theirs.close()
+        await pool.close()

@@ -12,7 +12,6 @@ import asyncio
 import random
 import socket
 import struct
-import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ import pytest
 
 from tests.process import EdgeProcess
 from tests.stack import LEGACY_HOST, settings_for
-from tests.support import RedisServer, eventually, unique_prefix
+from tests.support import AsyncPortal, RedisServer, eventually, unique_prefix
 
 READ_TIMEOUT = 0.5
 POOL = 4  # connections to the portal: one leaked connection would show
@@ -32,20 +31,17 @@ HEAD_1000 = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"
 Fault = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[bool]]
 
 
-class FaultyPortal:
+class FaultyPortal(AsyncPortal):
     """Answers each request the way its last path segment names; counts its connections.
 
     A fault returns whether the connection may carry another request.
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self.open = 0  # connections open right now
         self.accepted = 0
         self.stalled = 0  # requests being stalled right now
-        self.loop = asyncio.new_event_loop()
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.faults: dict[bytes, Fault] = {
             b"ok": self.ok,
             b"reset": self.reset,
@@ -57,26 +53,8 @@ class FaultyPortal:
             b"stall": self.stall,
             b"drip": self.drip,
             b"drip-head": self.drip_head,
+            b"drip-head-forever": self.drip_head_forever,
         }
-
-    def __enter__(self) -> FaultyPortal:
-        self.thread.start()
-        start = asyncio.start_server(self.serve, sock=self.sock)
-        self.server = asyncio.run_coroutine_threadsafe(start, self.loop).result(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._close(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-    async def _close(self) -> None:
-        self.server.close()
-        connections = asyncio.all_tasks() - {asyncio.current_task()}
-        for task in connections:
-            task.cancel()
-        await asyncio.gather(*connections, return_exceptions=True)
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.open += 1
@@ -148,11 +126,25 @@ class FaultyPortal:
         return True
 
     async def drip_head(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """A head in parts, the whole of it well within the read timeout."""
         for line in (b"HTTP/1.1 200 OK\r\n", b"Content-Length: 4\r\n", b"X-Slow: yes\r\n"):
-            await asyncio.sleep(READ_TIMEOUT / 3)
+            await asyncio.sleep(READ_TIMEOUT / 10)
             writer.write(line)
         writer.write(b"\r\nhead")
         return True
+
+    async def drip_head_forever(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        """A head that never ends: a byte each tenth of the read timeout, each in time."""
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+        try:
+            while True:
+                await asyncio.sleep(READ_TIMEOUT / 10)
+                writer.write(b"z")
+                await writer.drain()
+        except ConnectionError:
+            return False
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:
@@ -202,6 +194,11 @@ def test_a_portal_that_breaks_before_answering_is_a_502(edge: EdgeProcess, fault
     response = get(edge, fault)
     assert response.status_code == 502
     assert response.headers["x-request-id"]
+
+
+def test_a_head_that_drips_past_the_read_timeout_is_a_504(edge: EdgeProcess) -> None:
+    """Every byte comes in time, but the whole head is due within read_timeout."""
+    assert get(edge, "drip-head-forever").status_code == 504
 
 
 def test_a_portal_that_never_answers_is_a_504_and_is_hung_up_on(

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
+import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
@@ -393,40 +394,88 @@ def test_a_slow_portal_holds_the_client_back(edge: Edge) -> None:
     assert len(edge.seen("sink").received) == FLOOD
 
 
-class SilentPortal:
-    """Accepts every WebSocket handshake on a raw socket, then never reads or answers again."""
+class RawPortal:
+    """A raw-socket portal: plain HTTP on /http (keep-alive, then an answer nobody asked for
+    on the idle connection), and WebSocket handshakes whose path names what follows them: by
+    default nothing, it never reads or answers again. It records, per connection, the first
+    line it read."""
 
     def __init__(self) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.first_lines: list[bytes] = []
+        self.strays = 0
         self.connections: list[socket.socket] = []
+        self.closed = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
         with contextlib.suppress(OSError):
             while True:
                 conn, _ = self.sock.accept()
-                head = b""
-                while b"\r\n\r\n" not in head:
-                    head += conn.recv(65536)
-                key = next(
-                    line.split(b":", 1)[1].strip()
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"sec-websocket-key:")
-                )
-                accept = key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 4.2.2
-                digest = hashlib.sha1(accept, usedforsecurity=False).digest()
-                conn.sendall(
-                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                    b"Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n"
-                    % base64.b64encode(digest)
-                )
                 self.connections.append(conn)
+                threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(65536)
+            line = head.split(b"\r\n", 1)[0]
+            self.first_lines.append(line)
+            path = line.split(b" ")[1].split(b"?")[0].rsplit(b"/", 1)[1].decode()
+            if path == "http":
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                time.sleep(0.1)
+                conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n")
+                self.strays += 1
+                self.closed.wait(30)
+                return
+            if path == "redirect":
+                redirect = b"HTTP/1.1 302 Found\r\nLocation: ws://elsewhere/\r\n"
+                conn.sendall(redirect + b"Content-Length: 0\r\n\r\n")
+                return
+            if path == "endless":
+                conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\n")
+                for n in range(100_000):
+                    conn.sendall(b"X-Flood-%d: %s\r\n" % (n, b"f" * 64))
+                return
+            conn.sendall(_accepting(head))
+            conn.sendall(_CLOSES.get(path, b""))
+            self.closed.wait(30)  # and keeps the TCP connection open
 
     def close(self) -> None:
+        self.closed.set()
         self.sock.close()
         for conn in self.connections:
             conn.close()
+
+
+def _accepting(head: bytes) -> bytes:
+    key = next(
+        line.split(b":", 1)[1].strip()
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"sec-websocket-key:")
+    )
+    accept = key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 4.2.2
+    digest = hashlib.sha1(accept, usedforsecurity=False).digest()
+    return (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n" % base64.b64encode(digest)
+    )
+
+
+def _close_frame(payload: bytes) -> bytes:
+    return bytes([0x88, len(payload)]) + payload  # FIN + close, unmasked (a server's)
+
+
+_CLOSES = {
+    "no-code": _close_frame(b""),
+    "private": _close_frame((4100).to_bytes(2, "big") + b"bye"),
+    "reserved-1006": _close_frame((1006).to_bytes(2, "big")),
+    "reserved-1015": _close_frame((1015).to_bytes(2, "big")),
+    "out-of-range": _close_frame((5000).to_bytes(2, "big")),
+}
 
 
 @pytest.fixture(scope="module")
@@ -434,7 +483,7 @@ def pinging_edge(redis_server: RedisServer) -> Iterator[Edge]:
     """Pings every 0.2 s: the legacy front's portal answers them, the new front's never."""
     prefix = unique_prefix()
     redis_server.cli("SET", f"{prefix}mode:swim", "setup")
-    portal, silent = Portal(), SilentPortal()
+    portal, silent = Portal(), RawPortal()
     with ExitStack() as running:
         running.callback(silent.close)
         server = running.enter_context(ServerThread(portal))
@@ -456,3 +505,71 @@ def test_a_portal_that_stops_answering_pings_is_dropped(pinging_edge: Edge) -> N
     with pinging_edge.connect("/swim/live") as ws, pytest.raises(ConnectionClosed) as closed:
         ws.recv(timeout=10)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1014
+
+
+@pytest.fixture(scope="module")
+def raw_edge(redis_server: RedisServer) -> Iterator[tuple[Edge, RawPortal]]:
+    """close_timeout is read_timeout: 5 s here, so that only an immediate close passes."""
+    prefix = unique_prefix()
+    redis_server.cli("SET", f"{prefix}mode:swim", "setup")
+    portal = RawPortal()
+    with ExitStack() as running:
+        running.callback(portal.close)
+        raw = settings_for(
+            portal.url, portal.url, redis_server.url, prefix, upstream={"read_timeout": 5.0}
+        )
+        _, public_url, _ = running.enter_context(run_edge(raw))
+        yield Edge(int(public_url.rsplit(":", 1)[1]), Portal()), portal
+
+
+def test_a_handshake_goes_on_a_new_connection_never_a_pooled_one(
+    raw_edge: tuple[Edge, RawPortal],
+) -> None:
+    """An idle pooled connection holds an answer nobody asked for (a 101, even): the handshake
+    never meets it, because it never goes on a connection that carried anything before."""
+    edge, portal = raw_edge
+    strays = portal.strays
+    response = httpx.get(f"http://127.0.0.1:{edge.port}/swim/http", headers={"Host": NEW_HOST})
+    assert response.text == "ok"
+    eventually(lambda: portal.strays > strays)  # the stray answer is on the idle connection
+    lines = len(portal.first_lines)
+    with edge.connect("/swim/private") as ws, pytest.raises(ConnectionClosed):
+        ws.recv(timeout=10)
+    assert portal.first_lines[lines:] == [b"GET /swim/private HTTP/1.1"]  # a connection of its own
+
+
+@pytest.mark.parametrize(
+    ("path", "code", "reason"),
+    [
+        ("no-code", 1000, ""),  # 1005 describes it; a client may not be sent 1005
+        ("private", 4100, "bye"),
+        ("reserved-1006", 1014, "the portal connection failed"),
+        ("reserved-1015", 1014, "the portal connection failed"),
+        ("out-of-range", 1014, "the portal connection failed"),
+    ],
+)
+def test_the_portals_close_reaches_the_client_at_once_as_a_code_it_may_receive(
+    raw_edge: tuple[Edge, RawPortal], path: str, code: int, reason: str
+) -> None:
+    """The portal closes and then keeps its TCP connection open: the client hears of the close
+    now, not when a close timeout runs out (5 s here)."""
+    edge, _ = raw_edge
+    with edge.connect(f"/swim/{path}") as ws:
+        started = time.monotonic()
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+        assert time.monotonic() - started < 4
+    assert closed.value.rcvd is not None
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (code, reason)
+
+
+def test_a_portals_redirect_is_not_followed(raw_edge: tuple[Edge, RawPortal]) -> None:
+    edge, portal = raw_edge
+    lines = len(portal.first_lines)
+    assert edge.refusal("/swim/redirect").status == 502
+    assert len(portal.first_lines) == lines + 1  # one handshake, to the portal only
+
+
+def test_a_handshake_answer_that_never_ends_is_a_502(raw_edge: tuple[Edge, RawPortal]) -> None:
+    edge, _ = raw_edge
+    assert edge.refusal("/swim/endless").status == 502
