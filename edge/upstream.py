@@ -251,7 +251,10 @@ class Connection(asyncio.Protocol):
             finally:
                 self._client_turn = False
             if self._error is not None or self._complete:
-                return  # the portal has answered, or gone: the rest is not wanted
+                # The portal has answered, or gone: the rest is not wanted, and the portal
+                # would read it as the next request. The connection ends with the exchange.
+                self.close()
+                return
             data = b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk
             if self._pending_head:
                 data, self._pending_head = self._pending_head + data, b""
@@ -262,6 +265,8 @@ class Connection(asyncio.Protocol):
         if self._error is None and not self._complete:
             transport.write(self._pending_head + (b"0\r\n\r\n" if chunked else b""))
             self._pending_head = b""
+        elif chunked:
+            self.close()  # answered before the last chunk: the body was never ended
         self._last_progress = loop.time()  # from here the portal's answer is due
 
     async def head(self) -> None:
