@@ -31,7 +31,7 @@ from edge.policy import (
 from edge.preview import Grant, PreviewGate
 from edge.proxy import Forwarder, UpstreamAborted
 from edge.responses import send_redirect, send_refusal, wants_json
-from edge.served import REDIRECT, Served
+from edge.served import FORWARD, REDIRECT, Served
 from edge.tenants import Front, Resolver, is_safe_path
 from edge.traffic import Traffic
 from edge.websocket import WebSocketRelay, opening
@@ -269,6 +269,8 @@ class Router:
             backend = self.backends[decision.front]
             if backend.per_tenant:  # asked first: for_tenant is a call even when it fills nothing
                 backend = backend.for_tenant(tenant)
+            # Logged as forwarded however it ends: the portal may have the request already.
+            served.decision = FORWARD
             try:
                 outcome = await act(scope, receive, send, backend, edge_headers, view)
             except UpstreamAborted as exc:
