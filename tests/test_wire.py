@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from edge import config
 from edge.config import UpstreamSettings
 from edge.headers import UNNAMEABLE, ClientView, nominates, upstream_headers
 from edge.upstream import Origin, UpstreamPool, request_head
@@ -497,3 +498,10 @@ def test_a_climb_in_any_encoding_is_refused(greedy: Wired, climb: str) -> None:
     target = f"/{ACTIVE}/{climb}/{SETUP}/checkout".encode()
     assert greedy.send(request(b"POST", target, NEW_HOST.encode(), body=b"a=1")).statuses == [400]
     assert len(greedy.seen()) == before
+
+
+@pytest.mark.parametrize("name", ["X_Tenant", "X Tenant", "X-Tenant:", ""])
+def test_a_tenant_header_edge_would_not_forward_is_a_config_error(name: str) -> None:
+    raw = settings_for("http://l:1", "http://n:1", "memory://", "p:", new={"tenant_header": name})
+    with pytest.raises(config.ConfigError, match=r"new\.tenant_header"):
+        config.from_mapping(raw)
