@@ -293,7 +293,8 @@ class FrontSettings(_Section):
     backend: HttpUrl
     public_url: PublicUrl
     tenant: TenantRule = "path"
-    tenant_header: str = "X-Tenant"
+    # A header name (RFC 9110 token) without "_": edge does not forward such names.
+    tenant_header: str = Field("X-Tenant", pattern=r"^[!#$%&'*+.^`|~0-9A-Za-z-]+$")
     home: PathTemplate | None = None
     # The Host the portal gets: the client's ("preserve"), or its own URL's ("backend").
     host_header: Literal["preserve", "backend"] = "preserve"

@@ -14,6 +14,7 @@ import ipaddress
 import os
 import ssl
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any, Literal, NamedTuple
@@ -40,9 +41,35 @@ HOP_BY_HOP = frozenset(
 )
 # Set by the proxy itself after filtering, whoever the client is.
 _OWN = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id"})
-# Expect is answered by our own server; the backend gets the body without waiting.
+# Headers a backend may take for the request's path instead of its request line (IIS and
+# ISAPI_Rewrite, Symfony before 3.4, proxies' notes of a rewrite): never forwarded, from
+# anyone. The portal routes on the path edge decided; nothing says otherwise.
+PATH_OVERRIDE_HEADERS = frozenset(
+    {
+        b"x-original-url",
+        b"x-rewrite-url",
+        b"x-override-url",
+        b"x-original-uri",
+        b"x-original-path",
+        b"x-forwarded-uri",
+        b"x-forwarded-path",
+        b"x-envoy-original-path",
+    }
+)
+# What a client's Connection header may not name: framing, Host and the headers edge sets.
+# Honoured, the nomination would strip the body's framing or edge's own word.
+UNNAMEABLE = _OWN | {b"content-length", b"transfer-encoding", b"host", b"forwarded", b"x-real-ip"}
+_UNNAMEABLE_PREFIXES = (b"x-edge-", b"x-forwarded-")
+# The usual Connection values, which name no header.
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})
+# Expect is answered by our own server; the backend gets the body without waiting. The body's
+# framing is edge's own, written after the headers that cross.
 _DROP_TRUSTED = (
-    HOP_BY_HOP | _OWN | {b"expect", b"forwarded"} | {h.encode() for h in METHOD_OVERRIDE_HEADERS}
+    HOP_BY_HOP
+    | _OWN
+    | PATH_OVERRIDE_HEADERS
+    | {b"expect", b"forwarded", b"content-length"}
+    | {h.encode() for h in METHOD_OVERRIDE_HEADERS}
 )
 _DROP_UNTRUSTED = _DROP_TRUSTED | {b"x-real-ip"}
 # By whether the client is a trusted proxy, and whether the backend gets the client's Host.
@@ -289,7 +316,9 @@ def upstream_headers(
     """The request headers for the backend, raw bytes, and how its body (if any) is framed.
 
     The client's Host goes to the backend with ``keep_host``; else, or when the client sent
-    none, ``backend_host`` does. A body the client sent chunked goes on chunked.
+    none, ``backend_host`` does. Names with "_" stay behind (nginx's default): a backend
+    that reads "_" as "-" (CGI) would take X_Edge_Mode for X-Edge-Mode. The framing comes
+    last and is edge's: a chunked body goes on chunked, any other with edge's Content-Length.
     """
     drop = _DROP[view.trusted, keep_host]
     prefixes = _PREFIXES_TRUSTED if view.trusted else _PREFIXES_UNTRUSTED
@@ -297,10 +326,13 @@ def upstream_headers(
     named: set[bytes] | None = None
     forwarded_for: list[bytes] = []
     forwarded: list[bytes] = []
-    length = chunked = has_host = False
+    length: bytes | None = None
+    chunked = has_host = False
     for name, value in headers:
-        if name in drop or name.startswith(prefixes):
-            if name == b"connection":
+        if name in drop or name.startswith(prefixes) or b"_" in name:
+            if name == b"content-length":
+                length = value
+            elif name == b"connection":
                 named = _connection_tokens(value, named)
             elif name == b"transfer-encoding":
                 chunked = True
@@ -310,13 +342,9 @@ def upstream_headers(
                 elif name == b"forwarded":
                     forwarded.append(value)
             continue
-        if name == b"content-length":
-            length = value != b"0"
-        elif name == b"host":
+        if name == b"host":
             has_host = True
         out.append((name, value))
-    if chunked:
-        named = (named or set()) | {b"content-length"}
     if named:
         out = [header for header in out if header[0] not in named]
     if not has_host:
@@ -340,7 +368,25 @@ def upstream_headers(
     if chunked:
         out.append((b"transfer-encoding", b"chunked"))
         return out, "chunked"
-    return out, "length" if length else "none"
+    if length is None:
+        return out, "none"
+    # The parser took the value as a length and reads exactly that much body: written as
+    # a plain number, with nothing around it for a backend to read otherwise.
+    size = int(length)
+    out.append((b"content-length", b"%d" % size))
+    return out, "length" if size else "none"
+
+
+def nominates(value: bytes, protected: AbstractSet[bytes]) -> bool:
+    """Whether a Connection header's value names a header edge sets or ``protected`` one,
+    in any case and with "_" for "-"."""
+    if value.lower() in _PLAIN_CONNECTION:
+        return False
+    for token in value.split(b","):
+        name = token.strip().lower().replace(b"_", b"-")
+        if name in protected or name.startswith(_UNNAMEABLE_PREFIXES):
+            return True
+    return False
 
 
 def downstream_headers(

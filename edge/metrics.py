@@ -61,6 +61,7 @@ class Metrics:
     def __init__(self, cache: ModeCache, access_log: AccessLog | None = None) -> None:
         self.registry = CollectorRegistry()
         self.in_flight = 0  # kept by the router
+        self.underscored_headers = 0  # request headers not forwarded for a "_" in the name
         self.requests: dict[_RequestKey, int] = {}
         self.upstream = {front: Latency() for front in Front}
         self.registry.register(_Collector(self, cache, access_log))
@@ -95,6 +96,11 @@ class _Collector(Collector):
         stats = self.cache.stats
         yield _gauge(
             "edge_in_flight_requests", "Public requests being served.", self.metrics.in_flight
+        )
+        yield _counter(
+            "edge_underscored_headers_dropped",
+            "Request headers not forwarded because their name holds an underscore.",
+            self.metrics.underscored_headers,
         )
         yield _counter("edge_mode_cache_hits", "Mode look-ups answered by the cache.", stats.hits)
         yield _counter(

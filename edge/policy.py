@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from urllib.parse import quote
+from urllib.parse import quote, unquote_plus
 
 from edge.config import Settings
 from edge.tenants import Front
@@ -14,8 +14,23 @@ from edge.tenants import Front
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Headers some frameworks read to turn a POST into another method (or a GET into a write).
 METHOD_OVERRIDE_HEADERS = frozenset(
-    {"x-http-method-override", "x-http-method", "x-method-override", "x-original-method"}
+    {
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+        "x-method",
+        "x-original-method",
+        "x-forwarded-method",
+    }
 )
+# Query parameters read the same way (Laravel, Symfony, Express's method-override, Spring's
+# HiddenHttpMethodFilter: "_method"), named as _override_parameter spells them.
+_OVERRIDE_PARAMETERS = frozenset(
+    {"_method", *(name.replace("-", "_") for name in METHOD_OVERRIDE_HEADERS)}
+)
+# How a WebSocket handshake is judged: a channel that carries writes. An allow-list entry for
+# WEBSOCKET (or GET, which the handshake is on the wire) names the paths where one may open.
+WEBSOCKET = "WEBSOCKET"
 _PATH_SAFE = "/-._~!$&'()*+,;=:@"
 _QUERY_SAFE = "/-._~!$&'()*+,;=:@?%"
 
@@ -125,7 +140,10 @@ class Policy:
         return cls(
             sunset=policy.legacy_sunset,
             redirect_status=policy.redirect_status,
-            setup_allow=tuple(AllowRule(r.method, r.path) for r in policy.setup_allow),
+            setup_allow=tuple(
+                AllowRule(WEBSOCKET if r.method == "GET" else r.method, r.path)
+                for r in policy.setup_allow
+            ),
             path_rules=tuple(PathRule(r.legacy, r.new) for r in policy.path_rules),
             new_url=settings.new.public_url,
             new_home=settings.new.home_template,
@@ -166,6 +184,43 @@ def effective_method(method: str, overrides: Iterable[str]) -> str:
             continue
         return override if method in SAFE_METHODS else f"{method}/{override}"
     return method
+
+
+def judged_method(
+    method: str, overrides: Iterable[str] = (), *, query: bytes = b"", body: bool = False
+) -> str:
+    """The method a request is judged by where reads and writes part ways.
+
+    A method override (header or query parameter) that names a write makes it that write; a
+    read that carries a body is not a read, and no allow-list entry names it.
+    """
+    if query:
+        overrides = (*overrides, *query_overrides(query))
+    judged = effective_method(method, overrides)
+    return f"{judged} with a body" if body and judged in SAFE_METHODS else judged
+
+
+def query_overrides(query: bytes) -> tuple[str, ...]:
+    """The values of query parameters that a backend framework may take for the method.
+
+    Names are read as PHP reads them (decoded, leading spaces dropped, " " and "." as "_",
+    "[...]" an array of the same name), in any case, "-" or "_"; ";" separates parameters as
+    "&" does for some parsers. An empty value overrides nothing.
+    """
+    found: list[str] = []
+    for parameter in query.decode("latin-1").replace(";", "&").split("&"):
+        name, _, value = parameter.partition("=")
+        if _override_parameter(name) and (value := unquote_plus(value).strip()):
+            found.append(value.upper())
+    return tuple(found)
+
+
+def _override_parameter(name: str) -> bool:
+    spelt = unquote_plus(name).lstrip(" ").partition("[")[0].lower()
+    return spelt.translate(_AS_UNDERSCORE) in _OVERRIDE_PARAMETERS
+
+
+_AS_UNDERSCORE = str.maketrans(" .-", "___")
 
 
 def decide(

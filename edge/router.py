@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
+from itertools import product
 from time import perf_counter
 
 from edge.asgi import Receive, Scope, Send
 from edge.config import Settings
-from edge.headers import Backend, ClientView
+from edge.headers import UNNAMEABLE, Backend, ClientView, nominates
 from edge.logs import AccessLog
 from edge.metrics import Metrics
 from edge.modes import MISSING, ModeCache, StoreUnavailable
@@ -17,19 +18,21 @@ from edge.policy import (
     FORWARD_NEW,
     METHOD_OVERRIDE_HEADERS,
     SAFE_METHODS,
+    WEBSOCKET,
     Decision,
     Forward,
     Mode,
     Policy,
     Redirect,
     decide,
+    effective_method,
+    judged_method,
     refusal_home,
 )
-from edge.policy import effective_method as judged_method
 from edge.preview import Grant, PreviewGate
 from edge.proxy import Forwarder, UpstreamAborted
 from edge.responses import asks_for_json, send_redirect, send_refusal
-from edge.served import REDIRECT, Served
+from edge.served import FORWARD, REDIRECT, Served
 from edge.tenants import Front, Resolver, is_safe_path
 from edge.traffic import Traffic
 from edge.websocket import WebSocketRelay, opening
@@ -38,10 +41,12 @@ log = logging.getLogger("edge.router")
 
 # What the one pass over a request's headers looks for, by name: one dict look-up a header,
 # however many names are screened.
-_HOST, _ENCODING, _OVERRIDE, _TENANT = range(4)
+_HOST, _ENCODING, _LENGTH, _CONNECTION, _OVERRIDE, _TENANT = range(6)
 _SCREENED = {
     b"host": _HOST,
     b"transfer-encoding": _ENCODING,
+    b"content-length": _LENGTH,
+    b"connection": _CONNECTION,
     **dict.fromkeys((name.encode() for name in METHOD_OVERRIDE_HEADERS), _OVERRIDE),
 }
 # After a request whose framing could be read two ways, nothing more is read from its
@@ -49,7 +54,8 @@ _SCREENED = {
 _CLOSE = ((b"connection", b"close"),)
 _RETRY_AFTER = b"2"
 # An Enum member read through its class costs several times a global's on Python 3.11.
-_SETUP = Mode.SETUP
+_SETUP, _ACTIVE = Mode.SETUP, Mode.ACTIVE
+_NEW = Front.NEW
 # A mode's label for logs and metrics (one str each, so its hash is computed once) and its
 # X-Edge-Mode header; None is a stored value that is not a mode.
 _LABELS: dict[Mode | None, tuple[str, tuple[bytes, bytes]]] = {
@@ -88,9 +94,14 @@ class Router:
             Front.LEGACY: Backend.from_settings(settings.legacy),
             Front.NEW: Backend.from_settings(settings.new),
         }
-        tenant_headers = (r.header.encode() for r in self.resolver.fronts if r.rule == "header")
+        tenant_headers = {r.header.encode() for r in self.resolver.fronts if r.rule == "header"}
+        # Each spelling a backend may read as a tenant header ("_" for any "-"), by the header.
+        self.tenant_spellings = {
+            spelling: name for name in tenant_headers for spelling in _spellings(name)
+        }
         # A tenant header named like a screened one (Host, say) stays what it is there.
-        self.screened = dict.fromkeys(tenant_headers, _TENANT) | _SCREENED
+        self.screened = dict.fromkeys(self.tenant_spellings, _TENANT) | _SCREENED
+        self.unnameable = UNNAMEABLE | tenant_headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -123,9 +134,13 @@ class Router:
         hosts = 0
         overrides: tuple[str, ...] = ()
         encodings = 0  # Transfer-Encoding headers; 2 for one that is not exactly "chunked"
-        tenant_headers: dict[bytes, bytes] | None = None
+        body = nominated = False
+        underscored = 0  # headers not forwarded for the "_" in their name
+        tenant_headers: list[tuple[bytes, bytes]] | None = None
         screened = self.screened
         for name, value in scope["headers"]:
+            if b"_" in name:
+                underscored += 1
             if name not in screened:  # most headers: an `in` costs less than a .get() call
                 continue
             kind = screened[name]
@@ -136,17 +151,27 @@ class Router:
                 # Whitespace around a value is not part of it (RFC 9110 5.5), whichever
                 # parser version trimmed it already.
                 encodings += 1 if value.strip(b" \t").lower() == b"chunked" else 2
+            elif kind == _LENGTH:
+                body = value.strip(b"0") != b""  # the parser has checked it is all digits
+            elif kind == _CONNECTION:
+                nominated = nominated or nominates(value, self.unnameable)
             elif kind == _OVERRIDE:
                 overrides += (value.decode("latin-1"),)
             else:
-                tenant_headers = tenant_headers or {}
-                tenant_headers[name] = value
+                tenant_headers = tenant_headers or []
+                tenant_headers.append((name, value))
+        if underscored:
+            self.metrics.underscored_headers += underscored
         if hosts != 1:
             message = "The request must carry exactly one Host header."
             return await _refuse(scope, send, served, 400, "bad_request", message, extra=_CLOSE)
         if encodings and (encodings > 1 or scope["http_version"] == "1.0"):
             # RFC 9112 6.1: anything but one "chunked" is framing a proxy may read otherwise.
             message = "The request's Transfer-Encoding is not acceptable."
+            return await _refuse(scope, send, served, 400, "bad_request", message, extra=_CLOSE)
+        if nominated:
+            # Honoured, it would strip the body's framing, the Host or edge's own headers.
+            message = "The request's Connection header names a header it may not."
             return await _refuse(scope, send, served, 400, "bad_request", message, extra=_CLOSE)
         method: str = scope["method"]
         if method == "CONNECT":
@@ -165,7 +190,16 @@ class Router:
             return await _refuse(
                 scope, send, served, 400, "bad_request", "The request path is not acceptable."
             )
-        header = tenant_headers.get(front.header.encode()) if tenant_headers else None
+        header = None
+        if tenant_headers and front.rule == "header":
+            name = front.header.encode()
+            copies = [sent for sent in tenant_headers if self.tenant_spellings[sent[0]] == name]
+            if len(copies) > 1:
+                # Judged by one copy, a portal could act on another.
+                message = "The request names its business more than once."
+                return await _refuse(scope, send, served, 400, "bad_request", message)
+            if copies and copies[0][0] == name:  # a spelling with "_" is not forwarded
+                header = copies[0][1]
         tenant = front.tenant_of(host, path, header, raw_path)
         if tenant is None:
             return await _refuse(scope, send, served, 404, "no_tenant", "There is no such page.")
@@ -188,8 +222,17 @@ class Router:
                 )
         mode_label, mode_header = _LABELS[mode]
         served.mode = mode_label
-        if overrides:
-            method = judged_method(method, overrides)
+        if front.front is _NEW and mode is not _ACTIVE:
+            # Where reads and writes part ways, whatever else makes a request a write counts:
+            # a WebSocket, a body, an override in the query.
+            method = judged_method(
+                WEBSOCKET if scope["type"] == "websocket" else method,
+                overrides,
+                query=scope["query_string"],
+                body=body or encodings > 0,
+            )
+        elif overrides:
+            method = effective_method(method, overrides)
         grant: Grant | None = None
         holder = False
         if (
@@ -227,6 +270,8 @@ class Router:
             backend = self.backends[decision.front]
             if backend.per_tenant:  # asked first: for_tenant is a call even when it fills nothing
                 backend = backend.for_tenant(tenant)
+            # Logged as forwarded however it ends: the portal may have the request already.
+            served.decision = FORWARD
             try:
                 outcome = await act(scope, receive, send, backend, edge_headers, view)
             except UpstreamAborted as exc:
@@ -268,6 +313,15 @@ class Router:
                 mode_label,
                 home=refusal_home(self.policy, decision.reason, tenant, mode, self.clock()),
             )
+
+
+def _spellings(name: bytes) -> list[bytes]:
+    """``name`` with each "-" as "-" or "_": "x-tenant", "x_tenant"."""
+    first, *rest = name.split(b"-")
+    return [
+        first + b"".join(dash + part for dash, part in zip(dashes, rest, strict=True))
+        for dashes in product((b"-", b"_"), repeat=len(rest))
+    ]
 
 
 async def _refuse(

@@ -6,6 +6,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from enum import StrEnum
+from urllib.parse import unquote_to_bytes
 
 from edge.config import FrontSettings, Settings
 from edge.memo import Memo
@@ -15,12 +16,13 @@ TENANT_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 # backend normalises it. Dot segments (also "..;", which Tomcat reads as ".."), back slashes,
 # control bytes.
 _UNSAFE_PATH = re.compile(r"(^|/)\.{1,2}(/|;|$)|\\|[\x00-\x1f\x7f]")
-# Once percent-decoded, never: a dot or slash still encoded (a backend that decodes twice
-# would see it).
-_DOUBLE_ENCODED = re.compile(r"%2[eEfF]|%5[cC]")
+# Once percent-decoded, never anything still percent-encoded: a backend that decodes twice
+# would read something else ("%252e" is "%2e" to edge, "." to it), IIS's "%u" form included.
+_STILL_ENCODED = re.compile(r"%(?:[0-9a-fA-F]{2}|[uU])")
 # What the path as sent must never hold: an encoded slash or back slash is one segment to edge
-# and two to a backend that decodes before it routes.
-_ENCODED_SEPARATOR = re.compile(rb"%2[fF]|%5[cC]")
+# and two to a backend that decodes before it routes; a "%" that does not start two hex digits
+# ("%u002e", "%2") is no encoding at all, and each backend makes of it what it will.
+_UNSAFE_ENCODING = re.compile(rb"%2[fF]|%5[cC]|%(?![0-9a-fA-F]{2})")
 # Looked for in bytes as an int: ``b"%" in raw`` goes through the buffer protocol, 6x slower.
 _PERCENT = ord("%")
 
@@ -41,8 +43,10 @@ def is_tenant_id(value: str) -> bool:
 def is_safe_path(path: str, raw_path: bytes) -> bool:
     """True when the decoded path and the path as sent cannot name different things.
 
-    No dot segment, encoded or back slash, double encoding or control byte, also once a
-    backend applies Unicode compatibility normalisation (full-width dots and slashes).
+    No dot segment, encoded or back slash, double or malformed encoding or control byte,
+    also once a backend applies Unicode compatibility normalisation (full-width dots and
+    slashes); and what was percent-encoded is UTF-8, for an overlong form ("%c0%ae") is a dot
+    to a lenient decoder and U+FFFD to edge's.
     """
     if path[:1] != "/":
         return False
@@ -52,10 +56,26 @@ def is_safe_path(path: str, raw_path: bytes) -> bool:
         return ("/." not in path and "\\" not in path) or _UNSAFE_PATH.search(path) is None
     return (
         _UNSAFE_PATH.search(path) is None
-        and _ENCODED_SEPARATOR.search(raw_path) is None
-        and _DOUBLE_ENCODED.search(path) is None
-        and (path.isascii() or _UNSAFE_PATH.search(unicodedata.normalize("NFKC", path)) is None)
+        and _UNSAFE_ENCODING.search(raw_path) is None
+        and _STILL_ENCODED.search(path) is None
+        and (
+            path.isascii()
+            or (
+                _UNSAFE_PATH.search(unicodedata.normalize("NFKC", path)) is None
+                # The server decodes with errors="replace": only then can it have hidden any.
+                and ("\ufffd" not in path or _is_utf8(unquote_to_bytes(raw_path)))
+            )
+        )
     )
+
+
+def _is_utf8(data: bytes) -> bool:
+    """Strictly: Python refuses overlong forms and surrogates, as RFC 3629 asks."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)

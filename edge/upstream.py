@@ -365,7 +365,10 @@ class Connection(asyncio.Protocol):
             finally:
                 self._client_turn = False
             if self._error is not None or self._complete:
-                return  # the portal has answered, or gone: the rest is not wanted
+                # The portal has answered, or gone: the rest is not wanted, and the portal
+                # would read it as the next request. The connection ends with the exchange.
+                self.close()
+                return
             data = b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk
             if self._pending_head:
                 data, self._pending_head = self._pending_head + data, b""

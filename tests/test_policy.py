@@ -10,6 +10,7 @@ import pytest
 
 from edge import config
 from edge.policy import (
+    WEBSOCKET,
     Forward,
     Mode,
     Policy,
@@ -19,6 +20,8 @@ from edge.policy import (
     decide,
     effective_method,
     is_forward_move,
+    judged_method,
+    query_overrides,
     refusal_home,
 )
 from edge.tenants import Front
@@ -303,6 +306,86 @@ def test_a_method_override_that_names_a_write_is_judged_as_that_write(
     method: str, overrides: list[str], judged: str
 ) -> None:
     assert effective_method(method, overrides) == judged
+
+
+@pytest.mark.parametrize(
+    ("method", "overrides", "query", "body", "judged"),
+    [
+        ("GET", [], b"", False, "GET"),
+        ("GET", [], b"", True, "GET with a body"),
+        ("OPTIONS", [], b"page=2", True, "OPTIONS with a body"),
+        ("POST", [], b"", True, "POST"),
+        ("GET", [], b"_method=delete", False, "DELETE"),
+        ("GET", [], b"_method=get", True, "GET with a body"),
+        ("POST", [], b"_method=DELETE", True, "POST/DELETE"),
+        ("POST", ["PUT"], b"", True, "POST/PUT"),
+        ("GET", ["GET"], b"_method=PATCH", False, "PATCH"),
+        (WEBSOCKET, [], b"", False, WEBSOCKET),
+        (WEBSOCKET, ["POST"], b"", False, "WEBSOCKET/POST"),
+    ],
+)
+def test_what_a_request_is_judged_as(
+    method: str, overrides: list[str], query: bytes, body: bool, judged: str
+) -> None:
+    assert judged_method(method, overrides, query=query, body=body) == judged
+
+
+@pytest.mark.parametrize(
+    ("query", "found"),
+    [
+        (b"", ()),
+        (b"page=2&sort=name", ()),
+        (b"_method=DELETE", ("DELETE",)),
+        (b"_METHOD=put", ("PUT",)),
+        (b"%5Fmethod=PUT", ("PUT",)),
+        (b"_m%65thod=PUT", ("PUT",)),
+        (b"_method[]=patch", ("PATCH",)),
+        (b".method=DELETE", ("DELETE",)),
+        (b"+_method=DELETE", ("DELETE",)),
+        (b"a=1;_method=DELETE", ("DELETE",)),
+        (b"_method=DEL%45TE", ("DELETE",)),
+        (b"_method=+put+", ("PUT",)),
+        (b"X-HTTP-Method-Override=DELETE", ("DELETE",)),
+        (b"x_method=PUT&_method=GET", ("PUT", "GET")),
+        (b"_method=", ()),
+        (b"_method", ()),
+        (b"method=DELETE&my_method=PUT&_methods=PUT", ()),
+    ],
+)
+def test_query_parameters_read_as_a_method(query: bytes, found: tuple[str, ...]) -> None:
+    assert query_overrides(query) == found
+
+
+def test_a_websocket_is_a_write_that_the_allow_list_names_by_path() -> None:
+    policy = make_policy(
+        setup_allow=[
+            {"method": "WEBSOCKET", "path": "/{tenant}/live"},
+            {"method": "GET", "path": "/{tenant}/chat/*"},
+        ]
+    )
+    for mode, path, expected in [
+        (Mode.SETUP, "/acme/live", FORWARD_NEW),
+        (Mode.SETUP, "/acme/chat/room-1", FORWARD_NEW),
+        (Mode.SETUP, "/acme/checkout", BLOCKED),
+        (Mode.LEGACY, "/acme/live", NOT_ENABLED),
+        (Mode.ACTIVE, "/acme/checkout", FORWARD_NEW),
+    ]:
+        decision = decide(Front.NEW, "acme", mode, WEBSOCKET, path, b"", at(BEFORE), policy)
+        assert _kind(decision) == expected, (mode, path)
+    # A GET entry lets no write through: a GET with a body is not a GET.
+    read = judged_method("GET", body=True)
+    decision = decide(Front.NEW, "acme", Mode.SETUP, read, "/acme/chat/x", b"", at(BEFORE), policy)
+    assert _kind(decision) == BLOCKED
+
+
+FORWARD_NEW, BLOCKED, NOT_ENABLED = "forward new", "blocked", "not enabled"
+
+
+def _kind(decision: object) -> str:
+    if isinstance(decision, Forward):
+        return FORWARD_NEW if decision.front is Front.NEW else "forward legacy"
+    assert isinstance(decision, Refuse), decision
+    return BLOCKED if decision.reason is Reason.BLOCKED else NOT_ENABLED
 
 
 @pytest.mark.parametrize(

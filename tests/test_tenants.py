@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import pytest
 
@@ -178,6 +178,32 @@ def test_paths_that_could_change_the_tenant_are_not_safe(path: str, safe: bool) 
 )
 def test_an_encoded_separator_is_not_safe(path: str, raw_path: bytes, safe: bool) -> None:
     assert is_safe_path(path, raw_path) is safe
+
+
+@pytest.mark.parametrize(
+    "raw_path",
+    [
+        # IIS's %uXXXX, and any "%" that starts no two hex digits: no encoding at all.
+        *(b"/acme/%u002e%u002e/other", b"/acme/%U002E%U002E/other", b"/acme/.%u002e/x"),
+        *(b"/acme/%u2215x", b"/acme/50%", b"/acme/%zz", b"/acme/%2", b"/acme/%%32%65"),
+        # Overlong UTF-8: a lenient decoder reads a dot or a slash; and other invalid UTF-8.
+        *(b"/acme/%c0%ae%c0%ae/other", b"/acme/%e0%80%ae%e0%80%ae/other", b"/acme/%C0%AF"),
+        *(b"/acme/%f0%80%80%ae", b"/acme/%c1%9c", b"/acme/%ed%a0%80", b"/acme/%ff", b"/acme/%80"),
+        # Decoded once, still encoded: a backend that decodes twice reads something else.
+        *(b"/acme/%25u002e%25u002e/other", b"/acme/%25c0%25ae", b"/acme/%2541", b"/acme/%252f"),
+    ],
+)
+def test_malformed_overlong_and_double_encodings_are_not_safe(raw_path: bytes) -> None:
+    """The path as uvicorn decodes it (UTF-8, errors replaced) beside the path as sent."""
+    assert not is_safe_path(unquote(raw_path.decode()), raw_path)
+
+
+@pytest.mark.parametrize(
+    "raw_path", [b"/acme/caf%C3%A9", b"/acme/%EF%BF%BD", b"/acme/%F0%9F%8E%89", b"/acme/100%25"]
+)
+def test_well_formed_utf8_and_a_single_percent_sign_are_safe(raw_path: bytes) -> None:
+    """U+FFFD itself, percent-encoded, is valid UTF-8: only a sequence that is not is refused."""
+    assert is_safe_path(unquote(raw_path.decode()), raw_path)
 
 
 @pytest.mark.parametrize("value", ["a", "acme-gym", "0", "a-" * 31 + "a"])
