@@ -14,16 +14,17 @@ import gc
 
 import uvicorn
 
-from edge import config, logs
-from edge.app import EdgeApp
-from edge.asgi import Receive, Scope, Send
+from edge import config
 from edge.config import Settings
-from edge.headers import Backend, ClientView
-from edge.proxy import Forwarder
-from edge.router import Router
-from edge.served import Served
-from edge.server import Listener, bind, uvicorn_config
-from edge.tenants import Front
+from edge.core.asgi import Receive, Scope, Send
+from edge.core.tenants import Front
+from edge.forwarding.headers import Backend, ClientView
+from edge.forwarding.proxy import Forwarder
+from edge.observe import logs
+from edge.observe.served import Served
+from edge.routing.router import Router
+from edge.serving.app import EdgeApp
+from edge.serving.server import Listener, bind, uvicorn_config
 
 TENANT = "bench-gym"
 # What the router adds for the bench's tenant, so that every variant sends the same request.

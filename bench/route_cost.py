@@ -17,11 +17,12 @@ import uvloop
 from bench.forward_only import TENANT, skip_routing
 from bench.stage import PATH
 from edge import config
-from edge.app import EdgeApp
-from edge.asgi import Message, Receive, Scope, Send
-from edge.headers import Backend, ClientView
-from edge.policy import Mode
-from edge.proxy import Forwarder, Outcome
+from edge.core.asgi import Message, Receive, Scope, Send
+from edge.core.tenants import Mode
+from edge.forwarding.headers import Backend, ClientView
+from edge.forwarding.proxy import Forwarder
+from edge.observe.served import Outcome
+from edge.serving.app import EdgeApp
 
 HOST = "portal.example.com"
 _ANSWERED = Outcome(200, 26, 0.0, None)

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from edge import config
+from edge.activation.readiness import ReadinessCheck
+from edge.activation.watch import watch_report
 from edge.config import Settings
+from edge.core.tenants import Mode
 from edge.modes import Change, ChangeRefused, ModeStore, StoreUnavailable, open_store
 from edge.modes.base import MoveResult, Schedule
-from edge.policy import Mode
-from edge.preview import PreviewGate
-from edge.readiness import ReadinessCheck
-from edge.watch import watch_report
+from edge.routing.preview import PreviewGate
 
 if TYPE_CHECKING:
     from edge.admin.client import AdminClient
@@ -198,7 +198,7 @@ def default_actor() -> str:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from edge.server import serve
+    from edge.serving.server import serve
 
     # Worker processes read their config from the environment.
     os.environ[config.ENV_CONFIG] = str(args.config.resolve())
@@ -211,7 +211,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from edge.demo_runner import run_demo
+    from edge.demo.runner import run_demo
 
     return run_demo(settings, args.config)
 
@@ -339,7 +339,7 @@ def cmd_tenant_history(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_tenant_schedule(args: argparse.Namespace, settings: Settings) -> int:
-    from edge.schedule import parse_instant
+    from edge.moves.schedule import parse_instant
 
     if (problem := _bad_tenant(args.tenant)) is not None:
         return problem
@@ -401,7 +401,7 @@ def _describe_schedule(schedule: Schedule) -> str:
 
 
 def cmd_tenant_import(args: argparse.Namespace, settings: Settings) -> int:
-    from edge import importer
+    from edge.moves import importer
 
     try:
         rows, bad = importer.read_rows(args.file)
@@ -502,7 +502,7 @@ def _duration(text: str) -> float:
 
 
 def _bad_tenant(tenant: str) -> int | None:
-    from edge.tenants import is_tenant_id
+    from edge.core.tenants import is_tenant_id
 
     if is_tenant_id(tenant):
         return None

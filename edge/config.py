@@ -42,7 +42,7 @@ from pydantic import (
 ENV_PREFIX = "EDGE_"
 ENV_CONFIG = "EDGE_CONFIG"
 ENV_ADMIN_TOKEN = "EDGE_ADMIN_TOKEN"  # noqa: S105 (a variable name)
-DEMO_CONFIG = Path(__file__).with_name("demo.toml")  # `edge demo`'s, and only its
+DEMO_CONFIG = Path(__file__).parent / "demo" / "demo.toml"  # `edge demo`'s, and only its
 NO_CONFIG = (
     "no config file given: pass --config PATH or set EDGE_CONFIG=PATH "
     "(config/edge.toml is a commented example), or run `edge demo` to try edge on its "

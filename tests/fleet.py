@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 
 from edge.config import StoreSettings
+from edge.core.tenants import Mode
 from edge.modes import open_store
-from edge.policy import Mode
 from tests.stack import LEGACY_HOST, Stack, stack
 
 # What the legacy front answers a GET with, by mode: forwarded (200) or redirected (302).

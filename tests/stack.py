@@ -11,10 +11,10 @@ from typing import Any
 import httpx
 
 from edge import config
-from edge.app import EdgeApp
-from edge.asgi import Receive, Scope, Send
+from edge.core.asgi import Receive, Scope, Send
 from edge.modes import ModeStore
-from edge.server import uvicorn_config
+from edge.serving.app import EdgeApp
+from edge.serving.server import uvicorn_config
 from tests.support import ServerThread, bound_socket
 
 LEGACY_HOST = "parents.test"

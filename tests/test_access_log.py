@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from edge.logs import AccessLog, JsonFormatter
-from edge.served import Served
+from edge.observe.logs import AccessLog, JsonFormatter
+from edge.observe.served import Served
 from tests.stack import ADMIN_TOKEN, LEGACY_HOST, NEW_HOST, RecordingBackend
 from tests.support import RedisServer, ServerThread, eventually, free_port, wait_for_port
 

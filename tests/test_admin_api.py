@@ -16,13 +16,13 @@ from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
 from edge import config
+from edge.activation.readiness import ReadinessCheck
+from edge.activation.traffic import Traffic
+from edge.activation.watch import WatchMonitor
 from edge.admin.api import AdminApi
 from edge.admin.openapi import OPENAPI
-from edge.metrics import Metrics
 from edge.modes import MemoryStore, ModeCache
-from edge.readiness import ReadinessCheck
-from edge.traffic import Traffic
-from edge.watch import WatchMonitor
+from edge.observe.metrics import Metrics
 from tests.stack import ADMIN_TOKEN, Stack, settings_for, stack
 from tests.support import RedisServer
 

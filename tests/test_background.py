@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from edge.background import Background
+from edge.core.background import Background
 
 
 async def test_stop_ends_a_task_that_swallows_its_first_cancellation() -> None:

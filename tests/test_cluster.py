@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from edge.config import StoreSettings
+from edge.core.tenants import Mode
 from edge.modes import open_store
-from edge.policy import Mode
 from tests.fleet import ANSWER, Traffic, answer, fleet, set_modes, write_cli_config
 from tests.support import ClusterServers, RedisServer, eventually, redis_cli
 from tests.test_cli import edge

@@ -16,8 +16,9 @@ import pytest
 from edge import config
 from edge.admin.wording import describe_move, how_long, sunset_distance, what_customers_see
 from edge.config import StoreSettings
+from edge.core.tenants import Mode
 from edge.modes import ModeStore, open_store
-from edge.policy import Mode, Policy
+from edge.routing.decide import Policy
 from tests.stack import ADMIN_TOKEN, NEW_HOST, Stack, settings_for, stack
 from tests.support import RedisServer, eventually
 

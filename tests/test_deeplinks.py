@@ -9,10 +9,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from edge import config
+from edge.activation.traffic import MAX_PATH, Traffic, normalise
 from edge.config import StoreSettings
 from edge.modes import ModeStore, open_store
 from edge.modes.traffic import KEEP_SLACK, TrafficCounts
-from edge.traffic import MAX_PATH, Traffic, normalise
 from tests.stack import LEGACY_HOST, NEW_HOST, stack
 from tests.support import RedisServer, eventually
 

@@ -8,9 +8,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from edge import config, demo
-from edge.demo import legacy_portal, new_portal
-from edge.policy import Policy
+from edge import config
+from edge.demo import portals
+from edge.demo.portals import legacy_portal, new_portal
+from edge.routing.decide import Policy
 from tests.support import ServerThread
 
 BANNER = "Preview — read-only: bookings and checkout are not possible yet"
@@ -236,7 +237,7 @@ def test_a_visitor_gets_a_cookie_once_and_a_forged_one_is_replaced(new: httpx.Cl
 
 
 def test_the_portals_forget_their_least_recent_visitors(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(demo, "_MAX_VISITORS", 3)
+    monkeypatch.setattr(portals, "_MAX_VISITORS", 3)
     with ServerThread(new_portal()) as server:
         clients = [httpx.Client(base_url=server.url) for _ in range(4)]
         try:

@@ -25,9 +25,9 @@ from uvicorn.server import ServerState
 from uvicorn.supervisors import Multiprocess
 
 from edge import config
-from edge.protocol import BoundedHttpToolsProtocol
-from edge.server import _Supervisor, uvicorn_config
-from edge.websocket import WebSocketProtocol
+from edge.forwarding.websocket import WebSocketProtocol
+from edge.serving.protocol import BoundedHttpToolsProtocol
+from edge.serving.server import _Supervisor, uvicorn_config
 
 # edge's subclass → the uvicorn class it builds on.
 PARENTS: dict[type[Any], type[Any]] = {
@@ -106,7 +106,7 @@ SETTINGS = config.from_mapping(
 
 
 def test_uvicorn_config_takes_every_setting_edge_passes() -> None:
-    made = uvicorn_config(SETTINGS, "edge.app:from_environment")
+    made = uvicorn_config(SETTINGS, "edge.serving.app:from_environment")
     accepted = inspect.signature(uvicorn.Config).parameters
     expected = {
         "factory": True,

@@ -16,16 +16,17 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 
-from edge import headers as edge_headers
 from edge.config import UpstreamSettings
-from edge.headers import (
+from edge.forwarding import headers as edge_headers
+from edge.forwarding.headers import (
     ClientView,
     client_view,
     downstream_headers,
     trust_checker,
     upstream_headers,
 )
-from edge.proxy import Forwarder, Outcome, UpstreamAborted
+from edge.forwarding.proxy import Forwarder, UpstreamAborted
+from edge.observe.served import Outcome
 from tests.support import ScriptedPortal, ServerThread, free_port
 
 ROUTER_HEADERS = [(b"x-edge-tenant", b"acme-gym"), (b"x-edge-mode", b"setup")]

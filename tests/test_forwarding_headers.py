@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-from edge.asgi import Receive, Scope, Send
 from edge.config import FrontSettings
-from edge.headers import Backend
+from edge.core.asgi import Receive, Scope, Send
+from edge.forwarding.headers import Backend
 from tests.stack import LEGACY_HOST, NEW_HOST, RecordingBackend, Seen, Stack, run_edge, settings_for
 from tests.support import RedisServer, ServerThread, unique_prefix
 

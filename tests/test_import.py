@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.importer import BadRow, Row, read_rows
 from edge.modes import MemoryStore
+from edge.moves.importer import BadRow, Row, read_rows
 from tests.stack import ADMIN_TOKEN, stack
 from tests.support import RedisServer
 from tests.test_cli import CONFIG, edge

@@ -1,4 +1,4 @@
-from edge.memo import Memo
+from edge.core.memo import Memo
 
 
 def test_an_answer_is_computed_once_per_key() -> None:

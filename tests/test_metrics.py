@@ -12,12 +12,11 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge.asgi import Receive, Scope, Send
-from edge.metrics import Metrics
+from edge.core.asgi import Receive, Scope, Send
+from edge.core.tenants import Front
 from edge.modes import MemoryStore, ModeCache
-from edge.proxy import Outcome
-from edge.served import Served
-from edge.tenants import Front
+from edge.observe.metrics import Metrics
+from edge.observe.served import Outcome, Served
 from tests.stack import LEGACY_HOST, NEW_HOST, Stack, run_edge, settings_for, stack
 from tests.support import RedisServer, ScriptedPortal, ServerThread, eventually, free_port
 from tests.test_forwarding import wait_event

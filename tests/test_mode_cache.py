@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 import pytest
 
+from edge.core.tenants import Mode
 from edge.modes import MISSING, ModeCache, ModeStore, StoreUnavailable
 from edge.modes.memory import MemoryStore
 from edge.modes.redis import RedisStore
-from edge.policy import Mode
 from tests.support import RedisServer
 
 

@@ -8,8 +8,8 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edge.core.tenants import Mode
 from edge.modes.entries import MISSING, Entries
-from edge.policy import Mode
 
 TENANTS = [f"t{n}" for n in range(12)]
 VALUES = [*Mode, None]

@@ -9,22 +9,20 @@ from datetime import UTC, datetime
 import pytest
 
 from edge import config
-from edge.policy import (
+from edge.core.tenants import Front, Mode, is_forward_move
+from edge.routing.decide import (
     WEBSOCKET,
     Forward,
-    Mode,
     Policy,
     Reason,
     Redirect,
     Refuse,
     decide,
     effective_method,
-    is_forward_move,
     judged_method,
     query_overrides,
     refusal_home,
 )
-from edge.tenants import Front
 
 SUNSET = datetime(2027, 6, 30, 22, 0, tzinfo=UTC)
 BEFORE = datetime(2027, 1, 1, tzinfo=UTC)

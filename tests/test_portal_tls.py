@@ -19,7 +19,7 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from edge.asgi import Receive, Scope, Send
+from edge.core.asgi import Receive, Scope, Send
 from tests.stack import LEGACY_HOST, run_edge, settings_for
 from tests.support import ServerThread, bound_socket, make_certificates
 

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from edge import config
-from edge.preview import COOKIE_PREFIX, PreviewGate
+from edge.routing.preview import COOKIE_PREFIX, PreviewGate
 from tests.stack import LEGACY_HOST, NEW_HOST, Stack, stack
 from tests.support import RedisServer, unique_prefix
 from tests.test_cli import CONFIG as CLI_CONFIG

@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 
 from edge import config
-from edge.asgi import Receive, Scope, Send
+from edge.activation.readiness import USER_AGENT, NotReady, ReadinessCheck
 from edge.config import StoreSettings
+from edge.core.asgi import Receive, Scope, Send
+from edge.core.tenants import Mode
 from edge.modes import ChangeRefused, ModeStore, open_store
 from edge.modes.base import MoveOutcome
 from edge.modes.traffic import TrafficCounts
-from edge.policy import Mode
-from edge.readiness import USER_AGENT, NotReady, ReadinessCheck
-from edge.schedule import Scheduler
+from edge.moves.schedule import Scheduler
 from tests.stack import ADMIN_TOKEN, LEGACY_HOST, NEW_HOST, RecordingBackend, Stack, stack
 from tests.support import RedisServer, ServerThread, eventually
 from tests.test_cli import edge as run_edge

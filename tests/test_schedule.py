@@ -13,10 +13,10 @@ import httpx
 import pytest
 
 from edge.config import StoreSettings
+from edge.core.tenants import Mode
 from edge.modes import Change, ChangeRefused, ModeStore, RedisStore, open_store
 from edge.modes.base import Schedule, UnknownSchedule
-from edge.policy import Mode
-from edge.schedule import Scheduler, parse_instant, via
+from edge.moves.schedule import Scheduler, parse_instant, via
 from tests.stack import ADMIN_TOKEN, run_edge, settings_for
 from tests.support import RedisServer
 from tests.test_cli import CONFIG, edge

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from edge.config import StoreSettings
+from edge.core.tenants import Mode
 from edge.modes import StoreUnavailable, open_store
-from edge.policy import Mode
 from tests.fleet import ANSWER, Traffic, answer, fleet, read_modes, set_modes, write_cli_config
 from tests.support import RedisServer, SentinelServers, eventually
 from tests.test_cli import edge

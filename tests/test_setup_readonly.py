@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from edge.policy import METHOD_OVERRIDE_HEADERS
+from edge.core.http import METHOD_OVERRIDE_HEADERS
 from tests.rawhttp import exchange, request
 from tests.stack import NEW_HOST, Seen, Stack, stack
 from tests.support import RedisServer, unique_prefix

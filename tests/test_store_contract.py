@@ -12,10 +12,10 @@ from typing import Any, TypeVar
 import pytest
 
 from edge.config import StoreSettings
+from edge.core.tenants import Mode
 from edge.modes import Change, ChangeRefused, ModeEvent, ModeStore, open_store
 from edge.modes.base import KeysChanged, StoreNotice
 from edge.modes.memory import MemoryStore
-from edge.policy import Mode
 from tests.support import RedisServer
 
 RawSet = Callable[[str, str | None], None]

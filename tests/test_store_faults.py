@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from edge.config import StoreSettings
+from edge.core.tenants import Mode
 from edge.modes import ChangeRefused, ModeStore, StoreUnavailable, open_store, subscription
 from edge.modes.base import KeysChanged
 from edge.modes.redis import RedisStore
-from edge.policy import Mode
 from tests.support import RedisServer, free_port, wait_for_port
 
 

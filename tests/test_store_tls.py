@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from edge.config import StoreSettings
+from edge.core.tenants import Mode
 from edge.modes import ModeEvent, ModeStore, StoreUnavailable, open_store
 from edge.modes.base import KeysChanged
-from edge.policy import Mode
 from tests.support import RedisServer, free_port, make_certificates
 
 

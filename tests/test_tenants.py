@@ -7,7 +7,8 @@ from urllib.parse import quote, unquote
 import pytest
 
 from edge import config
-from edge.tenants import Front, Resolver, is_safe_path, is_tenant_id
+from edge.core.tenants import Front, is_tenant_id
+from edge.routing.resolve import Resolver, is_safe_path
 
 
 def resolver(

@@ -1,5 +1,5 @@
-"""The forwarding leg's own HTTP/1.1 client (edge.upstream), against a scripted portal on a
-real socket: keep-alive reuse, the pool's limit, and answers a portal may give that a plain
+"""The forwarding leg's own HTTP/1.1 client (edge.forwarding.upstream), against a scripted portal on
+a real socket: keep-alive reuse, the pool's limit, and answers a portal may give that a plain
 client never sees (interim 1xx, a body that runs until close, HEAD, unsolicited bytes)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from edge.config import UpstreamSettings
-from edge.upstream import Connection, Origin, UpstreamPool
+from edge.forwarding.upstream import Connection, Origin, UpstreamPool
 from tests.stack import LEGACY_HOST, NEW_HOST, run_edge, settings_for
 from tests.support import Answer, RedisServer, ScriptedPortal, eventually, unique_prefix
 from tests.test_forwarding import ProxyApp, serve_proxy

@@ -22,8 +22,8 @@ import pytest
 
 from edge import config
 from edge.config import UpstreamSettings
-from edge.headers import UNNAMEABLE, ClientView, nominates, upstream_headers
-from edge.upstream import Origin, UpstreamPool, request_head
+from edge.forwarding.headers import UNNAMEABLE, ClientView, nominates, upstream_headers
+from edge.forwarding.upstream import Origin, UpstreamPool, request_head
 from tests.portals import CgiPortal, GreedyPortal, Parsed
 from tests.rawhttp import Reply, exchange, request
 from tests.stack import LEGACY_HOST, NEW_HOST, run_edge, settings_for

@@ -36,7 +36,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from edge.proxy import CLIENT_CLOSED
+from edge.observe.served import CLIENT_CLOSED
 from tests.portals import CgiPortal, GreedyPortal, Parsed, StrictPortal, parse_greedily
 from tests.process import EdgeProcess
 from tests.rawhttp import exchange

@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import pytest
 
 from edge.config import StoreSettings
+from edge.core.tenants import Mode
 from edge.modes import MISSING, ModeCache, ModeStore, open_store
-from edge.policy import Mode
 from tests.stack import LEGACY_HOST, NEW_HOST, stack
 from tests.support import ClusterServers, RedisServer, eventually
 

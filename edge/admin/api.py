@@ -20,19 +20,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Match, Route
 
+from edge.activation.readiness import NotReady
 from edge.admin.openapi import OPENAPI
+from edge.core.tenants import TENANT_ID, Mode, is_tenant_id
 from edge.modes import ChangeRefused, ModeCache, ModeStore, StoreUnavailable
 from edge.modes.base import BulkRefused, MoveOutcome, UnknownSchedule
 from edge.modes.counts import ModeCounter
-from edge.policy import Mode
-from edge.readiness import NotReady
-from edge.schedule import parse_instant
-from edge.tenants import TENANT_ID, is_tenant_id
+from edge.moves.schedule import parse_instant
 
 if TYPE_CHECKING:
-    from edge.metrics import Metrics
-    from edge.readiness import ReadinessCheck
-    from edge.watch import WatchMonitor
+    from edge.activation.readiness import ReadinessCheck
+    from edge.activation.watch import WatchMonitor
+    from edge.observe.metrics import Metrics
 
 PAGE_LIMIT = 100
 PAGE_LIMIT_MAX = 1000

@@ -8,9 +8,9 @@ from typing import Any
 
 import httpx
 
+from edge.core.tenants import Mode
 from edge.modes import Change, ChangeRefused, StoreUnavailable
 from edge.modes.base import BulkRefused, MoveProblem, MoveResult, Schedule, UnknownSchedule
-from edge.policy import Mode
 
 PAGE = 1000
 # An activation probes the new portal for the tenant's deep links first: it may take a while.

@@ -22,17 +22,17 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.templating import Jinja2Templates
 
+from edge.activation.readiness import ReadinessCheck
+from edge.activation.watch import WatchMonitor
 from edge.admin.sessions import Session, Sessions
 from edge.admin.wording import describe_move, sunset_distance, what_customers_see
-from edge.asgi import ASGIApp
 from edge.config import Settings
+from edge.core.asgi import ASGIApp
+from edge.core.tenants import TENANT_ID, Mode, is_tenant_id
 from edge.modes import ChangeRefused, ModeStore, StoreUnavailable
 from edge.modes.counts import ModeCounter
-from edge.policy import Mode, Policy
-from edge.preview import PreviewGate
-from edge.readiness import ReadinessCheck
-from edge.tenants import TENANT_ID, is_tenant_id
-from edge.watch import WatchMonitor
+from edge.routing.decide import Policy
+from edge.routing.preview import PreviewGate
 
 PAGE_SIZE = 50
 HISTORY_SHOWN = 50

@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from edge.policy import Mode, Policy, is_forward_move
+from edge.core.tenants import Mode, is_forward_move
+from edge.routing.decide import Policy
 
 
 def what_customers_see(tenant: str, mode: Mode | None, policy: Policy, now: datetime) -> list[str]:

@@ -14,9 +14,8 @@ from datetime import UTC, datetime
 from enum import IntEnum, StrEnum
 from typing import Any
 
+from edge.core.tenants import TENANT_ID, Mode, is_forward_move, is_tenant_id
 from edge.modes.traffic import TrafficCounts
-from edge.policy import Mode, is_forward_move
-from edge.tenants import TENANT_ID, is_tenant_id
 
 log = logging.getLogger("edge.modes")
 
@@ -30,7 +29,7 @@ DEFAULT_MODE = Mode.LEGACY
 # mode key (KeysChanged), raw edits included.
 OnSubscribed = Callable[[bool], Awaitable[None]]
 # Asked before a tenant is moved to active without force: raises ChangeRefused to refuse,
-# else returns a note for the audit entry (edge.readiness.ReadinessCheck.guard).
+# else returns a note for the audit entry (edge.activation.readiness.ReadinessCheck.guard).
 ActivationGuard = Callable[[str], Awaitable[str]]
 
 

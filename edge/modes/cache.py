@@ -29,10 +29,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
 
-from edge.background import Background
+from edge.core.background import Background
+from edge.core.tenants import Mode
 from edge.modes.base import ModeEvent, ModeStore, StoreNotice, StoreUnavailable
 from edge.modes.entries import MISSING, Entries, Missing
-from edge.policy import Mode
 
 log = logging.getLogger("edge.modes")
 

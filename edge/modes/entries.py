@@ -21,7 +21,7 @@ from collections import Counter, deque
 from collections.abc import Iterator
 from typing import Final, Literal
 
-from edge.policy import Mode
+from edge.core.tenants import Mode
 
 
 class _Missing(enum.Enum):

@@ -7,6 +7,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 
+from edge.core.tenants import Mode, is_tenant_id
 from edge.modes.base import (
     DEFAULT_MODE,
     HISTORY_LIMIT,
@@ -22,8 +23,6 @@ from edge.modes.base import (
     backward_from,
 )
 from edge.modes.traffic import KEEP_SLACK, TrafficCounts
-from edge.policy import Mode
-from edge.tenants import is_tenant_id
 
 
 class MemoryStore(ModeStore):

@@ -23,6 +23,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 from redis.maint_notifications import MaintNotificationsConfig
 
+from edge.core.tenants import Mode, is_tenant_id
 from edge.modes.base import (
     DEFAULT_MODE,
     HISTORY_LIMIT,
@@ -41,8 +42,6 @@ from edge.modes.base import (
 )
 from edge.modes.subscription import Subscription, merged, resp2
 from edge.modes.traffic import KEEP_SLACK, RETENTION_SECONDS, TrafficCounts
-from edge.policy import Mode
-from edge.tenants import is_tenant_id
 
 CHUNK = 500
 NODE_CURSORS = 2**64  # a SCAN cursor is below this

@@ -22,8 +22,8 @@ from typing import Any
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError, ResponseError
 
+from edge.core.tenants import is_tenant_id
 from edge.modes.base import KeysChanged, StoreNotice, StoreUnavailable, decode_event
-from edge.tenants import is_tenant_id
 
 log = logging.getLogger("edge.modes")
 

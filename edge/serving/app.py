@@ -11,21 +11,23 @@ import gc
 import logging
 from collections.abc import Mapping
 
-from edge import clients, config, logs
+from edge import config
+from edge.activation.readiness import ReadinessCheck
+from edge.activation.traffic import Traffic
+from edge.activation.watch import WatchMonitor
 from edge.admin.api import AdminApi
 from edge.admin.dashboard import Dashboard
-from edge.asgi import ASGIApp, Receive, Scope, Send
 from edge.config import Settings
-from edge.metrics import Metrics
+from edge.core.asgi import ASGIApp, Receive, Scope, Send
+from edge.forwarding.proxy import Forwarder
+from edge.forwarding.websocket import WebSocketRelay
 from edge.modes import ModeCache, ModeStore, open_store
 from edge.modes.counts import ModeCounter
-from edge.proxy import Forwarder
-from edge.readiness import ReadinessCheck
-from edge.router import Router
-from edge.schedule import Scheduler
-from edge.traffic import Traffic
-from edge.watch import WatchMonitor
-from edge.websocket import WebSocketRelay
+from edge.moves.schedule import Scheduler
+from edge.observe import logs
+from edge.observe.metrics import Metrics
+from edge.routing.router import Router
+from edge.serving import clients
 
 log = logging.getLogger("edge")
 

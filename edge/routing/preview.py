@@ -17,12 +17,12 @@ from urllib.parse import urlsplit
 from itsdangerous import BadSignature, Signer
 
 from edge.config import Settings
-from edge.policy import Policy
+from edge.routing.decide import Policy
 
 LINK_PARAM = "edge-preview"
 COOKIE_PREFIX = "edge-preview-"
 _LINK_PARAM = LINK_PARAM.encode() + b"="
-_SALT = b"edge.preview.v1"
+_SALT = b"edge.routing.preview.v1"
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,12 +29,13 @@ from websockets.protocol import State
 from websockets.typing import Subprotocol
 from websockets.uri import WebSocketURI
 
-from edge.asgi import Message, Receive, Scope, Send
 from edge.config import UpstreamSettings, WebSocketSettings
-from edge.headers import Backend, ClientView, upstream_headers
-from edge.proxy import CLIENT_CLOSED, Outcome, request_target, send_upstream_failure
-from edge.responses import send_response
-from edge.upstream import Origin
+from edge.core.asgi import Message, Receive, Scope, Send
+from edge.core.responses import send_response
+from edge.forwarding.headers import Backend, ClientView, upstream_headers
+from edge.forwarding.proxy import request_target, send_upstream_failure
+from edge.forwarding.upstream import Origin
+from edge.observe.served import CLIENT_CLOSED, Outcome
 
 # The handshake's own fields: the client's are its handshake with edge, not edge's with the
 # portal, which the websockets client writes; and a handshake has no body.

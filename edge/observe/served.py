@@ -4,14 +4,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edge.proxy import Outcome
-from edge.tenants import Front
+from edge.core.tenants import Front
 
 FORWARD = "forward"
 REDIRECT = "redirect"
 REFUSE = "refuse"
+CLIENT_CLOSED = 499  # nginx's status for "the client went away before the answer"
 # Why a forwarded request did not end normally: edge answered 502 or 504 itself.
 _FAILURES = {502: "upstream_unreachable", 504: "upstream_timeout"}
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one forwarded request came to: the status sent (499 if the client left first), body
+    bytes sent to the client, seconds from sending upstream to the last byte relayed."""
+
+    status: int
+    bytes_out: int
+    upstream_seconds: float
+    error: str | None
 
 
 @dataclass(slots=True)

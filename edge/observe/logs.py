@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from edge.config import ServerSettings
-from edge.served import Served
+from edge.observe.served import Served
 
 ACCESS_LOGGER = "edge.access"
 _OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE

@@ -23,9 +23,10 @@ from urllib.parse import urlsplit
 import httpx
 
 from edge.config import Settings
-from edge.headers import Backend
+from edge.core.tenants import Mode
+from edge.forwarding.headers import Backend
 from edge.modes import ChangeRefused, ModeStore
-from edge.policy import Mode, Policy
+from edge.routing.decide import Policy
 
 USER_AGENT = "edge-readiness"
 WORST = 10  # failing paths a report lists

@@ -21,8 +21,8 @@ from datetime import UTC, datetime, timedelta
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from edge.background import Background
 from edge.config import Settings
+from edge.core.background import Background
 from edge.modes import ModeStore, StoreUnavailable
 from edge.modes.traffic import TrafficCounts, status_class
 

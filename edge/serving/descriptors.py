@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.config import Settings
-from edge.protocol import LINGER_MAX
+from edge.serving.protocol import LINGER_MAX
 
 log = logging.getLogger("edge")
 

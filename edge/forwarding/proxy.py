@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
 from urllib.parse import quote_from_bytes
 
-from edge.asgi import Receive, Scope, Send
 from edge.config import UpstreamSettings
-from edge.headers import (
+from edge.core.asgi import Receive, Scope, Send
+from edge.core.responses import UPSTREAM_FAILURES, asks_for_json, send_refusal
+from edge.forwarding.headers import (
     Backend,
     BodyFraming,
     ClientView,
@@ -20,8 +20,7 @@ from edge.headers import (
     trust_checker,
     upstream_headers,
 )
-from edge.responses import UPSTREAM_FAILURES, asks_for_json, send_refusal
-from edge.upstream import (
+from edge.forwarding.upstream import (
     Connection,
     Origin,
     UpstreamDisconnected,
@@ -29,8 +28,8 @@ from edge.upstream import (
     UpstreamPool,
     request_head,
 )
+from edge.observe.served import CLIENT_CLOSED, Outcome
 
-CLIENT_CLOSED = 499  # nginx's status for "the client went away before the answer"
 _GONE = "client disconnected"
 _WATCH_AFTER = 0.5  # seconds before a request still waiting for its answer watches its client
 _WATCH_TICK = 0.1  # and at most this much later
@@ -41,17 +40,6 @@ _SAFE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 # long as the client takes: such uploads may hold half the pool at most (_UploadPlaces).
 _READ_AHEAD = 64 * 1024
 _URL_SAFE = "/!$&'()*+,;=:@-._~%?"
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What one forwarded request came to: the status sent (499 if the client left first), body
-    bytes sent to the client, seconds from sending upstream to the last byte relayed."""
-
-    status: int
-    bytes_out: int
-    upstream_seconds: float
-    error: str | None
 
 
 class UpstreamAborted(Exception):

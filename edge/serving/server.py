@@ -14,13 +14,14 @@ from pathlib import Path
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
-from edge import descriptors, logs
-from edge.asgi import ASGIApp
-from edge.clients import ClientLimits
 from edge.config import Settings, redacted_url
+from edge.core.asgi import ASGIApp
+from edge.forwarding.websocket import WebSocketProtocol
 from edge.modes import ModeStore
-from edge.protocol import protocol
-from edge.websocket import WebSocketProtocol
+from edge.observe import logs
+from edge.serving import descriptors
+from edge.serving.clients import ClientLimits
+from edge.serving.protocol import protocol
 
 log = logging.getLogger("edge.server")
 
@@ -64,7 +65,7 @@ def uvicorn_config(
         factory=isinstance(app, str),
         workers=settings.server.workers,
         loop="uvloop",
-        # httptools, bounded: head sizes, client deadlines, connections (edge.protocol).
+        # httptools, bounded: head sizes, client deadlines, connections (edge.serving.protocol).
         # uvicorn's limit_concurrency is not used: it counts a connection only once its head is
         # whole, so connections that never finish one hold descriptors without limit.
         http=protocol(limits),
@@ -80,8 +81,8 @@ def uvicorn_config(
         server_header=False,
         date_header=False,
         proxy_headers=False,
-        access_log=False,  # edge writes its own (edge.logs)
-        log_config=None,  # edge.logs.configure: JSON lines, in every worker process
+        access_log=False,  # edge writes its own (edge.observe.logs)
+        log_config=None,  # edge.observe.logs.configure: JSON lines, in every worker process
         log_level=settings.server.log_level,
         timeout_graceful_shutdown=round(settings.server.graceful_timeout),
         backlog=2048,
@@ -99,7 +100,7 @@ def serve(
 
     ``source`` is the config file ``settings`` came from, for the line that says what runs.
     """
-    from edge.app import EdgeApp
+    from edge.serving.app import EdgeApp
 
     logs.configure(settings.server)
     fds = descriptors.at_start(settings)
@@ -120,7 +121,7 @@ def serve(
     # ports that were really bound there.
     os.environ["EDGE_SERVER__PORT"] = str(settings.server.port)
     os.environ["EDGE_ADMIN__PORT"] = str(settings.admin.port)
-    config = uvicorn_config(settings, "edge.app:from_environment", connections)
+    config = uvicorn_config(settings, "edge.serving.app:from_environment", connections)
     _Supervisor(config, sockets).run()
 
 

@@ -5,7 +5,7 @@ response: its keep-alive timer is armed only after a response and cancelled by t
 so a connection that sends nothing, a byte now and then, or reads nothing, is kept forever.
 Here one server's connections share one timer that closes those whose head, body or reading
 is overdue, and a count that turns new connections away with 503 beyond ``max_connections``
-(edge.protocol calls in at each step of a connection).
+(edge.serving.protocol calls in at each step of a connection).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class ClientLimits:
 
 
 class Client(Protocol):
-    """What the timer needs of a connection (edge.protocol's)."""
+    """What the timer needs of a connection (edge.serving.protocol's)."""
 
     def head_overdue(self) -> None:
         """Past its head deadline; it may start the deadline again (a pipelined head)."""
@@ -108,7 +108,7 @@ class ClientConnections:
     """One server's client connections: the count, and the deadlines, on one timer.
 
     Every head deadline is as long as every other, so insertion order is due order, and a
-    tick looks only at the entries that are due (as edge.proxy's watch list does); the same
+    tick looks only at the entries that are due (as forwarding.proxy's watch list does); the same
     for bodies, whose entry moves to the end whenever more of the body arrives.
     """
 
@@ -118,7 +118,7 @@ class ClientConnections:
         self.heads: dict[Client, float] = {}  # client → when its head is due
         self.bodies: dict[Client, float] = {}  # client → when more of its body is due
         self.sends: dict[Client, float] = {}  # client → when it must have read some more
-        self.lingering = 0  # turned-away connections still open (edge.protocol)
+        self.lingering = 0  # turned-away connections still open (edge.serving.protocol)
         shortest = min(limits.header_timeout, limits.body_idle_timeout, limits.send_timeout)
         self._tick = min(max(shortest / 10, _TICK_MIN), _TICK_MAX)
         self._timer: asyncio.TimerHandle | None = None

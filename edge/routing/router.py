@@ -8,20 +8,24 @@ from datetime import UTC, datetime
 from itertools import product
 from time import perf_counter
 
-from edge.asgi import Receive, Scope, Send
+from edge.activation.traffic import Traffic
 from edge.config import Settings
-from edge.headers import UNNAMEABLE, Backend, ClientView, nominates
-from edge.logs import AccessLog
-from edge.metrics import Metrics
+from edge.core.asgi import Receive, Scope, Send
+from edge.core.http import METHOD_OVERRIDE_HEADERS, SAFE_METHODS
+from edge.core.responses import asks_for_json, send_redirect, send_refusal
+from edge.core.tenants import Front, Mode
+from edge.forwarding.headers import UNNAMEABLE, Backend, ClientView, nominates
+from edge.forwarding.proxy import Forwarder, UpstreamAborted
+from edge.forwarding.websocket import WebSocketRelay, opening
 from edge.modes import MISSING, ModeCache, StoreUnavailable
-from edge.policy import (
+from edge.observe.logs import AccessLog
+from edge.observe.metrics import Metrics
+from edge.observe.served import FORWARD, REDIRECT, Served
+from edge.routing.decide import (
     FORWARD_NEW,
-    METHOD_OVERRIDE_HEADERS,
-    SAFE_METHODS,
     WEBSOCKET,
     Decision,
     Forward,
-    Mode,
     Policy,
     Redirect,
     decide,
@@ -29,13 +33,8 @@ from edge.policy import (
     judged_method,
     refusal_home,
 )
-from edge.preview import Grant, PreviewGate
-from edge.proxy import Forwarder, UpstreamAborted
-from edge.responses import asks_for_json, send_redirect, send_refusal
-from edge.served import FORWARD, REDIRECT, Served
-from edge.tenants import Front, Resolver, is_safe_path
-from edge.traffic import Traffic
-from edge.websocket import WebSocketRelay, opening
+from edge.routing.preview import Grant, PreviewGate
+from edge.routing.resolve import Resolver, is_safe_path
 
 log = logging.getLogger("edge.router")
 

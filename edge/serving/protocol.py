@@ -6,7 +6,7 @@ header section over it gets 431, and the connection is closed before the app see
 
 Time and count (docs/limits.md): a head must arrive whole within ``header_timeout``, a body may
 not stall longer than ``body_idle_timeout``, a client may leave its response unread no longer
-than ``send_timeout`` (edge.clients keeps the deadlines), idle keep-alive is uvicorn's own
+than ``send_timeout`` (edge.serving.clients keeps the deadlines), idle keep-alive is uvicorn's own
 timer set to ``keepalive_timeout``, and beyond ``max_connections`` a new connection is answered
 503 at once.
 """
@@ -19,7 +19,7 @@ from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from edge.clients import STATS, ClientConnections, ClientLimits, of_server
+from edge.serving.clients import STATS, ClientConnections, ClientLimits, of_server
 
 # Reads are at most this long (uvloop and asyncio both read 256 KiB at a time). A head still
 # open is measured in whole reads, so the first may also hold the end of the request before.
@@ -162,7 +162,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             cast(ClientConnections, self.clients).body_done(self)
         HttpToolsProtocol.on_message_complete(self)  # every request: no super() object
 
-    # -- deadlines (edge.clients) --------------------------------------------------------------
+    # -- deadlines (serving.clients) --------------------------------------------------------------
 
     def head_overdue(self) -> None:
         cycle = self.cycle

@@ -27,13 +27,12 @@ from prometheus_client.core import (
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from edge.core.tenants import Front, Mode
 from edge.modes import ModeCache
-from edge.policy import Mode
-from edge.served import Served
-from edge.tenants import Front
+from edge.observe.served import Served
 
 if TYPE_CHECKING:
-    from edge.logs import AccessLog
+    from edge.observe.logs import AccessLog
 
 UPSTREAM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _BUCKET_LABELS = [*(str(float(bound)) for bound in UPSTREAM_BUCKETS), "+Inf"]  # le="1.0"

@@ -5,13 +5,12 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
-from enum import StrEnum
 from urllib.parse import unquote_to_bytes
 
 from edge.config import FrontSettings, Settings
-from edge.memo import Memo
+from edge.core.memo import Memo
+from edge.core.tenants import VALID_TENANT_IDS, Front
 
-TENANT_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 # What a decoded path must never hold: it could change the tenant or dodge a rule once a
 # backend normalises it. Dot segments (also "..;", which Tomcat reads as ".."), back slashes,
 # control bytes.
@@ -25,19 +24,6 @@ _STILL_ENCODED = re.compile(r"%(?:[0-9a-fA-F]{2}|[uU])")
 _UNSAFE_ENCODING = re.compile(rb"%2[fF]|%5[cC]|%(?![0-9a-fA-F]{2})")
 # Looked for in bytes as an int: ``b"%" in raw`` goes through the buffer protocol, 6x slower.
 _PERCENT = ord("%")
-
-
-class Front(StrEnum):
-    LEGACY = "legacy"
-    NEW = "new"
-
-
-# The ids of the moment: a look-up costs a fifth of a match.
-_VALID_IDS: Memo[str, bool] = Memo(lambda value: TENANT_ID.fullmatch(value) is not None, 4096)
-
-
-def is_tenant_id(value: str) -> bool:
-    return _VALID_IDS[value]
 
 
 def is_safe_path(path: str, raw_path: bytes) -> bool:
@@ -124,7 +110,7 @@ class FrontRule:
             candidate = self.subdomain_of(_without_port(host.decode("latin-1").lower())) or ""
         else:
             candidate = (header or b"").decode("latin-1").strip()
-        return candidate if _VALID_IDS[candidate] else None
+        return candidate if VALID_TENANT_IDS[candidate] else None
 
 
 class Resolver:

@@ -9,20 +9,9 @@ from enum import StrEnum
 from urllib.parse import quote, unquote_plus
 
 from edge.config import Settings
-from edge.tenants import Front
+from edge.core.http import METHOD_OVERRIDE_HEADERS, SAFE_METHODS
+from edge.core.tenants import Front, Mode
 
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-# Headers some frameworks read to turn a POST into another method (or a GET into a write).
-METHOD_OVERRIDE_HEADERS = frozenset(
-    {
-        "x-http-method-override",
-        "x-http-method",
-        "x-method-override",
-        "x-method",
-        "x-original-method",
-        "x-forwarded-method",
-    }
-)
 # Query parameters read the same way (Laravel, Symfony, Express's method-override, Spring's
 # HiddenHttpMethodFilter: "_method"), named as _override_parameter spells them.
 _OVERRIDE_PARAMETERS = frozenset(
@@ -33,34 +22,6 @@ _OVERRIDE_PARAMETERS = frozenset(
 WEBSOCKET = "WEBSOCKET"
 _PATH_SAFE = "/-._~!$&'()*+,;=:@"
 _QUERY_SAFE = "/-._~!$&'()*+,;=:@?%"
-
-
-class Mode(StrEnum):
-    LEGACY = "legacy"
-    SETUP = "setup"
-    ACTIVE = "active"
-
-    @property
-    def rank(self) -> int:
-        return _RANK[self]
-
-    @classmethod
-    def parse(cls, value: str | bytes | None) -> Mode | None:
-        """A stored value → its Mode; a missing key is LEGACY, anything else invalid is None."""
-        if value is None:
-            return cls.LEGACY
-        if isinstance(value, bytes):
-            value = value.decode("utf-8", "replace")
-        return _BY_VALUE.get(value)
-
-
-_RANK = {Mode.LEGACY: 0, Mode.SETUP: 1, Mode.ACTIVE: 2}
-_BY_VALUE = {mode.value: mode for mode in Mode}
-
-
-def is_forward_move(current: Mode | None, target: Mode) -> bool:
-    """Moves go legacy → setup → active; staying put is allowed, going back needs force."""
-    return current is None or target.rank >= current.rank
 
 
 @dataclass(frozen=True, slots=True)

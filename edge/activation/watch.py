@@ -1,8 +1,8 @@
 """The watch after the switch: did the 5xx or 404 share rise once a tenant went active?
 
 For ``[policy].watch_window`` after an activation, the new portal's responses to the tenant
-are counted by status class (edge.traffic) and compared with the setup-mode preview's, the
-baseline. A share that rose by ``[policy].watch_rise`` or more, over at least MIN_RESPONSES
+are counted by status class (activation.traffic) and compared with the setup-mode preview's,
+the baseline. A share that rose by ``[policy].watch_rise`` or more, over at least MIN_RESPONSES
 responses, is logged as a warning and counted in the ``edge_watch_alerts`` gauge, which an
 alert can fire on. The watch never rolls a tenant back: that stays a decision for ops.
 """
@@ -19,11 +19,11 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from edge.background import Background
+from edge.activation.traffic import Traffic
 from edge.config import Settings
+from edge.core.background import Background
+from edge.core.tenants import Mode
 from edge.modes import ModeStore, StoreUnavailable
-from edge.policy import Mode
-from edge.traffic import Traffic
 
 log = logging.getLogger("edge.watch")
 

@@ -9,9 +9,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from edge.config import Settings
-from edge.demo import legacy_portal, new_portal
+from edge.demo.portals import legacy_portal, new_portal
 from edge.modes import MemoryStore, ModeStore, open_store
-from edge.server import Listener, serve
+from edge.serving.server import Listener, serve
 
 # One tenant in each mode, so every cell of the routing matrix can be clicked.
 SEED = {"swim-school": "setup", "dance-studio": "active"}

@@ -21,8 +21,8 @@ from typing import Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 from edge.config import FrontSettings
-from edge.policy import METHOD_OVERRIDE_HEADERS
-from edge.upstream import Origin
+from edge.core.http import METHOD_OVERRIDE_HEADERS
+from edge.forwarding.upstream import Origin
 
 Header = tuple[bytes, bytes]
 

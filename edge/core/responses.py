@@ -7,8 +7,8 @@ import json
 from collections.abc import Iterable
 from email.utils import formatdate
 
-from edge.asgi import Send
-from edge.tenants import Front
+from edge.core.asgi import Send
+from edge.core.tenants import Front
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>

@@ -13,7 +13,7 @@ import contextlib
 import logging
 from datetime import datetime
 
-from edge.background import Background
+from edge.core.background import Background
 from edge.modes import Change, ChangeRefused, ModeStore, StoreUnavailable
 from edge.modes.base import Schedule
 
