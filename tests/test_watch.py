@@ -143,10 +143,10 @@ async def test_the_monitor_warns_and_sets_the_gauge_for_a_watched_tenant_that_ro
     await traffic.flush()
     assert traffic.watched == {"acme", "calm"}
 
-    with caplog.at_level(logging.WARNING, logger="edge.activation.watch"):
+    with caplog.at_level(logging.WARNING, logger="edge.watch"):
         await monitor.check()
         await monitor.check()  # still rising: warned once
-    warnings = [r.getMessage() for r in caplog.records if r.name == "edge.activation.watch"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "edge.watch"]
     assert len(warnings) == 1
     assert warnings[0].startswith("acme: the 5xx share rose after activation")
     assert registry.get_sample_value("edge_watch_alerts", {"kind": "5xx"}) == 1
@@ -194,7 +194,7 @@ def test_after_the_switch_a_rise_in_404s_shows_in_the_api_the_cli_and_a_gauge(
         stack(redis_server.url, prefix, policy={"watch_rise": 0.05}) as edge,
         edge.client() as client,
         edge.admin() as admin,
-        caplog.at_level(logging.WARNING, logger="edge.activation.watch"),
+        caplog.at_level(logging.WARNING, logger="edge.watch"),
     ):
         for _ in range(20):
             assert client.get("/acme/", headers=NEW).status_code == 200  # the preview
