@@ -21,6 +21,7 @@ from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from edge.core.asgi import BODY_STALLED, Scope
 from edge.core.responses import asks_for_json, refusal
 from edge.serving.clients import STATS, ClientConnections, ClientLimits, of_server
 
@@ -197,6 +198,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         STATS.body_timeouts += 1
         # The app's receive() now says the client is gone, and its sends go nowhere: the
         # forwarder drops the portal's connection instead of finishing the exchange on it.
+        cast(Scope, cycle.scope)[BODY_STALLED] = True
         cycle.disconnected = True
         cycle.message_event.set()
         if cycle.response_started:
