@@ -4,7 +4,7 @@ Size: neither llhttp nor uvicorn limits a request line or a header section: both
 until they end, however long that takes. Here a request target over the limit gets 414, a
 header section over it gets 431, and the connection is closed before the app sees the request.
 A target over the limit is dropped, not kept, and its head read on (bounded as any head) so
-that the 414 can follow the request's Accept as edge's other refusals do (edge.responses).
+that the 414 can follow the request's Accept as edge's other refusals do (edge.core.responses).
 
 Time and count (docs/limits.md): a head must arrive whole within ``header_timeout``, a body may
 not stall longer than ``body_idle_timeout``, a client may leave its response unread no longer
