@@ -6,9 +6,10 @@ preview, the watch's baseline) and to tenants in their watch window after activa
 background task adds the counts to the store every ``[store].flush_interval`` seconds in
 one round trip, so every instance contributes, and refreshes which tenants are watched.
 
-Only tenants with a routing key are written (a tenant in the default ``legacy`` mode gets
-one with ``edge tenant set TENANT legacy``): made-up ids never create keys. The store's
-footprint is bounded per such tenant (docs/limits.md).
+Only tenants with a routing key are written (a tenant in the default ``legacy`` mode has
+none until it moves to setup or one is set by hand: ``edge tenant set TENANT legacy`` writes
+nothing for it): made-up ids never create keys. The store's footprint is bounded per such
+tenant (docs/limits.md).
 """
 
 from __future__ import annotations

@@ -33,8 +33,11 @@ _TITLES = {
     400: "Bad request",
     403: "Not available yet",
     404: "Not found",
+    408: "Request timeout",
     410: "This portal has been retired",
+    414: "Address too long",
     421: "Unknown site",
+    431: "Request headers too large",
     500: "Something is misconfigured",
     502: "Bad gateway",
     503: "Temporarily unavailable",
@@ -93,24 +96,39 @@ async def send_refusal(
     head_only: bool = False,
     home: tuple[Front, str] | None = None,
 ) -> int:
-    """A short, clear answer that reached no backend: a page for a browser, with a link to
-    ``home`` (the portal and URL that serve this customer instead) when there is one; the
-    JSON shape ``{"error", "tenant", "mode"}`` for a client that asks for JSON."""
+    """A short, clear answer that reached no backend (see ``refusal``), with ``Cache-Control:
+    no-store`` and ``X-Edge-Mode`` when the mode is known."""
     if mode is not None:
         headers = [*headers, (b"x-edge-mode", mode.encode())]
     headers.append((b"cache-control", b"no-store"))
+    body, content_type = refusal(
+        status, message, tenant=tenant, mode=mode, as_json=as_json, home=home
+    )
+    return await send_response(send, status, body, content_type, headers, head_only)
+
+
+def refusal(
+    status: int,
+    message: str,
+    *,
+    tenant: str | None,
+    mode: str | None,
+    as_json: bool,
+    home: tuple[Front, str] | None = None,
+) -> tuple[bytes, bytes]:
+    """The body and content type of a refusal: a page for a browser, with a link to ``home``
+    (the portal and URL that serve this customer instead) when there is one; the JSON shape
+    ``{"error", "tenant", "mode"}`` for a client that asks for JSON."""
     if as_json:
         body = json.dumps({"error": message, "tenant": tenant, "mode": mode}).encode()
-        content_type = b"application/json"
-    else:
-        link = ""
-        if home is not None:
-            front, href = home
-            link = _LINK.format(href=html.escape(href), text=_HOME_LINKS[front])
-        title = _TITLES.get(status, "Not available")
-        body = _PAGE.format(title=title, message=html.escape(message), link=link).encode()
-        content_type = b"text/html; charset=utf-8"
-    return await send_response(send, status, body, content_type, headers, head_only)
+        return body, b"application/json"
+    link = ""
+    if home is not None:
+        front, href = home
+        link = _LINK.format(href=html.escape(href), text=_HOME_LINKS[front])
+    title = _TITLES.get(status, "Not available")
+    body = _PAGE.format(title=title, message=html.escape(message), link=link).encode()
+    return body, b"text/html; charset=utf-8"
 
 
 async def send_redirect(

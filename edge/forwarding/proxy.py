@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import quote_from_bytes
 
 from edge.config import UpstreamSettings
-from edge.core.asgi import Receive, Scope, Send
+from edge.core.asgi import BODY_STALLED, Receive, Scope, Send
 from edge.core.responses import UPSTREAM_FAILURES, asks_for_json, send_refusal
 from edge.forwarding.headers import (
     Backend,
@@ -28,7 +28,7 @@ from edge.forwarding.upstream import (
     UpstreamPool,
     request_head,
 )
-from edge.observe.served import CLIENT_CLOSED, Outcome
+from edge.observe.served import CLIENT_CLOSED, STALLED, Outcome
 
 _GONE = "client disconnected"
 _WATCH_AFTER = 0.5  # seconds before a request still waiting for its answer watches its client
@@ -321,7 +321,10 @@ class Forwarder:
         except (UpstreamError, _ClientGone, OSError) as exc:
             exchange.finish()
             if exchange.client_gone:
-                return Outcome(CLIENT_CLOSED, 0, perf_counter() - started, _GONE)
+                seconds = perf_counter() - started
+                if scope.get(BODY_STALLED):  # edge's protocol answered 408 unless it had begun
+                    return Outcome(status or 408, sent, seconds, STALLED)
+                return Outcome(status or CLIENT_CLOSED, sent, seconds, _GONE)
             status = _failure_status(exc)
             await send_upstream_failure(send, status, view.request_id, scope, extra_headers)
             return Outcome(status, 0, perf_counter() - started, _describe(exc))

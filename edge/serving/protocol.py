@@ -3,6 +3,8 @@
 Size: neither llhttp nor uvicorn limits a request line or a header section: both are buffered
 until they end, however long that takes. Here a request target over the limit gets 414, a
 header section over it gets 431, and the connection is closed before the app sees the request.
+A target over the limit is dropped, not kept, and its head read on (bounded as any head) so
+that the 414 can follow the request's Accept as edge's other refusals do (edge.core.responses).
 
 Time and count (docs/limits.md): a head must arrive whole within ``header_timeout``, a body may
 not stall longer than ``body_idle_timeout``, a client may leave its response unread no longer
@@ -19,6 +21,8 @@ from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from edge.core.asgi import BODY_STALLED, Scope
+from edge.core.responses import asks_for_json, refusal
 from edge.serving.clients import STATS, ClientConnections, ClientLimits, of_server
 
 # Reads are at most this long (uvloop and asyncio both read 256 KiB at a time). A head still
@@ -55,6 +59,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.head_seen = 0  # bytes of the reads that hold the current head: an upper bound
         self.last_read = 0
         self.refusal = 0  # the status edge answered before closing (414, 431, 408, 503)
+        self.target_too_long = False  # the head being read gets 414 once it is in
         self.clients: ClientConnections | None = None  # None: turned away, or a WebSocket now
         self.head_due = False  # the head has a deadline in self.clients
         self.in_body = False  # from a head to the end of its body
@@ -111,7 +116,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return
         if self.reading_head:
             if self.head_seen > self.head_budget:
-                self.refuse(431)
+                self.refuse(414 if self.target_too_long else 431)
             elif not self.head_due:
                 self.head_due = True  # from the first read of a head after the first
                 self.clients.head_started(self)
@@ -131,19 +136,25 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.reading_head = True
+        self.target_too_long = False
         self.head_seen = self.last_read
 
     def on_url(self, url: bytes) -> None:
+        if self.target_too_long:
+            return
         self.url += url
         if len(self.url) > self.limits.url_bytes:
-            self.refusal = 414
-            raise _HeadTooLarge
+            self.target_too_long = True
+            self.url = b""
 
     def on_headers_complete(self) -> None:
         self.reading_head = False
         if self.head_due:
             self.head_due = False
             cast(ClientConnections, self.clients).head_done(self)
+        if self.target_too_long:
+            self.refusal = 414
+            raise _HeadTooLarge
         limits = self.limits
         headers = self.headers
         if len(headers) > limits.headers or (
@@ -187,6 +198,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         STATS.body_timeouts += 1
         # The app's receive() now says the client is gone, and its sends go nowhere: the
         # forwarder drops the portal's connection instead of finishing the exchange on it.
+        cast(Scope, cycle.scope)[BODY_STALLED] = True
         cycle.disconnected = True
         cycle.message_event.set()
         if cycle.response_started:
@@ -224,23 +236,26 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def refuse(self, status: int) -> None:
         self.refusal = status
-        self.transport.write(_answer(status))
+        # The headers of the head read so far (all of them but for a head cut off unfinished).
+        self.transport.write(_answer(status, as_json=asks_for_json(self.headers or ())))
         self.transport.close()
 
 
-def _answer(status: int, headers: tuple[tuple[bytes, bytes], ...] = ()) -> bytes:
-    body = _MESSAGES[status]
+def _answer(
+    status: int, headers: tuple[tuple[bytes, bytes], ...] = (), *, as_json: bool = False
+) -> bytes:
+    """edge's refusal page (JSON on request), before any tenant is known; then close."""
+    body, content_type = refusal(status, _MESSAGES[status], tenant=None, mode=None, as_json=as_json)
     extra = b"".join(b"%s: %s\r\n" % header for header in headers)
     return (
-        b"%scontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n%b"
-        b"connection: close\r\n\r\n%s" % (STATUS_LINE[status], len(body), extra, body)
+        b"%scontent-type: %s\r\ncontent-length: %d\r\ncache-control: no-store\r\n%b"
+        b"connection: close\r\n\r\n%s" % (STATUS_LINE[status], content_type, len(body), extra, body)
     )
 
 
 _MESSAGES = {
-    408: b"Request Timeout: the request did not arrive in time.\n",
-    414: b"URI Too Long: the request target is longer than this server accepts.\n",
-    431: b"Request Header Fields Too Large: the request headers are larger than this server "
-    b"accepts.\n",
-    503: b"Service Unavailable: this server has all the connections it can take; please retry.\n",
+    408: "The request did not arrive in time.",
+    414: "The address (URL) is longer than this server accepts.",
+    431: "The request headers are larger than this server accepts.",
+    503: "This server has all the connections it can take. Please try again in a moment.",
 }
