@@ -262,11 +262,18 @@ class Connection(asyncio.Protocol):
         self._framed = self._has_length = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._fields.append((name, value))
+        if self._head_done:  # a trailer field: dropped
+            return
         if len(name) == 14 and name.lower() == b"content-length":
             self._framed = self._has_length = True
+            value = b"%d" % int(value)  # the parser checked the digits; "005" goes as "5"
         elif len(name) == 17 and name.lower() == b"transfer-encoding":
+            # Any other coding would be dropped with this hop-by-hop field, and its bytes
+            # reach the client as the body itself (nginx refuses them too).
+            if self._framed or value.strip().lower() != b"chunked":
+                raise UpstreamProtocolError(f"the portal's answer has Transfer-Encoding {value!r}")
             self._framed = True
+        self._fields.append((name, value))
 
     def on_headers_complete(self) -> None:
         fields = self._fields
