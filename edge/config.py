@@ -71,7 +71,7 @@ class _Section(BaseModel):
 def _http_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        raise ValueError(f"must be an http:// or https:// URL, got {redacted_url(value)!r}")
     if parts.query or parts.fragment:
         raise ValueError("must not have a query or fragment")
     if "@" in parts.netloc:
@@ -612,6 +612,8 @@ class EnvOverrides:
             if name.startswith(ENV_PREFIX) and "__" in name:
                 section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
                 overrides.add(name, section, key, value)
+            elif (meant := _misspelled(name)) and not _service_link(value):
+                overrides.problems.append(f"{name}: is not read: to set this key, name it {meant}")
         token = env.get(ENV_ADMIN_TOKEN)
         if token is not None:
             if overrides.values.get(("admin", "token"), token) != token:
@@ -653,6 +655,26 @@ class EnvOverrides:
             return f"{source}: {'.'.join(path) or 'config'}: {problem}"
         within = ".".join(path[2:])
         return f"{variable}: {within + ': ' if within else ''}{problem}"
+
+
+def _misspelled(name: str) -> str | None:
+    """The variable ``name`` was meant to be, when it names a key but would not be read
+    (one underscore after the section, a prefix not in capitals); else None."""
+    if name in (ENV_CONFIG, ENV_ADMIN_TOKEN) or not name.upper().startswith(ENV_PREFIX):
+        return None
+    rest = name[len(ENV_PREFIX) :].lower()
+    for section in Settings.model_fields:
+        for separator in ("__", "_"):
+            key = rest.removeprefix(section + separator)
+            if key != rest and _section_field(section, key) is not None:
+                return f"{ENV_PREFIX}{section.upper()}__{key.upper()}"
+    return None
+
+
+def _service_link(value: str) -> bool:
+    """Kubernetes and Docker links set ``<SERVICE>_PORT=tcp://host:port`` for each service: a
+    service named edge-admin gives EDGE_ADMIN_PORT, which is no one's misspelling."""
+    return value.startswith(("tcp://", "udp://", "sctp://"))
 
 
 def _section_field(section: str, key: str) -> Any:
