@@ -26,6 +26,9 @@ from edge.config import UpstreamSettings
 Header = tuple[bytes, bytes]
 
 _HIGH_WATER = 2**17  # buffered body bytes at which the backend's connection stops being read
+# Body pieces shorter than this are held joined: one object per two-byte chunk would cost
+# 25 times the chunk's bytes, and a read's worth of them come in before reading can stop.
+_SMALL_PIECE = 512
 _TICK_MIN, _TICK_MAX = 0.01, 1.0  # how often the pool's one timer looks for overdue reads
 _HEAD_END = b"\r\n\r\n"
 
@@ -199,7 +202,7 @@ class Connection(asyncio.Protocol):
         self._early = False  # its head came before the request was sent whole
         self._complete = False
         self._keep_alive = False
-        self._chunks: collections.deque[bytes] = collections.deque()
+        self._chunks: collections.deque[bytes | bytearray] = collections.deque()
         self._buffered = 0
         self._error: BaseException | None = None
         self._eof = False  # the portal ended the connection cleanly (FIN, or TLS close_notify)
@@ -317,7 +320,13 @@ class Connection(asyncio.Protocol):
         self._gate = None  # after a chunk header: this is its data, not a trailer section
         if self._complete:
             return
-        self._chunks.append(body)
+        chunks = self._chunks
+        if len(body) >= _SMALL_PIECE:
+            chunks.append(body)
+        elif chunks and type(tail := chunks[-1]) is bytearray and len(tail) < _SMALL_PIECE:
+            tail += body
+        else:
+            chunks.append(bytearray(body))
         self._buffered += len(body)
         if self._buffered >= _HIGH_WATER and not self._reading_paused and self.transport:
             self._reading_paused = True
@@ -402,7 +411,7 @@ class Connection(asyncio.Protocol):
                 return b""
             await self._wait(self._answer)
         chunks = self._chunks
-        chunk = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunk = bytes(chunks.popleft()) if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
         self._buffered = 0
         if self._reading_paused and self.transport is not None:
