@@ -471,6 +471,40 @@ async def test_unverified_modes_answer_while_the_store_is_down_again(
         await store.close()
 
 
+class FailingStore(GatedStore):
+    """A gated memory store that, once ``down``, fails every read it has not begun."""
+
+    down = False
+
+    async def get_many(self, tenants: Sequence[str]) -> list[str | None]:
+        if self.down:
+            raise StoreUnavailable("redis is down")
+        return await super().get_many(tenants)
+
+
+async def test_a_pass_overtaken_by_another_reconnect_keeps_the_last_known_modes() -> None:
+    """Connection lost twice in a row: the first pass's read ends after the second
+    reconnect, so it is too old to cache; the mode it read back must stay the last known
+    one until a newer read, or a store that fails again would turn it into a 503."""
+    store = FailingStore()
+    store.set_raw("acme-gym", "active")
+    store.gate.set()
+    cache = ModeCache(store)
+    assert await cache.load("acme-gym") is Mode.ACTIVE
+    store.gate.clear()
+    cache._distrust()  # a reconnect, as _listen makes it
+    passing = asyncio.create_task(cache._verify())
+    await asyncio.sleep(0.01)  # its read is in flight
+    cache._distrust()  # and the connection is lost and made again meanwhile
+    store.down = True
+    store.gate.set()
+    assert await passing is False  # its next read failed
+    assert await cache.load("acme-gym") is Mode.ACTIVE  # the last known mode, not a 503
+    store.down = False  # the positive control: read back as soon as the store answers
+    assert await cache._verify() is True
+    assert cache.cached("acme-gym") is Mode.ACTIVE
+
+
 async def test_a_flush_has_every_cached_tenant_read_again(
     own_redis: RedisServer, prefix: str
 ) -> None:

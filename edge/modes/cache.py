@@ -517,13 +517,14 @@ class ModeCache:
                         return False
                     self.ready = True
                     for tenant, raw in zip(chunk, values, strict=True):
-                        before = self._unverified.pop(tenant, MISSING)
-                        if before is MISSING:
+                        if tenant not in self._unverified:
                             continue  # read by a request, or noticed, meanwhile
-                        if self._fresh(tenant, epoch):
-                            self._log_change(tenant, before, raw)
-                            if raw is not None:
-                                self._put(tenant, raw)
+                        if not self._fresh(tenant, epoch):
+                            continue  # older than a reconnect since: read in a later round
+                        before = self._unverified.pop(tenant)
+                        self._log_change(tenant, before, raw)
+                        if raw is not None:
+                            self._put(tenant, raw)
                 keys += len(chunk)
                 await asyncio.sleep(PASS_PAUSE)
         self._unverified_absent.clear()
