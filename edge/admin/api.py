@@ -1,8 +1,10 @@
 """The admin listener: health, readiness and the admin API. Never on the public listener.
 
 Reads are open (the listener is on loopback by default); every change needs the bearer token
-and is audited with its actor. Every error, Starlette's own 404 and 405 included, is JSON:
-``{"error": "...", ...}``. ``edge/admin/openapi.py`` describes each route.
+and is audited with its actor. Every error, Starlette's own 404 and 405 and every validation
+error included, is JSON: ``{"error": "...", ...}``. ``AdminApi.endpoints`` is the table of
+routes; the models in ``edge/admin/models.py`` validate them and ``edge/admin/openapi.py``
+builds the document from both.
 """
 
 from __future__ import annotations
@@ -96,12 +98,13 @@ class AdminApi:
             Endpoint("POST", "/api/tenants:bulk", self.bulk, m.BulkDone, refused,
                      body=m.BulkMoves, refusal=m.BulkRefused, auth=True),
             Endpoint("GET", t, self.get_tenant, m.Tenant),
-            Endpoint("PUT", t, self.put_tenant, m.TenantChange, refused, body=m.SetMode, auth=True),
+            Endpoint("PUT", t, self.put_tenant, m.TenantChange, refused, body=m.SetMode,
+                     refusal=m.TenantRefused, auth=True),
             Endpoint("GET", f"{t}/history", self.history, m.History, query=m.HistoryQuery),
             Endpoint("GET", f"{t}/readiness", self.ready, m.Readiness) if self.readiness else None,
             Endpoint("GET", f"{t}/watch", self.watched, m.Watch) if self.watch else None,
             Endpoint("POST", f"{t}/schedule", self.schedule, m.Scheduled, refused, status=201,
-                     body=m.ScheduleMove, auth=True),
+                     body=m.ScheduleMove, refusal=m.TenantRefused, auth=True),
             Endpoint("GET", "/api/schedules", self.list_schedules, m.Schedules,
                      query=m.SchedulesQuery),
             Endpoint("DELETE", "/api/schedules/{id}", self.cancel_schedule, m.Cancelled,

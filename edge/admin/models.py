@@ -67,7 +67,7 @@ Limit = Annotated[int, Field(ge=1, le=LIMIT_MAX)]
 Actor = Annotated[
     StrictStr,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=ACTOR_MAX),
-    Field(description=f"who makes the change, for the audit log (default {DEFAULT_ACTOR})"),
+    Field(description="who makes the change, for the audit log"),
 ]
 Force = Annotated[StrictBool, Field(description="move backwards too")]
 
@@ -222,6 +222,15 @@ class Readiness(BaseModel):
     worst: list[PathCheck]
 
 
+class TenantRefused(Error):
+    """The move was refused: nothing changed."""
+
+    tenant: str
+    readiness: Readiness | None = Field(
+        None, description="when an activation was refused because too few deep links resolve"
+    )
+
+
 class Watch(BaseModel):
     """5xx and 404 shares since activation against the setup preview's."""
 
@@ -310,11 +319,11 @@ class TenantsQuery(BaseModel):
         "", description="only tenant ids containing this"
     )
     cursor: str = Field("", description="next_cursor of the previous page")
-    limit: Limit = Field(PAGE_LIMIT, description=f"about this many tenants (default {PAGE_LIMIT})")
+    limit: Limit = Field(PAGE_LIMIT, description="about this many tenants")
 
 
 class HistoryQuery(BaseModel):
-    limit: Limit = Field(100, description="at most this many (default 100)")
+    limit: Limit = Field(100, description="at most this many")
 
 
 class SchedulesQuery(BaseModel):
