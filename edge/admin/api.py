@@ -138,14 +138,14 @@ class AdminApi:
                 query = {key: value for key, value in request.query_params.items() if value}
                 inputs["query"] = _valid(endpoint.query.model_validate, query, request.path_params)
             if endpoint.body:
-                body = await _json_object(request, endpoint.body)
-                inputs["body"] = _valid(endpoint.body.model_validate, body, request.path_params)
+                fields = await _json_object(request, endpoint.body)
+                inputs["body"] = _valid(endpoint.body.model_validate, fields, request.path_params)
             answer = await endpoint.handler(request, **inputs)
             if isinstance(answer, Response):
                 return answer
             assert isinstance(answer, endpoint.answer or ())
-            body = answer.model_dump_json(by_alias=True, exclude_unset=True)
-            return Response(body, endpoint.status, media_type="application/json")
+            content = answer.model_dump_json(by_alias=True, exclude_unset=True)
+            return Response(content, endpoint.status, media_type="application/json")
 
         return serve
 

@@ -76,9 +76,10 @@ def document(endpoints: Sequence[Endpoint], description: str) -> dict[str, Any]:
 
 
 def _operation(endpoint: Endpoint, schemas: dict[str, Any]) -> dict[str, Any]:
-    answer = _component(endpoint.answer, schemas) if endpoint.answer else {"type": "object"}
-    if endpoint.media != "application/json":
-        answer = {"type": "string"}
+    if endpoint.answer:
+        answer = _component(endpoint.answer, schemas)
+    else:  # a ready Response: this document, or the metrics
+        answer = {"type": "object" if endpoint.media == "application/json" else "string"}
     summary, _, description = (inspect.getdoc(endpoint.handler) or "").partition("\n\n")
     operation: dict[str, Any] = {
         "summary": summary,
