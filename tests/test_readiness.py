@@ -12,6 +12,7 @@ import pytest
 
 from edge import config
 from edge.activation.readiness import USER_AGENT, NotReady, ReadinessCheck
+from edge.admin.models import TenantRefused
 from edge.config import StoreSettings
 from edge.core.asgi import Receive, Scope, Send
 from edge.core.tenants import Mode
@@ -308,6 +309,7 @@ def test_a_tenant_whose_portal_lacks_pages_is_refused_activation_until_they_exis
     assert refused.status_code == 409
     assert refused.json()["error"].startswith("acme: 90.0% of 10 recorded requests (3 paths)")
     assert refused.json()["readiness"]["coverage"] == pytest.approx(0.9)
+    TenantRefused.model_validate(refused.json())  # the shape the OpenAPI document gives
     assert redis_server.cli("GET", f"{prefix}mode:acme") == "setup"
 
     checked = run_edge("tenant", "readiness", "acme", *cli)
