@@ -7,25 +7,10 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from edge.demo.portals.site import (
-    CLASSES,
-    Brand,
-    Class,
-    Markup,
-    business,
-    edge_mode,
-    form,
-    h,
-    home_routes,
-    join,
-    layout,
-    listing_pages,
-    path_class,
-    path_tenant,
-    portal_app,
-)
+from edge.demo.portals import site
+from edge.demo.portals.site import Markup, h, join
 
-_LEGACY = Brand(
+_LEGACY = site.Brand(
     portal="Parent Portal",
     style="--brand:#1f3a5f;--nav:#2d5282;--bg:#f4efe6;--radius:2px;--font:Georgia,serif",
     hints=("classes", "classes/101", "account", "settings"),
@@ -43,14 +28,14 @@ def legacy_portal() -> Starlette:
     ) -> Response:
         nav = [(f"/{tenant}/", "Home"), (f"/{tenant}/classes", "Classes")]
         nav.append((f"/{tenant}/account", "My account"))
-        if edge_mode(request) != "active":  # once active, settings live on the new portal
+        if site.edge_mode(request) != "active":  # once active, settings live on the new portal
             nav.append((f"/{tenant}/settings", "Settings"))
-        return layout(_LEGACY, request, tenant, title, body, nav=nav, status=status)
+        return site.layout(_LEGACY, request, tenant, title, body, nav=nav, status=status)
 
-    def left(tenant: str, c: Class) -> int:
+    def left(tenant: str, c: site.Class) -> int:
         return c.places - len(enrolled.get((tenant, c.id), []))
 
-    def children(request: Request, tenant: str, c: Class) -> list[str]:
+    def children(request: Request, tenant: str, c: site.Class) -> list[str]:
         visitor = request.state.visitor
         return [child for who, child in enrolled.get((tenant, c.id), []) if who == visitor]
 
@@ -58,16 +43,16 @@ def legacy_portal() -> Starlette:
         row = '<li><a href="/{t}/classes/{id}">{name}</a> — {when}, {left} places left</li>'
         items = (
             h(row, t=tenant, id=c.id, name=c.name, when=c.when, left=left(tenant, c))
-            for c in CLASSES.values()
+            for c in site.CLASSES.values()
         )
         return h('<ul class="card">{}</ul>', join(items))
 
-    home, classes = listing_pages(
+    home, classes = site.listing_pages(
         page, class_list, "<p>Welcome, parents of {}! This term's classes:</p>", ("Home", "Classes")
     )
 
     async def detail(request: Request) -> Response:
-        tenant, c = path_tenant(request), path_class(request)
+        tenant, c = site.path_tenant(request), site.path_class(request)
         done = h('<p class="note">Enrolled — see you there!</p>')
         body = h(
             '{done}<div class="card"><p>{when} with coach {coach}: {left} of {places} places'
@@ -87,36 +72,36 @@ def legacy_portal() -> Starlette:
         return page(request, tenant, c.name, body)
 
     async def enroll(request: Request) -> Response:
-        tenant, c = path_tenant(request), path_class(request)
-        child = (await form(request)).get("child") or "A child"
+        tenant, c = site.path_tenant(request), site.path_class(request)
+        child = (await site.form(request)).get("child") or "A child"
         if left(tenant, c) <= 0:
             return page(request, tenant, c.name, h("<p>Sorry, this class is full.</p>"), 409)
         enrolled.setdefault((tenant, c.id), []).append((request.state.visitor, child))
         return RedirectResponse(f"/{tenant}/classes/{c.id}?enrolled=1", status_code=303)
 
     async def account(request: Request) -> Response:
-        tenant = path_tenant(request)
+        tenant = site.path_tenant(request)
         rows = (
             h("<li>{child} — {name}, {when}</li>", child=child, name=c.name, when=c.when)
-            for c in CLASSES.values()
+            for c in site.CLASSES.values()
             for child in children(request, tenant, c)
         )
         items = join(rows) or h("<li>No enrolments yet.</li>")
         return page(request, tenant, "My account", h('<ul class="card">{}</ul>', items))
 
     async def settings(request: Request) -> Response:
-        tenant = path_tenant(request)
+        tenant = site.path_tenant(request)
         body = h(
             '<div class="card"><p>Email reminders: on</p><p>Text messages: off</p>'
             "<p>Parent Portal settings for {}.</p></div>",
-            business(tenant),
+            site.business(tenant),
         )
         return page(request, tenant, "Settings", body)
 
-    return portal_app(
+    return site.portal_app(
         _LEGACY,
         [
-            *home_routes(home),
+            *site.home_routes(home),
             Route("/{tenant}/classes", classes),
             Route("/{tenant}/classes/{id}", detail),
             Route("/{tenant}/classes/{id}/enroll", enroll, methods=["POST"]),
