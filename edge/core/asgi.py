@@ -13,3 +13,4 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 # past body_idle_timeout: it answered 408 if no answer had started, else closed the connection
 # mid-answer. The app's receive() then says the client disconnected.
 BODY_STALLED = "edge.body_stalled"
+Headers = list[tuple[bytes, bytes]]  # raw names and values, as the server passes them

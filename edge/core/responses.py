@@ -7,7 +7,8 @@ import json
 from collections.abc import Iterable
 from email.utils import formatdate
 
-from edge.core.asgi import Send
+from edge.core.asgi import Headers, Send
+from edge.core.http import PERMANENT_REDIRECTS
 from edge.core.tenants import Front
 
 _PAGE = """<!doctype html>
@@ -69,7 +70,7 @@ async def send_response(
     status: int,
     body: bytes,
     content_type: bytes,
-    headers: list[tuple[bytes, bytes]],
+    headers: Headers,
     head_only: bool = False,
 ) -> int:
     """Send a whole response; returns the body bytes sent."""
@@ -132,16 +133,10 @@ def refusal(
 
 
 async def send_redirect(
-    send: Send,
-    location: str,
-    status: int,
-    *,
-    permanent: bool,
-    headers: list[tuple[bytes, bytes]],
-    head_only: bool = False,
+    send: Send, location: str, status: int, *, headers: Headers, head_only: bool = False
 ) -> int:
     headers = [*headers, (b"location", location.encode("latin-1"))]
-    if not permanent:
+    if status not in PERMANENT_REDIRECTS:
         headers.append((b"cache-control", b"no-store"))
     body = f'<!doctype html><a href="{html.escape(location)}">Moved</a>\n'.encode()
     return await send_response(send, status, body, b"text/html; charset=utf-8", headers, head_only)

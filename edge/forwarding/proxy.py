@@ -264,15 +264,7 @@ class Forwarder:
         if pool is None:
             raise RuntimeError("Forwarder.start() has not run")
         origin = backend.origin
-        client = scope.get("client")
-        headers, framing = upstream_headers(
-            scope["headers"],
-            view,
-            client[0] if client else "",
-            extra_headers,
-            origin.host_header,
-            backend.keep_host,
-        )
+        headers, framing = upstream_headers(scope, view, extra_headers, backend)
         method: str = scope["method"]
         head = request_head(method, origin.path + request_target(scope), headers)
         exchange = _Exchange(receive, framing != "none", self._watchlist)

@@ -292,7 +292,6 @@ class Router:
                 send,
                 decision.location,
                 decision.status,
-                permanent=decision.permanent,
                 headers=[
                     (b"x-request-id", served.request_id.encode()),
                     mode_header,
