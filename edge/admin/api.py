@@ -22,11 +22,12 @@ from starlette.routing import BaseRoute, Match, Route
 
 from edge.activation.readiness import NotReady
 from edge.admin.openapi import OPENAPI
+from edge.core.refusals import FORCE_FIELD, ChangeRefused, UnknownSchedule
 from edge.core.tenants import TENANT_ID, Mode, is_tenant_id
-from edge.modes import ChangeRefused, ModeCache, ModeStore, StoreUnavailable
-from edge.modes.base import BulkRefused, MoveOutcome, UnknownSchedule
+from edge.modes import ModeCache, ModeStore, StoreUnavailable
 from edge.modes.counts import ModeCounter
 from edge.moves.schedule import parse_instant
+from edge.moves.service import BulkMove, BulkRefused, MoveOutcome, Moves
 
 if TYPE_CHECKING:
     from edge.activation.readiness import ReadinessCheck
@@ -67,11 +68,13 @@ class AdminApi:
         token: str,
         metrics: Metrics | None = None,
         *,
+        moves: Moves,
         readiness: ReadinessCheck | None = None,
         watch: WatchMonitor | None = None,
         counter: ModeCounter | None = None,
     ) -> None:
         self.store = store
+        self.moves = moves
         self.cache = cache
         self.token = token.encode()
         self.metrics = metrics
@@ -168,11 +171,12 @@ class AdminApi:
         mode = _mode_field(body)
         force, actor = _force_and_actor(body)
         try:
-            change = await self.store.set_mode(tenant, mode, actor=actor, force=force, via="api")
+            change = await self.moves.set_mode(tenant, mode, actor=actor, force=force, via="api")
         except NotReady as exc:
-            raise ApiError(409, str(exc), tenant=tenant, readiness=exc.report.to_json()) from None
+            readiness = exc.report.to_json()
+            raise ApiError(409, exc.says(FORCE_FIELD), tenant=tenant, readiness=readiness) from None
         except ChangeRefused as exc:
-            raise ApiError(409, str(exc), tenant=tenant) from None
+            raise ApiError(409, exc.says(FORCE_FIELD), tenant=tenant) from None
         self.counter.forget()
         return JSONResponse({**_describe(tenant, change.mode.value), "change": change.to_json()})
 
@@ -197,8 +201,8 @@ class AdminApi:
         if not isinstance(dry_run, bool):
             raise ApiError(400, "dry_run must be true or false")
         try:
-            results = await self.store.move_many(
-                moves, actor=actor, force=force, via="api", dry_run=dry_run
+            results = await self.moves.move_many(
+                BulkMove(moves, actor=actor, force=force, via="api", dry_run=dry_run)
             )
         except BulkRefused as exc:
             problems = [problem.to_json() for problem in exc.problems]
@@ -224,9 +228,9 @@ class AdminApi:
         at = _instant_field(body, "at")
         force, actor = _force_and_actor(body)
         try:
-            schedule = await self.store.schedule_move(tenant, mode, at, actor=actor, force=force)
+            schedule = await self.moves.schedule_move(tenant, mode, at, actor=actor, force=force)
         except ChangeRefused as exc:
-            raise ApiError(409, str(exc), tenant=tenant) from None
+            raise ApiError(409, exc.says(FORCE_FIELD), tenant=tenant) from None
         return JSONResponse({"schedule": schedule.to_json()}, status_code=201)
 
     async def list_schedules(self, request: Request) -> Response:
@@ -241,7 +245,7 @@ class AdminApi:
     async def cancel_schedule(self, request: Request) -> Response:
         self._authorize(request)
         try:
-            schedule = await self.store.cancel_schedule(request.path_params["id"])
+            schedule = await self.moves.cancel_schedule(request.path_params["id"])
         except UnknownSchedule as exc:
             raise ApiError(404, str(exc)) from None
         return JSONResponse({"schedule": schedule.to_json(), "cancelled": True})
