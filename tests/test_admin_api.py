@@ -96,10 +96,10 @@ def test_the_openapi_document_is_valid_and_names_every_route() -> None:
     parts = Parts(settings, store)
     api = AdminApi(
         store,
+        parts.moves,
         cache,
         ADMIN_TOKEN,
         Metrics(cache),
-        moves=parts.moves,
         readiness=parts.readiness,
         watch=watch,
     )

@@ -64,11 +64,11 @@ class AdminApi:
     def __init__(
         self,
         store: ModeStore,
+        moves: Moves,
         cache: ModeCache,
         token: str,
         metrics: Metrics | None = None,
         *,
-        moves: Moves,
         readiness: ReadinessCheck | None = None,
         watch: WatchMonitor | None = None,
         counter: ModeCounter | None = None,

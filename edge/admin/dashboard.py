@@ -71,9 +71,11 @@ class Dashboard:
         self,
         settings: Settings,
         store: ModeStore,
+        moves: Moves,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         *,
-        moves: Moves,
+        policy: Policy,
+        preview: PreviewGate | None,
         readiness: ReadinessCheck | None = None,
         watch: WatchMonitor | None = None,
         counter: ModeCounter | None = None,
@@ -82,8 +84,8 @@ class Dashboard:
         self.moves = moves
         self.readiness = readiness
         self.watch = watch
-        self.preview = PreviewGate(settings) if settings.policy.private_preview else None
-        self.policy = Policy.from_settings(settings)
+        self.preview = preview
+        self.policy = policy
         self.prefix = settings.store.prefix
         self.sessions = Sessions(settings.admin.token) if settings.admin.token else None
         self.clock = clock

@@ -85,14 +85,10 @@ def parser() -> argparse.ArgumentParser:
     get.add_argument("tenant")
     get.set_defaults(run=cmd_tenant_get)
     move = command("set", "move a tenant to a mode (forward only unless --force)", tenant)
-    move.add_argument("tenant")
-    move.add_argument("mode", help="legacy, setup or active")
-    move.add_argument(
-        "--force",
-        action="store_true",
-        help="allow a move backwards (a rollback), or an activation the readiness check refuses",
+    _move_arguments(
+        move,
+        "allow a move backwards (a rollback), or an activation the readiness check refuses",
     )
-    move.add_argument("--actor", default=default_actor(), help="who is making the change")
     move.set_defaults(run=cmd_tenant_set)
     listing = command("list", "list the tenants that have a mode set", tenant)
     listing.add_argument("--mode", choices=[m.value for m in Mode], help="only this mode")
@@ -117,13 +113,10 @@ def parser() -> argparse.ArgumentParser:
     watch.add_argument("tenant")
     watch.set_defaults(run=cmd_tenant_watch)
     schedule = command("schedule", "schedule a move for a later instant", tenant)
-    schedule.add_argument("tenant")
-    schedule.add_argument("mode", help="legacy, setup or active")
+    _move_arguments(schedule, "allow a move backwards")
     schedule.add_argument(
         "--at", required=True, help="when: an ISO-8601 instant with an offset (…T06:00+01:00)"
     )
-    schedule.add_argument("--force", action="store_true", help="allow a move backwards")
-    schedule.add_argument("--actor", default=default_actor(), help="who is making the change")
     schedule.set_defaults(run=cmd_tenant_schedule)
     schedules = command("schedules", "list the scheduled moves, soonest first", tenant)
     schedules.add_argument("--tenant", help="only this tenant's")
@@ -140,10 +133,21 @@ def parser() -> argparse.ArgumentParser:
     bulk.add_argument(
         "--dry-run", action="store_true", help="say what would change, change nothing"
     )
-    bulk.add_argument("--force", action="store_true", help="allow moves backwards")
-    bulk.add_argument("--actor", default=default_actor(), help="who is making the changes")
+    _force_and_actor(bulk, "allow moves backwards", "who is making the changes")
     bulk.set_defaults(run=cmd_tenant_import)
     return top
+
+
+def _move_arguments(command: argparse.ArgumentParser, force_help: str) -> None:
+    """TENANT MODE [--force] [--actor NAME], for a command that moves one tenant."""
+    command.add_argument("tenant")
+    command.add_argument("mode", help="legacy, setup or active")
+    _force_and_actor(command, force_help, "who is making the change")
+
+
+def _force_and_actor(command: argparse.ArgumentParser, force_help: str, actor_help: str) -> None:
+    command.add_argument("--force", action="store_true", help=force_help)
+    command.add_argument("--actor", default=default_actor(), help=actor_help)
 
 
 def given_config(args: argparse.Namespace) -> str | None:

@@ -17,7 +17,6 @@ from edge.core.tenants import Mode, is_tenant_id
 from edge.modes import Change, StoreUnavailable
 from edge.modes.base import Schedule
 from edge.moves.importer import BulkMover
-from edge.routing.preview import PreviewGate
 from edge.serving.compose import Parts
 
 if TYPE_CHECKING:
@@ -104,9 +103,7 @@ def cmd_tenant_get(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_tenant_set(args: argparse.Namespace, settings: Settings) -> int:
-    if (problem := _bad_tenant(args.tenant)) is not None:
-        return problem
-    if (mode := _mode_or_refuse(args.mode)) is None:
+    if (mode := _move_target(args)) is None:
         return EXIT_REFUSED
 
     async def action(ops: TenantOps) -> int:
@@ -161,9 +158,7 @@ def cmd_tenant_history(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_tenant_schedule(args: argparse.Namespace, settings: Settings) -> int:
     from edge.moves.schedule import parse_instant
 
-    if (problem := _bad_tenant(args.tenant)) is not None:
-        return problem
-    if (mode := _mode_or_refuse(args.mode)) is None:
+    if (mode := _move_target(args)) is None:
         return EXIT_REFUSED
     try:
         at = parse_instant(args.at)
@@ -247,11 +242,15 @@ def cmd_tenant_import(args: argparse.Namespace, settings: Settings) -> int:
     return run_tenant_command(settings, action)
 
 
-def _mode_or_refuse(text: str) -> Mode | None:
-    mode = Mode.parse(text)
+def _move_target(args: argparse.Namespace) -> Mode | None:
+    """The mode ``args.tenant`` is to move to; None, said why, when the tenant or mode is bad."""
+    if _bad_tenant(args.tenant) is not None:
+        return None
+    mode = Mode.parse(args.mode)
     if mode is None:
         print(
-            f"edge: refused: {text!r} is not a mode: use legacy, setup or active", file=sys.stderr
+            f"edge: refused: {args.mode!r} is not a mode: use legacy, setup or active",
+            file=sys.stderr,
         )
     return mode
 
@@ -266,7 +265,9 @@ def cmd_tenant_preview_link(args: argparse.Namespace, settings: Settings) -> int
             file=sys.stderr,
         )
         return EXIT_REFUSED
-    link = PreviewGate(settings).link(args.tenant, datetime.now(UTC), args.ttl)
+    gate = Parts(settings).preview
+    assert gate is not None  # previews are private
+    link = gate.link(args.tenant, datetime.now(UTC), args.ttl)
     print(link.url)
     print(
         f"valid until {link.expires.isoformat()}, for {args.tenant} while it is in setup",

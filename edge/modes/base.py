@@ -37,6 +37,14 @@ class Outcome(IntEnum):
     REFUSED = 2
 
 
+def _recorded_mode(value: str | None) -> Mode:
+    """The mode of a stored record; ValueError when it is not one."""
+    mode = Mode.parse(value)
+    if mode is None:
+        raise ValueError(f"{value!r} is not a mode")
+    return mode
+
+
 @dataclass(frozen=True)
 class Change:
     """One mode change: what ``set_mode`` returns and what the audit log holds."""
@@ -67,13 +75,10 @@ class Change:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Change:
         """An audit entry → Change; raises ValueError (or KeyError) on a malformed one."""
-        mode = Mode.parse(data["to"])
-        if mode is None:
-            raise ValueError(f"{data['to']!r} is not a mode")
         return cls(
             tenant=str(data["tenant"]),
             previous=None if data["from"] is None else str(data["from"]),
-            mode=mode,
+            mode=_recorded_mode(data["to"]),
             actor=str(data["actor"]),
             at=datetime.fromisoformat(data["at"]),
             forced=bool(data["forced"]),
@@ -109,13 +114,10 @@ class Schedule:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Schedule:
         """Raises ValueError (or KeyError) on a malformed one."""
-        mode = Mode.parse(data["mode"])
-        if mode is None:
-            raise ValueError(f"{data['mode']!r} is not a mode")
         return cls(
             id=str(data["id"]),
             tenant=str(data["tenant"]),
-            mode=mode,
+            mode=_recorded_mode(data["mode"]),
             at=datetime.fromisoformat(data["at"]),
             actor=str(data["actor"]),
             force=bool(data["force"]),

@@ -67,6 +67,8 @@ class EdgeApp:
             settings,
             self.cache,
             self.forwarder,
+            policy=parts.policy,
+            preview=parts.preview,
             metrics=self.metrics,
             access_log=self.access_log,
             traffic=self.traffic,
@@ -76,10 +78,10 @@ class EdgeApp:
         counter = ModeCounter(self.store)
         self.admin = AdminApi(
             self.store,
+            parts.moves,
             self.cache,
             settings.admin.token,
             self.metrics,
-            moves=parts.moves,
             readiness=self.readiness,
             watch=self.watch,
             counter=counter,
@@ -87,7 +89,9 @@ class EdgeApp:
         self.admin = Dashboard(
             settings,
             self.store,
-            moves=parts.moves,
+            parts.moves,
+            policy=parts.policy,
+            preview=parts.preview,
             readiness=self.readiness,
             watch=self.watch,
             counter=counter,
