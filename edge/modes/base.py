@@ -47,7 +47,7 @@ def _recorded_mode(value: str | None) -> Mode:
 
 @dataclass(frozen=True)
 class Change:
-    """One mode change: what ``set_mode`` returns and what the audit log holds."""
+    """One mode change: what a move (edge.moves.service) returns and the audit log holds."""
 
     tenant: str
     previous: str | None
