@@ -16,13 +16,13 @@ from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
 from edge import config
-from edge.activation.readiness import ReadinessCheck
 from edge.activation.traffic import Traffic
 from edge.activation.watch import WatchMonitor
 from edge.admin.api import AdminApi
 from edge.core.tenants import TENANT_ID, Mode
 from edge.modes import MemoryStore, ModeCache
 from edge.observe.metrics import Metrics
+from edge.serving.compose import Parts
 from tests.stack import ADMIN_TOKEN, Stack, settings_for, stack
 from tests.support import RedisServer
 
@@ -35,8 +35,16 @@ def _full_api() -> AdminApi:
     cache = ModeCache(store)
     settings = config.from_mapping(settings_for("http://l", "http://n", "memory://", "edge:"))
     watch = WatchMonitor(store, Traffic(store, settings), settings)
-    readiness = ReadinessCheck(settings, store)
-    return AdminApi(store, cache, ADMIN_TOKEN, Metrics(cache), readiness=readiness, watch=watch)
+    parts = Parts(settings, store)
+    return AdminApi(
+        store,
+        parts.moves,
+        cache,
+        ADMIN_TOKEN,
+        Metrics(cache),
+        readiness=parts.readiness,
+        watch=watch,
+    )
 
 
 OPENAPI = _full_api().document
@@ -135,7 +143,8 @@ def test_the_openapi_document_is_valid_and_names_every_route() -> None:
 
 def test_an_app_without_the_optional_parts_documents_only_what_it_serves() -> None:
     store = MemoryStore()
-    bare = AdminApi(store, ModeCache(store), ADMIN_TOKEN)
+    settings = config.from_mapping(settings_for("http://l", "http://n", "memory://", "edge:"))
+    bare = AdminApi(store, Parts(settings, store).moves, ModeCache(store), ADMIN_TOKEN)
     validate(bare.document)
     served, documented = _routes(bare)
     assert served == documented
@@ -244,7 +253,9 @@ def test_a_change_needs_the_token_and_is_audited_with_its_actor(
     moved = admin.put("/api/tenants/acme", json={"mode": "setup", "actor": "dana"}, headers=AUTH)
     assert moved.json()["change"]["actor"] == "dana"
     back = admin.put("/api/tenants/acme", json={"mode": "legacy"}, headers=AUTH)
-    assert back.status_code == 409 and "--force" in back.json()["error"]
+    # The API's refusals name its own field, not the CLI's flag.
+    assert back.status_code == 409 and back.json()["error"].endswith('needs "force": true')
+    assert "--force" not in back.json()["error"]
     history = admin.get("/api/tenants/acme/history", params={"limit": "5"}).json()["history"]
     assert [(e["actor"], e["via"], e["to"]) for e in history] == [("dana", "api", "setup")]
 
@@ -340,7 +351,7 @@ def test_a_bulk_move_is_checked_whole_before_anything_changes(
         (2, "north"),
         (4, "east"),
     ]
-    assert "needs --force" in refused.json()["problems"][1]["reason"]
+    assert refused.json()["problems"][1]["reason"].endswith('needs "force": true')
     assert _keys(redis_server, prefix) == before
 
 

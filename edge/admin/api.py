@@ -27,10 +27,11 @@ from edge.activation.readiness import NotReady
 from edge.admin import models as m
 from edge.admin.models import PATH_PARAMS
 from edge.admin.openapi import Endpoint, document
+from edge.core.refusals import FORCE_FIELD, ChangeRefused, UnknownSchedule
 from edge.core.tenants import Mode
-from edge.modes import ChangeRefused, ModeCache, ModeStore, StoreUnavailable
-from edge.modes.base import BulkRefused, MoveOutcome, UnknownSchedule
+from edge.modes import ModeCache, ModeStore, StoreUnavailable
 from edge.modes.counts import ModeCounter
+from edge.moves.service import BulkMove, BulkRefused, MoveOutcome, Moves
 
 if TYPE_CHECKING:
     from edge.activation.readiness import ReadinessCheck
@@ -66,6 +67,7 @@ class AdminApi:
     def __init__(
         self,
         store: ModeStore,
+        moves: Moves,
         cache: ModeCache,
         token: str,
         metrics: Metrics | None = None,
@@ -75,6 +77,7 @@ class AdminApi:
         counter: ModeCounter | None = None,
     ) -> None:
         self.store = store
+        self.moves = moves
         self.cache = cache
         self.token = token.encode()
         self.metrics = metrics
@@ -216,11 +219,12 @@ class AdminApi:
         """Move a tenant: forward only unless force"""
         mode, force, actor = body.mode, body.force, body.actor
         try:
-            change = await self.store.set_mode(tenant, mode, actor=actor, force=force, via="api")
+            change = await self.moves.set_mode(tenant, mode, actor=actor, force=force, via="api")
         except NotReady as exc:
-            raise ApiError(409, str(exc), tenant=tenant, readiness=exc.report.to_json()) from None
+            readiness = exc.report.to_json()
+            raise ApiError(409, exc.says(FORCE_FIELD), tenant=tenant, readiness=readiness) from None
         except ChangeRefused as exc:
-            raise ApiError(409, str(exc), tenant=tenant) from None
+            raise ApiError(409, exc.says(FORCE_FIELD), tenant=tenant) from None
         self.counter.forget()
         described = _describe(tenant, change.mode.value)
         return m.TenantChange.model_validate({**described, "change": change.to_json()})
@@ -251,8 +255,8 @@ class AdminApi:
         """
         moves, force, actor, dry_run = body.pairs(), body.force, body.actor, body.dry_run
         try:
-            results = await self.store.move_many(
-                moves, actor=actor, force=force, via="api", dry_run=dry_run
+            results = await self.moves.move_many(
+                BulkMove(moves, actor=actor, force=force, via="api", dry_run=dry_run)
             )
         except BulkRefused as exc:
             problems = [problem.to_json() for problem in exc.problems]
@@ -279,9 +283,9 @@ class AdminApi:
         """
         mode, at, force, actor = body.mode, body.at, body.force, body.actor
         try:
-            schedule = await self.store.schedule_move(tenant, mode, at, actor=actor, force=force)
+            schedule = await self.moves.schedule_move(tenant, mode, at, actor=actor, force=force)
         except ChangeRefused as exc:
-            raise ApiError(409, str(exc), tenant=tenant) from None
+            raise ApiError(409, exc.says(FORCE_FIELD), tenant=tenant) from None
         return m.Scheduled.model_validate({"schedule": schedule.to_json()})
 
     async def list_schedules(self, request: Request, query: m.SchedulesQuery) -> m.Schedules:
@@ -295,7 +299,7 @@ class AdminApi:
     async def cancel_schedule(self, request: Request, id: str) -> m.Cancelled:
         """Cancel a pending schedule"""
         try:
-            schedule = await self.store.cancel_schedule(id)
+            schedule = await self.moves.cancel_schedule(id)
         except UnknownSchedule as exc:
             raise ApiError(404, str(exc)) from None
         return m.Cancelled.model_validate({"schedule": schedule.to_json(), "cancelled": True})

@@ -30,8 +30,8 @@ from pydantic_core import CoreSchema
 
 from edge.activation.watch import KINDS
 from edge.core.tenants import TENANT_ID, Mode, is_tenant_id
-from edge.modes.base import MoveOutcome
 from edge.moves.schedule import parse_instant
+from edge.moves.service import MoveOutcome
 
 PAGE_LIMIT = 100
 LIMIT_MAX = 1000

@@ -346,7 +346,7 @@ class RedisStore(ModeStore):
             await subscription.close()
         await self._client.aclose()
 
-    async def _compare_and_set(
+    async def compare_and_set(
         self, tenant: str, target: Mode, force: bool
     ) -> tuple[Outcome, str | None, datetime]:
         key = self._mode_key(tenant)
@@ -376,7 +376,7 @@ class RedisStore(ModeStore):
         """Command options that send a keyless command to the node holding ``key``."""
         return {}
 
-    async def _record(self, change: Change) -> None:
+    async def record(self, change: Change) -> None:
         history_key = self._history_key(change.tenant)
         pipe = self._client.pipeline(transaction=False)
         pipe.lpush(history_key, json.dumps(change.to_json()))
@@ -417,6 +417,6 @@ class RedisStore(ModeStore):
         )
         return bool(removed)
 
-    async def _add_schedule(self, schedule: Schedule) -> None:
+    async def add_schedule(self, schedule: Schedule) -> None:
         mapping = {schedule.encode(): schedule.at.timestamp()}
         await self._call("ZADD", self._client.zadd(self._schedules_key, mapping))

@@ -73,13 +73,15 @@ class Router:
         forwarder: Forwarder,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         *,
+        policy: Policy,
+        preview: PreviewGate | None,
         metrics: Metrics | None = None,
         access_log: AccessLog | None = None,
         traffic: Traffic | None = None,
         websockets: WebSocketRelay,
     ) -> None:
         self.resolver = Resolver(settings)
-        self.policy = Policy.from_settings(settings)
+        self.policy = policy
         self.cache = cache
         self.forwarder = forwarder
         self.websockets = websockets
@@ -88,7 +90,7 @@ class Router:
         self.access_log = access_log
         # Counts for safe activation; unflushed (and so bounded, then dropped) unless started.
         self.traffic = traffic or Traffic(cache.store, settings)
-        self.preview = PreviewGate(settings) if settings.policy.private_preview else None
+        self.preview = preview
         self.backends = {
             Front.LEGACY: Backend.from_settings(settings.legacy),
             Front.NEW: Backend.from_settings(settings.new),
