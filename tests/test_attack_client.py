@@ -227,3 +227,35 @@ def _until_closed(sock: socket.socket) -> Reply:
                 return Reply(received, closed=True)
             received += chunk
     return Reply(received, closed=True)
+
+
+# --- absolute-form targets ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("target", "answered"),
+    [
+        (f"http://{NEW_HOST}/{ACTIVE}/a", 200),
+        (f"http://{NEW_HOST.upper()}:80/{ACTIVE}/a", 200),
+        (f"https://{NEW_HOST}/{ACTIVE}/a", 200),
+        (f"http://{LEGACY_HOST}/{ACTIVE}/a", 400),
+        (f"http://other.test/{ACTIVE}/a", 400),
+        (f"http://user@{NEW_HOST}/{ACTIVE}/a", 400),
+        (f"http://{NEW_HOST}:8080/{ACTIVE}/a", 400),
+    ],
+)
+def test_an_absolute_target_names_the_host_its_host_header_does(
+    wire: Wire, target: str, answered: int
+) -> None:
+    """RFC 9112 3.2.2: a server takes the host of an absolute-form target over Host; edge
+    routes by Host. Where the two disagree, a proxy in front that reads the target routes
+    the request to one portal and edge to another: refused, closed, nothing forwarded."""
+    seen = len(wire.legacy.seen) + len(wire.new.seen)
+    reply = wire.send(
+        f"POST {target} HTTP/1.1\r\nHost: {NEW_HOST}\r\nContent-Length: 0\r\n\r\n".encode()
+    )
+    forwarded = len(wire.legacy.seen) + len(wire.new.seen) - seen
+    if answered == 200:
+        assert reply.statuses == [200] and forwarded == 1
+    else:
+        assert reply.statuses == [400] and reply.closed and forwarded == 0

@@ -50,8 +50,8 @@ class _HeadTooLarge(Exception):
     pass
 
 
-class _Unframed(Exception):
-    """A request whose body llhttp would not read as its body: refused before it is."""
+class _Ambiguous(Exception):
+    """A head that could be read two ways: refused (400) before the app sees it."""
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -237,13 +237,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         ):
             self.refusal = 431
             raise _HeadTooLarge
+        if self.url[:1] != b"/" and _names_another_host(self.url, headers):
+            self.refusal = 400
+            raise _Ambiguous
         if self.parser.should_upgrade() and not self._should_upgrade():
             # llhttp hands the connection to the protocol named in Upgrade after this head,
             # and uvicorn does not switch to it: a body would be read as the next request (a
             # proxy in front reads it as this one's body), and the rest of this read is lost.
             if _has_body(headers):
                 self.refusal = 400
-                raise _Unframed
+                raise _Ambiguous
             super().on_headers_complete()
             self.cycle.keep_alive = False  # what follows it is not read as HTTP: close after it
             self.stopped = True
@@ -332,6 +335,19 @@ def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
     )
 
 
+def _names_another_host(target: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether an absolute-form target ("http://host/path", RFC 9112 3.2.2: its host wins
+    over Host) names another host than the Host header edge routes by. The default port
+    may be written or not; userinfo is never part of an http(s) authority."""
+    scheme, _, rest = target.partition(b"://")
+    default = {b"http": b":80", b"https": b":443"}.get(scheme.lower())
+    authority = rest.partition(b"/")[0].partition(b"?")[0].lower()
+    hosts = [value.strip(b" \t").lower() for name, value in headers if name == b"host"]
+    if default is None or len(hosts) != 1:
+        return True
+    return authority.removesuffix(default) != hosts[0].removesuffix(default)
+
+
 def _answer(
     status: int, headers: tuple[tuple[bytes, bytes], ...] = (), *, as_json: bool = False
 ) -> bytes:
@@ -345,7 +361,7 @@ def _answer(
 
 
 _MESSAGES = {
-    400: "The request cannot be read as it is framed.",
+    400: "The request could be read more than one way.",
     408: "The request did not arrive in time.",
     414: "The address (URL) is longer than this server accepts.",
     431: "The request headers are larger than this server accepts.",
