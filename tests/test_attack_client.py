@@ -259,3 +259,35 @@ def test_an_absolute_target_names_the_host_its_host_header_does(
         assert reply.statuses == [200] and forwarded == 1
     else:
         assert reply.statuses == [400] and reply.closed and forwarded == 0
+
+
+# --- Host ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "answered"),
+    [
+        (NEW_HOST, 200),
+        (NEW_HOST.upper(), 200),
+        (f"{NEW_HOST}:8080", 200),
+        (f"{NEW_HOST}:@evil.test", 421),
+        (f"{NEW_HOST}:80@evil.test", 421),
+        (f"{NEW_HOST}:x", 421),
+        (f"{NEW_HOST}:80/evil", 421),
+    ],
+)
+def test_a_host_is_a_configured_name_and_a_port_nothing_more(
+    wire: Wire, host: str, answered: int
+) -> None:
+    """The portal builds its own links (a password reset, say) from Host or X-Forwarded-Host:
+    "portal.test:@evil.test" in a URL is evil.test with a user name. Only a port (digits) may
+    follow a configured host."""
+    seen = len(wire.new.seen)
+    reply = wire.send(
+        f"GET /{ACTIVE}/a HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+    )
+    assert reply.statuses == [answered]
+    hosts = [
+        parsed.values("host") + parsed.values("x-forwarded-host") for parsed in wire.new.seen[seen:]
+    ]
+    assert hosts == ([[host, host]] if answered == 200 else [])
