@@ -191,7 +191,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.reading_head:
-            super().on_header(name, value)
+            HttpToolsProtocol.on_header(self, name, value)  # every header: no super() object
             return
         # A trailer: never a header of the request edge judged (RFC 9110 6.5.1), and bounded as
         # the head is, for uvicorn would add it to the request's headers whatever its size.
