@@ -291,3 +291,29 @@ def test_a_host_is_a_configured_name_and_a_port_nothing_more(
         parsed.values("host") + parsed.values("x-forwarded-host") for parsed in wire.new.seen[seen:]
     ]
     assert hosts == ([[host, host]] if answered == 200 else [])
+
+
+# --- method overrides as PHP reads parameter names ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("query", "override"),
+    [
+        ("x%00=DELETE", False),  # the control: a NUL in another name
+        ("%00_method=DELETE", False),  # PHP reads the name as ""
+        ("_method%00=DELETE", True),  # PHP reads names as C strings: "_method"
+        ("_method%00x=DELETE", True),
+        ("_method%00[]=DELETE", True),
+    ],
+)
+def test_a_method_override_whose_name_php_cuts_at_a_nul_is_a_write(
+    wire: Wire, query: str, override: bool
+) -> None:
+    """In setup, a read that names a write is refused, and so is the allow-listed login POST
+    that claims to be another write: Laravel and Symfony take `_method` from the query."""
+    for method, page in (("GET", "x"), ("POST", "staff/login")):
+        seen = len(wire.new.seen)
+        request = f"{method} /{SETUP}/{page}?{query} HTTP/1.1\r\nHost: {NEW_HOST}\r\n"
+        reply = wire.send(f"{request}Content-Length: 0\r\nConnection: close\r\n\r\n".encode())
+        assert reply.statuses == [403 if override else 200]
+        assert len(wire.new.seen) - seen == (0 if override else 1)
