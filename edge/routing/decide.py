@@ -152,9 +152,10 @@ def judged_method(
 def query_overrides(query: bytes) -> tuple[str, ...]:
     """The values of query parameters that a backend framework may take for the method.
 
-    Names are read as PHP reads them (decoded, leading spaces dropped, " " and "." as "_",
-    "[...]" an array of the same name), in any case, "-" or "_"; ";" separates parameters as
-    "&" does for some parsers. An empty value overrides nothing.
+    Names are read as PHP reads them (decoded, ended by a NUL as a C string is, leading
+    spaces dropped, " " and "." as "_", "[...]" an array of the same name), in any case,
+    "-" or "_"; ";" separates parameters as "&" does for some parsers. An empty value
+    overrides nothing.
     """
     found: list[str] = []
     for parameter in query.decode("latin-1").replace(";", "&").split("&"):
@@ -165,7 +166,7 @@ def query_overrides(query: bytes) -> tuple[str, ...]:
 
 
 def _override_parameter(name: str) -> bool:
-    spelt = unquote_plus(name).lstrip(" ").partition("[")[0].lower()
+    spelt = unquote_plus(name).partition("\x00")[0].lstrip(" ").partition("[")[0].lower()
     return spelt.translate(_AS_UNDERSCORE) in _OVERRIDE_PARAMETERS
 
 
