@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import ssl
+import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from edge import config
+from edge.config import schema
 from tests.support import make_certificates, openssl
 
 GOOD = """
@@ -396,7 +398,7 @@ def test_a_bad_config_lists_every_problem_each_by_its_key_or_variable(tmp_path: 
         "EDGE_SERVER__PROT: sets no config key",
         f"{path}: server.port: Input should be less than or equal to 65535",
         f"{path}: server.bogus: unknown key",
-        "EDGE_STORE__TIMEOUT: Input should be a valid number",
+        "EDGE_STORE__TIMEOUT: 'soon' is not a duration",
         f"{path}: new.backend: must be an http:// or https:// URL",
         f"{path}: policy.legacy_sunset: 'next summer' is not an ISO-8601 instant",
         f"{path}: admin.token: must be at least 16 characters",
@@ -416,6 +418,52 @@ def test_problems_found_together_by_the_consistency_check_are_all_listed(tmp_pat
         f"{path}: new.hosts: 'parents.example.com' is listed on both fronts",
         f"{path}: admin.port: must differ from server.port",
     ]
+
+
+def test_problems_across_sections_are_listed_beside_a_bad_key_elsewhere(tmp_path: Path) -> None:
+    bad = GOOD.replace('hosts = ["portal.example.com"]', 'hosts = ["parents.example.com"]')
+    bad = bad.replace('"2027-06-30T22:00:00Z"', '"next summer"')
+    path = write(tmp_path, bad)
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(path, env={})
+    assert caught.value.problems == [
+        f"{path}: policy.legacy_sunset: 'next summer' is not an ISO-8601 instant",
+        f"{path}: new.hosts: 'parents.example.com' is listed on both fronts",
+    ]
+
+
+def test_a_check_across_sections_is_not_made_on_a_section_that_is_invalid(tmp_path: Path) -> None:
+    # Positive control: memory:// with two workers is a problem of its own...
+    text = GOOD.replace(STORE_URL, 'url = "memory://"').replace("port = 8080", "workers = 2")
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(write(tmp_path, text + '[admin]\ntoken = "short"\n'), env={})
+    assert [p.split(": ")[1] for p in caught.value.problems] == ["admin.token", "server.workers"]
+    # ...but an invalid store URL is not judged as the default memory:// it would fall back to.
+    text = GOOD.replace(STORE_URL, 'url = "nope://"').replace("port = 8080", "workers = 2")
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(write(tmp_path, text), env={})
+    assert [p.split(": ")[1] for p in caught.value.problems] == ["store.url"]
+
+
+def _duration_keys() -> list[tuple[str, str]]:
+    keys = []
+    for section, field in config.Settings.model_fields.items():
+        assert isinstance(field.annotation, type)
+        for key, inner in field.annotation.model_fields.items():
+            if any(getattr(m, "func", None) is schema._seconds for m in inner.metadata):
+                keys.append((section, key))
+    return keys
+
+
+def test_every_key_in_seconds_takes_a_unit() -> None:
+    keys = _duration_keys()
+    assert ("upstream", "read_timeout") in keys and ("server", "header_timeout") in keys
+    assert ("upstream", "pool_size") not in keys  # the search can tell a count from a time
+    raw = tomllib.loads(GOOD)
+    for section, key in keys:
+        raw.setdefault(section, {})[key] = "1m"
+    settings = config.from_mapping(raw)
+    assert all(getattr(getattr(settings, s), k) == 60.0 for s, k in keys)
 
 
 def test_the_config_path_comes_from_edge_config(tmp_path: Path) -> None:

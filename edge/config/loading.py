@@ -9,10 +9,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from edge.config.env import ENV_CONFIG, EnvOverrides
-from edge.config.schema import KeyedError, Settings
+from edge.config.schema import KeyedError, Settings, cross_key_problems
 
 DEMO_CONFIG = Path(__file__).parent.parent / "demo" / "demo.toml"  # `edge demo`'s, and only its
 NO_CONFIG = (
@@ -64,11 +64,28 @@ def from_mapping(
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
-        problems = [overrides.name(key, problem, source) for key, problem in _problems(exc)]
+        found = list(dict.fromkeys(_problems(exc) + _across_valid_sections(raw)))
+        problems = [overrides.name(key, problem, source) for key, problem in found]
         raise ConfigError(overrides.problems + problems) from None
     if overrides.problems:
         raise ConfigError(overrides.problems)
     return settings
+
+
+def _across_valid_sections(raw: Mapping[str, Any]) -> list[tuple[tuple[str, ...], str]]:
+    """The cross-key problems among the sections that are valid on their own, which the
+    whole's validation never reaches while any key anywhere is wrong."""
+    valid: dict[str, Any] = {}
+    for name, field in Settings.model_fields.items():
+        given, section = raw.get(name, {}), field.annotation
+        if (name not in raw and field.is_required()) or not isinstance(given, Mapping):
+            continue
+        assert isinstance(section, type) and issubclass(section, BaseModel)
+        try:
+            valid[name] = section.model_validate(given)
+        except ValidationError:
+            continue
+    return [(tuple(key.split(".")), problem) for key, problem in cross_key_problems(valid)]
 
 
 def _problems(exc: ValidationError) -> list[tuple[tuple[str, ...], str]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import ssl
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -80,14 +81,15 @@ def _seconds(value: Any) -> Any:
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
 PublicUrl = Annotated[str, AfterValidator(_public_url)]
 PathTemplate = Annotated[str, AfterValidator(_path_template)]
-Seconds = Annotated[float, BeforeValidator(_seconds), Field(gt=0)]
+Duration = Annotated[float, BeforeValidator(_seconds)]  # seconds, or "90s", "15m", "24h", "7d"
+Seconds = Annotated[Duration, Field(gt=0)]
 
 
 class ServerSettings(_Section):
     host: str = "0.0.0.0"
     port: int = Field(8080, ge=0, le=65535)
     workers: int = Field(1, ge=1, le=256)
-    graceful_timeout: float = Field(30.0, ge=0)
+    graceful_timeout: Duration = Field(30.0, ge=0)
     trusted_proxies: tuple[str, ...] = ()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True
@@ -122,18 +124,18 @@ class ServerSettings(_Section):
 class StoreSettings(_Section):
     url: str = "memory://"
     prefix: str = Field("edge:", min_length=1, max_length=64)
-    resync_interval: float = Field(2.0, gt=0, le=3600)
-    timeout: float = Field(0.5, gt=0, le=60)
+    resync_interval: Duration = Field(2.0, gt=0, le=3600)
+    timeout: Duration = Field(0.5, gt=0, le=60)
     # Tenants with a key each process caches; those without one (legacy by default, or ids
     # nobody set up) in a cache of their own, each for negative_ttl seconds at most.
     cache_size: int = Field(1_000_000, ge=1)
     negative_cache_size: int = Field(10_000, ge=1)
-    negative_ttl: float = Field(60.0, gt=0, le=86_400)
+    negative_ttl: Duration = Field(60.0, gt=0, le=86_400)
     # Cached tenants the periodic resync reads each resync_interval, in turn (all of them
     # while Redis does not report writes).
     resync_keys: int = Field(1_000, ge=1)
     # Seconds between writes of this process's traffic counts (deep links, watch) to the store.
-    flush_interval: float = Field(5.0, gt=0, le=3600)
+    flush_interval: Duration = Field(5.0, gt=0, le=3600)
 
     # TLS (rediss:// and rediss+sentinel:// or rediss+cluster://): the CA that signed the
     # servers' certificates, and a client certificate when the servers ask for one.
@@ -307,10 +309,10 @@ class PortalTLSError(ValueError):
 
 
 class UpstreamSettings(_Section):
-    connect_timeout: float = Field(5.0, gt=0)
+    connect_timeout: Duration = Field(5.0, gt=0)
     # Until the answer's head is in whole (interim 1xx answers included); then between reads of
     # a body with a Content-Length.
-    read_timeout: float = Field(30.0, gt=0)
+    read_timeout: Duration = Field(30.0, gt=0)
     pool_size: int = Field(512, ge=1)
     # The places one portal may hold; by default half the pool, so that a portal that hangs
     # leaves the other front its half.
@@ -321,11 +323,11 @@ class UpstreamSettings(_Section):
     max_headers: int = Field(100, ge=16, le=10_000)
     # Idle pooled connections are dropped before the backend's own idle timeout (uvicorn: 5 s),
     # so a request never goes out on a connection the backend is closing.
-    keepalive_timeout: float = Field(4.0, gt=0)
+    keepalive_timeout: Duration = Field(4.0, gt=0)
     # read_timeout bounds the wait for the response headers and each read of a body with a
     # Content-Length; a streamed body (no Content-Length: server-sent events, long polls) may
     # stay idle this long between reads instead. 0: no limit.
-    stream_idle_timeout: float = Field(300.0, ge=0)
+    stream_idle_timeout: Duration = Field(300.0, ge=0)
 
     @model_validator(mode="after")
     def _places(self) -> UpstreamSettings:
@@ -340,7 +342,7 @@ class UpstreamSettings(_Section):
 
 class WebSocketSettings(_Section):
     max_message_size: int = Field(1024 * 1024, ge=1024)  # bytes, each way; larger closes 1009
-    ping_interval: float = Field(20.0, gt=0)  # seconds; to the client and to the portal
+    ping_interval: Duration = Field(20.0, gt=0)  # seconds; to the client and to the portal
     max_connections: int = Field(4096, ge=1)  # per process, apart from the HTTP pool
 
 
@@ -371,27 +373,37 @@ class Settings(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
-        problems: list[tuple[str, str]] = []
-        shared = set(self.legacy.hosts) & set(self.new.hosts)
-        if shared:
-            problems.append(("new.hosts", f"{sorted(shared)[0]!r} is listed on both fronts"))
-        if self.store.embedded and self.server.workers > 1:
-            problems.append(("server.workers", "memory:// is a single-process store: use 1 worker"))
-        if self.admin.port and self.admin.port == self.server.port:
-            problems.append(("admin.port", "must differ from server.port"))
-        if self.policy.private_preview and not (self.admin.preview_secret or self.admin.token):
-            problems.append(
-                (
-                    "admin.preview_secret",
-                    "policy.private_preview needs a secret to sign preview links: "
-                    "set admin.preview_secret (or admin.token)",
-                )
-            )
-        problems += _portal_tls_problems("legacy", self.legacy)
-        problems += _portal_tls_problems("new", self.new)
+        problems = cross_key_problems(dict(self))
         if problems:
             raise KeyedError(problems)
         return self
+
+
+def cross_key_problems(sections: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The problems between keys of different sections, each checked when the sections it
+    reads are valid on their own (given whole: a file's other problems do not hide these)."""
+    problems: list[tuple[str, str]] = []
+    legacy, new = sections.get("legacy"), sections.get("new")
+    server, store, admin = sections.get("server"), sections.get("store"), sections.get("admin")
+    policy = sections.get("policy")
+    if legacy and new and (shared := set(legacy.hosts) & set(new.hosts)):
+        problems.append(("new.hosts", f"{sorted(shared)[0]!r} is listed on both fronts"))
+    if store and server and store.embedded and server.workers > 1:
+        problems.append(("server.workers", "memory:// is a single-process store: use 1 worker"))
+    if admin and server and admin.port and admin.port == server.port:
+        problems.append(("admin.port", "must differ from server.port"))
+    if policy and admin and policy.private_preview and not (admin.preview_secret or admin.token):
+        problems.append(
+            (
+                "admin.preview_secret",
+                "policy.private_preview needs a secret to sign preview links: "
+                "set admin.preview_secret (or admin.token)",
+            )
+        )
+    for name, front in (("legacy", legacy), ("new", new)):
+        if front:
+            problems += _portal_tls_problems(name, front)
+    return problems
 
 
 def _portal_tls_problems(name: str, front: FrontSettings) -> list[tuple[str, str]]:
