@@ -33,10 +33,12 @@ def edge(redis_server: RedisServer) -> Iterator[Stack]:
         yield running
 
 
-def get(edge: Stack, target: str, headers: list[tuple[str, str]] = BASE) -> Reply:
+def get(
+    edge: Stack, target: str, headers: list[tuple[str, str]] = BASE, method: str = "GET"
+) -> Reply:
     lines = "".join(f"{name}: {value}\r\n" for name, value in headers)
     port = int(edge.public_url.rsplit(":", 1)[1])
-    return exchange(port, f"GET {target} HTTP/1.1\r\n{lines}\r\n".encode())
+    return exchange(port, f"{method} {target} HTTP/1.1\r\n{lines}\r\n".encode())
 
 
 def padded(size: int, base: list[tuple[str, str]] = BASE) -> list[tuple[str, str]]:
@@ -100,6 +102,21 @@ def test_a_head_over_the_limits_gets_the_refusal_page_or_json_as_accept_asks(
     else:
         assert reply.header(b"content-type") == b"text/html; charset=utf-8"
         assert body.startswith(b"<!doctype html>") and b"than this server accepts." in body
+
+
+@pytest.mark.parametrize("method", ["HEAD", "GET"])
+@pytest.mark.parametrize(
+    ("status", "target", "headers"),
+    [(414, too_long_target(), BASE), (431, f"/{ACTIVE}/", padded(HEADER_BYTES + 1))],
+)
+def test_the_answer_to_a_head_over_the_limits_has_no_page_after_its_head(
+    edge: Stack, method: str, status: int, target: str, headers: list[tuple[str, str]]
+) -> None:
+    reply = get(edge, target, headers, method)
+    head, _, rest = reply.data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d " % status) and reply.closed
+    length = int(reply.header(b"content-length") or b"-1")
+    assert length > 0 and len(rest) == (0 if method == "HEAD" else length)  # GET: the control
 
 
 @pytest.mark.parametrize(

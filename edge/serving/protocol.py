@@ -222,7 +222,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.url = b""
 
     def on_headers_complete(self) -> None:
-        self.reading_head = False
         if self.head_due:
             self.head_due = False
             cast(ClientConnections, self.clients).head_done(self)
@@ -240,6 +239,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.url[:1] != b"/" and _names_another_host(self.url, headers):
             self.refusal = 400
             raise _Ambiguous
+        self.reading_head = False  # only now: a head refused above is still this request's
         if self.parser.should_upgrade() and not self._should_upgrade():
             # llhttp hands the connection to the protocol named in Upgrade after this head,
             # and uvicorn does not switch to it: a body would be read as the next request (a
@@ -323,7 +323,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.refusal = status
         if not (self.in_body and self.cycle.response_started):
             # The headers of the head read so far (all of them but for a head cut off unfinished).
-            self.transport.write(_answer(status, as_json=asks_for_json(self.headers or ())))
+            head = (self.reading_head or self.in_body) and self.parser.get_method() == b"HEAD"
+            as_json = asks_for_json(self.headers or ())
+            self.transport.write(_answer(status, as_json=as_json, head=head))
         # else an answer has begun (the portal answered before the body's end): it is cut short
         self.transport.close()
 
@@ -349,14 +351,20 @@ def _names_another_host(target: bytes, headers: list[tuple[bytes, bytes]]) -> bo
 
 
 def _answer(
-    status: int, headers: tuple[tuple[bytes, bytes], ...] = (), *, as_json: bool = False
+    status: int,
+    headers: tuple[tuple[bytes, bytes], ...] = (),
+    *,
+    as_json: bool = False,
+    head: bool = False,
 ) -> bytes:
-    """edge's refusal page (JSON on request), before any tenant is known; then close."""
+    """edge's refusal page (JSON on request), before any tenant is known; then close. The
+    answer to a HEAD has the page's length and no page."""
     body, content_type = refusal(status, _MESSAGES[status], tenant=None, mode=None, as_json=as_json)
     extra = b"".join(b"%s: %s\r\n" % header for header in headers)
     return (
         b"%scontent-type: %s\r\ncontent-length: %d\r\ncache-control: no-store\r\n%b"
-        b"connection: close\r\n\r\n%s" % (STATUS_LINE[status], content_type, len(body), extra, body)
+        b"connection: close\r\n\r\n%s"
+        % (STATUS_LINE[status], content_type, len(body), extra, b"" if head else body)
     )
 
 
