@@ -363,6 +363,20 @@ def test_the_portal_gets_exactly_the_tenant_edge_decided(by_header: Wired) -> No
     assert seen.values("x-tenant") == [ACTIVE] and seen.values("x-edge-tenant") == [ACTIVE]
 
 
+@pytest.mark.parametrize("sent", ["X-Tenant: swim", "x-tenant: swim", "X-TENANT: swim"])
+def test_a_tenant_header_on_a_front_that_reads_the_path_stays_behind(
+    by_header: Wired, sent: str
+) -> None:
+    """The legacy front finds the tenant in the path: an X-Tenant there names no one, and a
+    portal that read it would act for another business."""
+    reply = by_header.send(
+        request(b"GET", f"/{LEGACY}/page".encode(), LEGACY_HOST.encode(), f"{sent}\r\n".encode())
+    )
+    assert reply.statuses == [200]
+    seen = by_header.legacy.seen[-1]  # the request itself arrived: its headers are what is seen
+    assert seen.values("x-edge-tenant") == [LEGACY] and seen.values("x-tenant") == []
+
+
 def test_a_tenant_header_spelt_with_underscores_names_no_tenant(by_header: Wired) -> None:
     before = len(by_header.seen())
     reply = by_header.send(request(b"GET", b"/classes", NEW_HOST.encode(), b"X_Tenant: dance\r\n"))

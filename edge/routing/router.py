@@ -192,15 +192,20 @@ class Router:
                 scope, send, served, 400, "bad_request", "The request path is not acceptable."
             )
         header = None
-        if tenant_headers and front.rule == "header":
-            name = front.header.encode()
-            copies = [sent for sent in tenant_headers if self.tenant_spellings[sent[0]] == name]
+        if tenant_headers:
+            own = front.header.encode() if front.rule == "header" else None
+            copies = [sent for sent in tenant_headers if self.tenant_spellings[sent[0]] == own]
             if len(copies) > 1:
                 # Judged by one copy, a portal could act on another.
                 message = "The request names its business more than once."
                 return await _refuse(scope, send, served, 400, "bad_request", message)
-            if copies and copies[0][0] == name:  # a spelling with "_" is not forwarded
+            if copies and copies[0][0] == own:  # a spelling with "_" is not forwarded
                 header = copies[0][1]
+            if len(copies) < len(tenant_headers):
+                # Another front's tenant header names no one here, and a portal that read it
+                # would act for that business: it stays behind.
+                spellings = self.tenant_spellings
+                scope["headers"] = [h for h in scope["headers"] if spellings.get(h[0], own) == own]
         tenant = front.tenant_of(host, path, header, raw_path)
         if tenant is None:
             return await _refuse(scope, send, served, 404, "no_tenant", "There is no such page.")
