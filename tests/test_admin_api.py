@@ -312,6 +312,39 @@ def test_a_request_with_several_problems_is_told_each(admin: httpx.Client) -> No
     assert admin.get("/api/tenants/acme").json() == {"tenant": "acme", "mode": "legacy"}
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/tenants/acme", {"mode": "setup", "forse": True}),
+        ("/api/tenants/acme/schedule", {"mode": "setup", "at": "2099-01-01T00:00:00Z", "x": 1}),
+        ("/api/tenants:bulk", {"tenants": ["acme"], "mode": "setup", "dryrun": True}),
+        ("/api/tenants:bulk", {"moves": [{"tenant": "acme", "mode": "setup", "force": True}]}),
+    ],
+)
+def test_a_field_the_body_does_not_have_is_refused_and_changes_nothing(
+    admin: httpx.Client, path: str, body: dict[str, Any]
+) -> None:
+    method = admin.put if path == "/api/tenants/acme" else admin.post
+    answer = method(path, json=body, headers=AUTH)
+    assert answer.status_code == 400
+    assert "no such field" in answer.json()["error"]
+    assert admin.get("/api/tenants/acme").json() == {"tenant": "acme", "mode": "legacy"}
+    assert admin.get("/api/schedules").json() == {"schedules": []}
+    # The control: the same body without the stray field is taken.
+    clean = {k: v for k, v in body.items() if k in ("mode", "at", "tenants")}
+    if "moves" in body:
+        clean = {"moves": [{"tenant": "acme", "mode": "setup"}], "dry_run": True}
+    elif path == "/api/tenants:bulk":
+        clean["dry_run"] = True
+    elif path == "/api/tenants/acme":
+        clean["mode"] = "legacy"
+    taken = method(path, json=clean, headers=AUTH)
+    assert taken.status_code in (200, 201), taken.json()
+    if path.endswith("/schedule"):
+        (schedule,) = admin.get("/api/schedules").json()["schedules"]
+        admin.delete(f"/api/schedules/{schedule['id']}", headers=AUTH)
+
+
 def test_an_unreachable_store_is_a_503_in_the_same_shape(
     own_redis: RedisServer, prefix: str
 ) -> None:

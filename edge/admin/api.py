@@ -369,7 +369,9 @@ def _problem(error: ErrorDetails, name: str) -> str:
         message = str(error.get("ctx", {}).get("error", error["msg"]))
     else:
         message = error["msg"][:1].lower() + error["msg"][1:]
-        if field and error["type"] != "missing":
+        if error["type"] == "extra_forbidden":
+            message = "no such field"
+        elif field and error["type"] != "missing":
             message += f"; got {error['input']!r}"
     return f"{field}: {message}" if field else message
 

@@ -251,8 +251,10 @@ class Watch(BaseModel):
 
 class Body(BaseModel):
     """A request body; its ``example`` is in the document and in the 400 for a body that is no
-    JSON object."""
+    JSON object. A field it does not have is refused: "forse": true must not move a tenant
+    backwards unforced without a word."""
 
+    model_config = ConfigDict(extra="forbid")
     example: ClassVar[dict[str, Any]] = {}
 
     @classmethod
@@ -282,6 +284,8 @@ class ScheduleMove(Body):
 
 
 class Move(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     tenant: StrictStr
     mode: StrictStr = Field(description="checked with the other moves: a bad one is a problem")
 
