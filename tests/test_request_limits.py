@@ -11,6 +11,7 @@ import json
 import socket
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from edge import config
@@ -148,6 +149,27 @@ def test_a_head_that_never_ends_is_cut_off(edge: Stack, status: int, start: str)
         except ConnectionResetError:
             pass
     assert answer.startswith(b"HTTP/1.1 %d " % status)
+
+
+def closed_for(edge: Stack, reason: str) -> float:
+    metrics = httpx.get(f"{edge.admin_url}/metrics", timeout=10).text
+    sample = f'edge_client_connections_closed_total{{reason="{reason}"}} '
+    [line] = [line for line in metrics.splitlines() if line.startswith(sample)]
+    return float(line.removeprefix(sample))
+
+
+def test_each_head_refused_before_routing_is_counted_by_its_reason(edge: Stack) -> None:
+    reasons = ("target_too_long", "head_too_large", "bad_request")
+    before = [closed_for(edge, reason) for reason in reasons]
+    port = int(edge.public_url.rsplit(":", 1)[1])
+    assert get(edge, too_long_target()).statuses == [414]
+    assert get(edge, f"/{ACTIVE}/", padded(HEADER_BYTES + 1)).statuses == [431]
+    malformed = exchange(
+        port, f"GET /{ACTIVE}/ HTTP/1.1\r\nHost: {NEW_HOST}\r\nNo colon\r\n\r\n".encode()
+    )
+    assert malformed.statuses == [400]
+    after = [closed_for(edge, reason) for reason in reasons]
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1]
 
 
 def test_the_limits_are_validated_and_default_to_nginxs() -> None:

@@ -80,6 +80,9 @@ class ClientStats(Collector):
         self.body_timeouts = 0  # closed: a body stalled (408 unless a response had started)
         self.send_timeouts = 0  # cut off: read none of its response for send_timeout
         self.turned_away = 0  # new connections answered 503: max_connections reached
+        # Answered and closed before the app saw the request: a 414, a 431 (trailers too), a
+        # 400 (llhttp's, or edge's for a head that could be read more than one way).
+        self.refused = {400: 0, 414: 0, 431: 0}
 
     def collect(self) -> Iterable[Metric]:
         yield GaugeMetricFamily(
@@ -91,16 +94,20 @@ class ClientStats(Collector):
             "edge_client_connections_closed",
             "Client connections edge closed for a limit: a head not whole within "
             "header_timeout, a body stalled for body_idle_timeout, a response left unread for "
-            "send_timeout, or max_connections reached (answered 503).",
+            "send_timeout, max_connections reached (answered 503), or a head refused before "
+            "routing: 414, 431, or 400 for one that could not be read or read one way.",
             labels=("reason",),
         )
         closed.add_metric(("header_timeout",), self.header_timeouts)
         closed.add_metric(("body_idle_timeout",), self.body_timeouts)
         closed.add_metric(("send_timeout",), self.send_timeouts)
         closed.add_metric(("max_connections",), self.turned_away)
+        for status, reason in _REFUSED.items():
+            closed.add_metric((reason,), self.refused[status])
         yield closed
 
 
+_REFUSED = {400: "bad_request", 414: "target_too_long", 431: "head_too_large"}
 STATS = ClientStats()
 
 

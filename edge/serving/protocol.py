@@ -317,10 +317,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.refusal or self.in_body:
             self.refuse(self.refusal or 400)
         else:
+            STATS.refused[400] += 1
             super().send_400_response(msg)
 
     def refuse(self, status: int) -> None:
         self.refusal = status
+        if status in STATS.refused:
+            STATS.refused[status] += 1
         if not (self.in_body and self.cycle.response_started):
             # The headers of the head read so far (all of them but for a head cut off unfinished).
             head = (self.reading_head or self.in_body) and self.parser.get_method() == b"HEAD"
