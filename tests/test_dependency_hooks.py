@@ -44,6 +44,8 @@ OWN: dict[type[Any], set[str]] = {
         "body_overdue",
         "send_overdue",
         "client_turn",
+        "parse",
+        "feed",
     }
 }
 # What edge calls on its parents beyond what it overrides.
