@@ -17,6 +17,7 @@ import socket
 from functools import partial
 from typing import Any
 
+import httptools
 import pytest
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -46,6 +47,9 @@ OWN: dict[type[Any], set[str]] = {
         "client_turn",
         "parse",
         "feed",
+        # llhttp's, which uvicorn leaves out and httptools calls when defined (tested below).
+        "on_chunk_header",
+        "on_chunk_complete",
     }
 }
 # What edge calls on its parents beyond what it overrides.
@@ -169,3 +173,19 @@ def test_uvicorn_builds_edges_protocol_as_edge_expects_and_it_reads_a_head() -> 
 
 async def _no_app(scope: Any, receive: Any, send: Any) -> None:
     raise AssertionError("no request reaches the app here")
+
+
+def test_httptools_calls_the_chunk_callbacks_edge_defines() -> None:
+    """edge's protocol sees a chunk's header and end (to tell a trailer from the head)."""
+    calls: list[str] = []
+
+    class Recorder:
+        def on_chunk_header(self) -> None:
+            calls.append("header")
+
+        def on_chunk_complete(self) -> None:
+            calls.append("complete")
+
+    parser = httptools.HttpRequestParser(Recorder())
+    parser.feed_data(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n")
+    assert calls == ["header", "complete", "header", "complete"]
