@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 import httptools
 
@@ -16,10 +16,16 @@ from edge.forwarding.upstream.errors import (
     UpstreamTimeout,
 )
 from edge.forwarding.upstream.origin import Header, Origin
-from edge.forwarding.upstream.sections import BoundedSections
+from edge.forwarding.upstream.sections import BoundedSections, PoolLimits
 
-if TYPE_CHECKING:
-    from edge.forwarding.upstream.pool import UpstreamPool
+
+class Places(PoolLimits, Protocol):
+    """The pool a connection holds a place of, as the connection sees it."""
+
+    def track(self, connection: Connection) -> None: ...
+    def untrack(self, connection: Connection) -> None: ...
+    def retire(self, connection: Connection) -> None: ...
+
 
 _HIGH_WATER = 2**17  # buffered body bytes at which the backend's connection stops being read
 # Body pieces shorter than this are held joined: one object per two-byte chunk would cost
@@ -95,8 +101,9 @@ class Connection(BoundedSections):
         "status",
         "transport",
     )
+    pool: Places
 
-    def __init__(self, pool: UpstreamPool, origin: Origin) -> None:
+    def __init__(self, pool: Places, origin: Origin) -> None:
         self.pool = pool
         self.origin = origin
         self.transport: asyncio.Transport | None = None

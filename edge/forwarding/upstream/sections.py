@@ -7,14 +7,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import httptools
 
 from edge.forwarding.upstream.errors import UpstreamError, UpstreamProtocolError
 
-if TYPE_CHECKING:
-    from edge.forwarding.upstream.pool import UpstreamPool
+
+class PoolLimits(Protocol):
+    """What a connection reads of its pool's settings."""
+
+    max_head_bytes: int
+    max_headers: int
+    read_timeout: float
+    stream_idle_timeout: float
+
 
 _HEAD_END = b"\r\n\r\n"
 
@@ -31,7 +38,7 @@ class BoundedSections(asyncio.Protocol):
     _trailing: bool
     _last_progress: float
     # The connection's.
-    pool: UpstreamPool
+    pool: PoolLimits
     closed: bool
     _loop: asyncio.AbstractEventLoop
     _parser: httptools.HttpResponseParser
