@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from edge import config
+from edge.activation.insight import REPORTS
 from edge.activation.readiness import ReadinessCheck
 from edge.activation.watch import watch_report
 from edge.config import Settings
@@ -143,6 +144,10 @@ def parser() -> argparse.ArgumentParser:
     watch = command("watch", "the 5xx and 404 shares since activation, against the preview", tenant)
     watch.add_argument("tenant")
     watch.set_defaults(run=cmd_tenant_watch)
+    for name, (help, _, _) in REPORTS.items():
+        insight = command(name, help, tenant)
+        insight.add_argument("tenant")
+        insight.set_defaults(run=cmd_tenant_insight, report=name)
     schedule = command("schedule", "schedule a move for a later instant", tenant)
     schedule.add_argument("tenant")
     schedule.add_argument("mode", help="legacy, setup or active")
@@ -487,6 +492,22 @@ def cmd_tenant_watch(args: argparse.Namespace, settings: Settings) -> int:
             watch = await cast("AdminClient", ops).watch(args.tenant)
         print("\n".join(watch["summary"]))
         return EXIT_REFUSED if watch["alerts"] else 0
+
+    return run_tenant_command(settings, action)
+
+
+def cmd_tenant_insight(args: argparse.Namespace, settings: Settings) -> int:
+    if (problem := _bad_tenant(args.tenant)) is not None:
+        return problem
+    _, report, lines = REPORTS[args.report]
+
+    async def action(ops: TenantOps) -> int:
+        if isinstance(ops, ModeStore):
+            found = await report(ops, args.tenant)
+        else:
+            found = await cast("AdminClient", ops).insight(args.report, args.tenant)
+        print("\n".join(lines(found)))
+        return 0
 
     return run_tenant_command(settings, action)
 

@@ -7,7 +7,8 @@ second. Coverage is the share of recorded requests whose page answers 2xx or 3xx
 
 Activation (a move to active without force, by any path: CLI, admin API, dashboard, schedule,
 bulk) goes through ``ReadinessCheck.guard``, which the store calls before its atomic set: it
-refuses below ``[policy].activation_coverage``. A tenant with no recorded traffic has no
+refuses below ``[policy].activation_coverage``, and while shadow parity (edge.activation.parity)
+has paths the new portal loses. A tenant with no recorded traffic has no
 coverage to judge: it is allowed, and the audit note says the coverage was unknown.
 """
 
@@ -22,6 +23,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from edge.activation.parity import parity_report
 from edge.config import Settings
 from edge.core.tenants import Mode
 from edge.forwarding.headers import Backend
@@ -123,11 +125,13 @@ class ReadinessReport:
 
 
 class NotReady(ChangeRefused):
-    """An activation refused because too few deep links resolve on the new portal."""
+    """An activation refused: too few deep links resolve on the new portal, or (``parity``,
+    edge.activation.parity) the shadow saw the new portal lose pages the legacy one serves."""
 
-    def __init__(self, report: ReadinessReport) -> None:
+    def __init__(self, report: ReadinessReport, parity: str = "") -> None:
+        coverage = f"activating needs {report.threshold:.0%} coverage"
         super().__init__(
-            f"{report.summary()}; activating needs {report.threshold:.0%}. Add the missing "
+            f"{report.summary()}; {parity + '; ' if parity else ''}{coverage}. Add the missing "
             "pages or path rules, or use --force to activate anyway"
         )
         self.report = report
@@ -173,23 +177,15 @@ class ReadinessCheck:
         if Mode.parse(await self.store.get(tenant)) is Mode.ACTIVE:
             return ""
         report = await self.report(tenant)
-        if not report.ready:
-            raise NotReady(report)
-        return report.summary()
+        parity = await parity_report(self.store, tenant)
+        if not report.ready or parity.blocking:
+            raise NotReady(report, parity.refusal())
+        return "; ".join(filter(None, (report.summary(), parity.note())))
 
     async def probe(self, tenant: str, links: Sequence[tuple[str, int]]) -> ReadinessReport:
-        public = urlsplit(self.policy.new_page(tenant, "/"))
-        headers = {
-            **({"host": public.netloc} if self.backend.keep_host else {}),
-            "user-agent": USER_AGENT,
-            "x-edge-tenant": tenant,
-            "x-edge-mode": Mode.SETUP.value,
-            "x-forwarded-proto": public.scheme,
-            "x-forwarded-host": public.netloc,
-        }
+        headers = {**preview_headers(self.policy, self.backend, tenant), "user-agent": USER_AGENT}
         pace = _Pace(self.rate)
         slots = asyncio.Semaphore(self.concurrency)
-        limits = httpx.Limits(max_connections=self.concurrency)
 
         async def fetch(client: httpx.AsyncClient, target: str) -> tuple[int | None, str | None]:
             async with slots:
@@ -204,13 +200,7 @@ class ReadinessCheck:
         # Paths that map to the same page (say, every unmapped one to home) cost one probe.
         targets = {path: self.policy.new_path(tenant, path) for path, _ in links}
         unique = sorted(set(targets.values()))
-        async with httpx.AsyncClient(
-            timeout=self.timeout,
-            limits=limits,
-            trust_env=False,
-            follow_redirects=False,
-            verify=self.backend.origin.tls or True,  # an https:// portal: as forwarding speaks it
-        ) as client:
+        async with portal_client(self.backend, self.timeout, self.concurrency) as client:
             answers = dict(
                 zip(unique, await asyncio.gather(*(fetch(client, t) for t in unique)), strict=True)
             )
@@ -220,3 +210,28 @@ class ReadinessCheck:
             reverse=True,
         )
         return ReadinessReport(tenant, tuple(checks), self.threshold, datetime.now(UTC))
+
+
+def preview_headers(policy: Policy, backend: Backend, tenant: str) -> dict[str, str]:
+    """What edge's own requests to the new portal carry: a setup-mode read of ``tenant``,
+    with the client's Host (here the public one) or the backend URL's, as forwarding does."""
+    public = urlsplit(policy.new_page(tenant, "/"))
+    return {
+        **({"host": public.netloc} if backend.keep_host else {}),
+        "x-edge-tenant": tenant,
+        "x-edge-mode": Mode.SETUP.value,
+        "x-forwarded-proto": public.scheme,
+        "x-forwarded-host": public.netloc,
+    }
+
+
+def portal_client(backend: Backend, timeout: httpx.Timeout, connections: int) -> httpx.AsyncClient:
+    """A client for edge's own requests to ``backend``: no redirects followed, no proxy from
+    the environment, an https:// portal spoken to as forwarding speaks to it."""
+    return httpx.AsyncClient(
+        timeout=timeout,
+        limits=httpx.Limits(max_connections=connections),
+        trust_env=False,
+        follow_redirects=False,
+        verify=backend.origin.tls or True,
+    )

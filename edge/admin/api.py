@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Match, Route
 
+from edge.activation.insight import REPORTS
 from edge.activation.readiness import NotReady
 from edge.admin.openapi import OPENAPI
 from edge.core.tenants import TENANT_ID, Mode, is_tenant_id
@@ -94,6 +95,10 @@ class AdminApi:
             *([Route("/api/tenants/{tenant}/readiness", self.ready)] if self.readiness else []),
             *([Route("/api/tenants/{tenant}/watch", self.watched)] if self.watch else []),
             Route("/api/tenants/{tenant}/schedule", self.schedule, methods=["POST"]),
+            *(
+                Route(f"/api/tenants/{{tenant}}/{name}", self.insight, methods=["GET"])
+                for name in REPORTS
+            ),
             Route("/api/schedules", self.list_schedules, methods=["GET"]),
             Route("/api/schedules/{id}", self.cancel_schedule, methods=["DELETE"]),
         ]
@@ -185,6 +190,11 @@ class AdminApi:
     async def watched(self, request: Request) -> Response:
         assert self.watch is not None
         return JSONResponse((await self.watch.report(_tenant(request))).to_json())
+
+    async def insight(self, request: Request) -> Response:
+        """A transition insight report (edge.activation.insight): referrers or parity."""
+        _, report, _ = REPORTS[request.url.path.rpartition("/")[2]]
+        return JSONResponse(await report(self.store, _tenant(request)))
 
     async def bulk(self, request: Request) -> Response:
         self._authorize(request)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from edge.admin.openapi_insight import INSIGHT_PATHS, INSIGHT_SCHEMAS
+
 
 def _ref(name: str) -> dict[str, Any]:
     return {"$ref": f"#/components/schemas/{name}"}
@@ -171,6 +173,7 @@ SCHEMAS: dict[str, Any] = {
         "maxLength": 200,
         "description": "who makes the change, for the audit log (default admin-api)",
     },
+    **INSIGHT_SCHEMAS,
 }
 
 PATHS: dict[str, Any] = {
@@ -502,6 +505,7 @@ PATHS: dict[str, Any] = {
             },
         },
     },
+    **INSIGHT_PATHS,
 }
 
 OPENAPI: dict[str, Any] = {

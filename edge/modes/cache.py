@@ -172,6 +172,10 @@ class ModeCache:
         self.stats.hits += 1
         return mode
 
+    def keyed(self, tenant: str) -> bool:
+        """Whether the tenant, cached, has a key in the store. No I/O, a set look-up."""
+        return not self._entries.is_absent(tenant)
+
     def _recall(self, tenant: str) -> Mode | Missing | None:
         mode = self._entries.recall(tenant)
         if mode is MISSING:

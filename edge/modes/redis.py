@@ -41,7 +41,15 @@ from edge.modes.base import (
     encode_event,
 )
 from edge.modes.subscription import Subscription, merged, resp2
-from edge.modes.traffic import KEEP_SLACK, RETENTION_SECONDS, TrafficCounts
+from edge.modes.traffic import (
+    DISAGREEMENTS_KEPT,
+    KEEP_SLACK,
+    REFERRERS_KEPT,
+    RETENTION_SECONDS,
+    Disagreement,
+    ParityCounts,
+    TrafficCounts,
+)
 
 CHUNK = 500
 NODE_CURSORS = 2**64  # a SCAN cursor is below this
@@ -173,6 +181,10 @@ class RedisStore(ModeStore):
     def _responses_key(self, tenant: str, phase: str) -> str:
         return f"{self._prefix}responses:{tenant}:{phase}"
 
+    def _insight_key(self, kind: str, tenant: str) -> str:
+        """referrers, referrers-seen, parity, parity-diff; legacy-hits:{tenant}:{day}."""
+        return f"{self._prefix}{kind}:{tenant}"
+
     @contextmanager
     def _errors(self, what: str) -> Iterator[None]:
         try:
@@ -250,7 +262,119 @@ class RedisStore(ModeStore):
                 for status_class, count in classes.items():
                     pipe.hincrby(key, status_class, count)
                 pipe.expire(key, RETENTION_SECONDS)
-        await self._call("traffic counts", pipe.execute())
+        grown = self._add_insight(pipe, counts)
+        replies = await self._call("traffic counts", pipe.execute())
+        # A referrer trimmed from the counts leaves its last-seen time behind: those are
+        # dropped once a tenant's times outnumber the kept referrers (a second round trip,
+        # only then), so a flood of made-up referrers grows neither key.
+        kept = REFERRERS_KEPT * KEEP_SLACK
+        crowded = [tenant for tenant, at in grown if replies[at] > kept]
+        if crowded:
+            await self._call("referrer trim", self._trim_seen(crowded))
+
+    def _add_insight(self, pipe: Any, counts: TrafficCounts) -> list[tuple[str, int]]:
+        """Queue the transition insight's counts; returns each referred tenant with the
+        index of its HLEN reply among the pipeline's."""
+        grown = []
+        seen_at = counts.at.timestamp()
+        for tenant, pages in counts.referrers.items():
+            key, seen = (
+                self._insight_key("referrers", tenant),
+                self._insight_key("referrers-seen", tenant),
+            )
+            for page, count in pages.items():
+                pipe.zincrby(key, count, page)
+            pipe.hset(seen, mapping=dict.fromkeys(pages, seen_at))
+            pipe.zremrangebyrank(key, 0, -REFERRERS_KEPT * KEEP_SLACK - 1)
+            pipe.expire(key, RETENTION_SECONDS)
+            pipe.expire(seen, RETENTION_SECONDS)
+            pipe.hlen(seen)
+            grown.append((tenant, len(pipe) - 1))
+        for tenant, count in counts.legacy_hits.items():
+            key = self._insight_key("legacy-hits", f"{tenant}:{counts.day}")
+            pipe.incrby(key, count)
+            pipe.expire(key, RETENTION_SECONDS)
+        for tenant, parity in counts.parity.items():
+            key = self._insight_key("parity", tenant)
+            pipe.hincrby(key, "mirrored", parity.mirrored)
+            pipe.hincrby(key, "agreeing", parity.agreeing)
+            for portal, buckets in parity.latency.items():
+                for index, count in buckets.items():
+                    pipe.hincrby(key, f"{portal}:{index}", count)
+            pipe.expire(key, RETENTION_SECONDS)
+            if parity.disagreeing:
+                diff = self._insight_key("parity-diff", tenant)
+                for disagreement, count in parity.disagreeing.items():
+                    member = json.dumps(
+                        [
+                            disagreement.path,
+                            disagreement.new_path,
+                            disagreement.legacy_status,
+                            disagreement.new_status,
+                        ]
+                    )
+                    pipe.zincrby(diff, count, member)
+                pipe.zremrangebyrank(diff, 0, -DISAGREEMENTS_KEPT * KEEP_SLACK - 1)
+                pipe.expire(diff, RETENTION_SECONDS)
+        return grown
+
+    async def _trim_seen(self, tenants: list[str]) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        for tenant in tenants:
+            pipe.zrange(self._insight_key("referrers", tenant), 0, -1)
+            pipe.hkeys(self._insight_key("referrers-seen", tenant))
+        replies = await pipe.execute()
+        pipe = self._client.pipeline(transaction=False)
+        for index, tenant in enumerate(tenants):
+            counted, timed = replies[2 * index], replies[2 * index + 1]
+            gone = set(timed) - set(counted)
+            if gone:
+                pipe.hdel(self._insight_key("referrers-seen", tenant), *gone)
+        await pipe.execute()
+
+    async def referrers(self, tenant: str, limit: int) -> list[tuple[str, int, datetime]]:
+        pages = await self._call(
+            "ZREVRANGE",
+            self._client.zrevrange(
+                self._insight_key("referrers", tenant), 0, limit - 1, withscores=True
+            ),
+        )
+        if not pages:
+            return []
+        seen = await self._call(
+            "HMGET",
+            self._client.hmget(
+                self._insight_key("referrers-seen", tenant), [page for page, _ in pages]
+            ),
+        )
+        return [
+            # A time trimmed by another instance between its two writes: shown as now's.
+            (page, int(count), datetime.fromtimestamp(float(at), UTC) if at else datetime.now(UTC))
+            for (page, count), at in zip(pages, seen, strict=True)
+        ]
+
+    async def legacy_hits(self, tenant: str, days: Sequence[str]) -> list[int]:
+        if not days:
+            return []
+        keys = [self._insight_key("legacy-hits", f"{tenant}:{day}") for day in days]
+        values = await self._call("MGET", self._mget(keys))
+        return [int(value) if value else 0 for value in values]
+
+    async def parity(self, tenant: str) -> ParityCounts:
+        pipe = self._client.pipeline(transaction=False)
+        pipe.hgetall(self._insight_key("parity", tenant))
+        pipe.zrevrange(
+            self._insight_key("parity-diff", tenant), 0, DISAGREEMENTS_KEPT - 1, withscores=True
+        )
+        totals, diffs = await self._call("parity", pipe.execute())
+        counts = ParityCounts(int(totals.pop("mirrored", 0)), int(totals.pop("agreeing", 0)))
+        for name, count in totals.items():
+            portal, _, index = name.partition(":")
+            counts.latency.setdefault(portal, {})[int(index)] = int(count)
+        for member, count in diffs:
+            path, new_path, legacy_status, new_status = json.loads(member)
+            counts.disagreeing[Disagreement(path, new_path, legacy_status, new_status)] = int(count)
+        return counts
 
     async def deep_links(self, tenant: str, limit: int) -> list[tuple[str, int]]:
         links = await self._call(

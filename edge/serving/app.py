@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 from edge import config
 from edge.activation.readiness import ReadinessCheck
+from edge.activation.shadow import Shadow
 from edge.activation.traffic import Traffic
 from edge.activation.watch import WatchMonitor
 from edge.admin.api import AdminApi
@@ -57,7 +58,10 @@ class EdgeApp:
         # Safe activation: every unforced move to active is checked for readiness first.
         self.readiness = ReadinessCheck(settings, self.store)
         self.store.activation_guard = self.readiness.guard
-        self.traffic = Traffic(self.store, settings)
+        shadow = Shadow(settings) if settings.shadow.sample_rate > 0 else None
+        self.traffic = Traffic(self.store, settings, keyed=self.cache.keyed, shadow=shadow)
+        if shadow is not None:
+            self.metrics.registry.register(shadow)
         self.watch = WatchMonitor(self.store, self.traffic, settings)
         self.metrics.registry.register(self.traffic)
         self.metrics.registry.register(clients.STATS)
