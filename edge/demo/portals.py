@@ -278,12 +278,13 @@ def _home(endpoint: _Endpoint) -> list[Route]:
 _LEGACY = _Brand(
     portal="Parent Portal",
     style="--brand:#1f3a5f;--nav:#2d5282;--bg:#f4efe6;--radius:2px;--font:Georgia,serif",
-    hints=("classes", "classes/101", "account", "settings"),
+    hints=("classes", "classes/101", "account", "settings", "gallery"),
 )
 
 
 def legacy_portal() -> Starlette:
-    """The old Parent Portal: classes, enrolment (in memory), account, settings."""
+    """The old Parent Portal: classes, enrolment (in memory), account, settings, and a photo
+    gallery the new portal lacks (the demo's shadow parity finds it)."""
     # (tenant, class id) → (visitor, child) for each place taken: places are everyone's,
     # names are their visitor's alone.
     enrolled: dict[tuple[str, str], list[tuple[str, str]]] = {}
@@ -368,6 +369,11 @@ def legacy_portal() -> Starlette:
         )
         return page(request, tenant, "Settings", body)
 
+    async def gallery(request: Request) -> Response:
+        tenant = _tenant(request)
+        body = _h('<div class="card"><p>Photos of the term at {}.</p></div>', _business(tenant))
+        return page(request, tenant, "Photo gallery", body)
+
     return _app(
         _LEGACY,
         [
@@ -377,6 +383,7 @@ def legacy_portal() -> Starlette:
             Route("/{tenant}/classes/{id}/enroll", enroll, methods=["POST"]),
             Route("/{tenant}/account", account),
             Route("/{tenant}/settings", settings),
+            Route("/{tenant}/gallery", gallery),
         ],
     )
 
