@@ -8,8 +8,9 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,19 @@ import pytest
 
 from edge import config
 from edge.activation.referrers import PENDING_PER_TENANT, Referrers, clean, own_hosts
+from edge.config import StoreSettings
 from edge.core.asgi import Receive, Scope, Send
-from edge.modes.traffic import KEEP_SLACK, REFERRERS_KEPT
+from edge.modes import ModeStore, open_store
+from edge.modes.traffic import (
+    KEEP_SLACK,
+    LATENCY_BOUNDS_MS,
+    REFERRERS_KEPT,
+    Disagreement,
+    ParityCounts,
+    TrafficCounts,
+    latency_bucket,
+    p95_ms,
+)
 from tests.stack import ADMIN_TOKEN, LEGACY_HOST, NEW_HOST, Stack, stack
 from tests.support import RedisServer, ServerThread, eventually, free_port
 
@@ -315,6 +327,28 @@ def test_disagreements_are_listed_and_refuse_activation(
     assert cli_move.startswith("1\n") and "shadow parity" in cli_move
 
 
+def test_a_page_fixed_stops_blocking_activation(redis_server: RedisServer, prefix: str) -> None:
+    with shadowed(redis_server, prefix) as edge, edge.client() as client:
+        edge.new.statuses["/acme/schedule"] = 404
+        client.get("/acme/classes", headers=LEGACY)
+        with edge.admin() as admin:
+
+            def disagreeing() -> list[Any]:
+                return list(admin.get("/api/tenants/acme/parity").json()["disagreeing"])
+
+            eventually(lambda: len(disagreeing()) == 1)
+            del edge.new.statuses["/acme/schedule"]  # the page now exists
+            client.get("/acme/classes", headers=LEGACY)
+            eventually(lambda: disagreeing() == [])
+            moved = admin.put(
+                "/api/tenants/acme",
+                json={"mode": "active"},
+                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            )
+    assert moved.status_code == 200, moved.text
+    assert "shadow parity: 1 of 2 mirrored reads agree" in moved.json()["change"]["note"]
+
+
 def test_agreeing_reads_let_activation_through(redis_server: RedisServer, prefix: str) -> None:
     with shadowed(redis_server, prefix) as edge, edge.client() as client:
         client.get("/acme/classes", headers=LEGACY)
@@ -409,3 +443,78 @@ def test_with_sample_rate_zero_nothing_is_mirrored(redis_server: RedisServer, pr
         assert edge.edge.traffic.shadow is None
     assert mirrors(edge) == []
     assert json.dumps(edge.new.seen[0].headers).count("x-edge-shadow") == 0
+
+
+# The stores: the same counts, added up the same way, in memory and in Redis.
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(
+    request: pytest.FixtureRequest, redis_server: RedisServer, prefix: str
+) -> AsyncIterator[ModeStore]:
+    url = "memory://" if request.param == "memory" else redis_server.url
+    store = open_store(StoreSettings(url=url, prefix=prefix))
+    yield store
+    await store.close()
+
+
+def parity(**fields: Any) -> TrafficCounts:
+    return TrafficCounts(parity={"acme": ParityCounts(**fields)})
+
+
+async def test_stores_add_parity_up_and_forget_fixed_paths(store: ModeStore) -> None:
+    missing = Disagreement("/acme/classes", "/acme/schedule", 200, 404)
+    broken = Disagreement("/acme/prices", "/acme/", 200, 500)
+    await store.add_traffic(
+        parity(
+            mirrored=5,
+            agreeing=2,
+            disagreeing={missing: 2, broken: 1},
+            latency={"legacy": {1: 5}, "new": {3: 4}},
+        ),
+        keep=10,
+    )
+    await store.add_traffic(
+        parity(mirrored=2, agreeing=1, disagreeing={missing: 1}, latency={"new": {9: 1}}), keep=10
+    )
+    found = await store.parity("acme")
+    assert (found.mirrored, found.agreeing) == (7, 3)
+    assert found.disagreeing == {missing: 3, broken: 1}
+    assert found.latency == {"legacy": {1: 5}, "new": {3: 4, 9: 1}}
+    await store.add_traffic(parity(mirrored=1, agreeing=1, fixed={"/acme/prices"}), keep=10)
+    assert (await store.parity("acme")).disagreeing == {missing: 3}
+    assert (await store.parity("other")) == ParityCounts()
+
+
+async def test_stores_keep_referrers_and_legacy_days(store: ModeStore) -> None:
+    first = datetime(2027, 3, 1, 9, 0, tzinfo=UTC)
+    await store.add_traffic(
+        TrafficCounts(
+            referrers={"acme": {"https://a.example/": 2, "https://b.example/": 1}},
+            legacy_hits={"acme": 4},
+            at=first,
+        ),
+        keep=10,
+    )
+    later = first + timedelta(days=1)
+    await store.add_traffic(
+        TrafficCounts(
+            referrers={"acme": {"https://b.example/": 5}}, legacy_hits={"acme": 1}, at=later
+        ),
+        keep=10,
+    )
+    assert await store.referrers("acme", 10) == [
+        ("https://b.example/", 6, later),
+        ("https://a.example/", 2, first),
+    ]
+    assert await store.referrers("acme", 1) == [("https://b.example/", 6, later)]
+    assert await store.legacy_hits("acme", ["2027-02-28", "2027-03-01", "2027-03-02"]) == [0, 4, 1]
+    assert await store.referrers("other", 10) == []
+
+
+def test_p95_is_the_upper_bound_of_its_bucket() -> None:
+    assert p95_ms({}) is None
+    assert p95_ms({0: 94, 5: 6}) == LATENCY_BOUNDS_MS[5]
+    assert p95_ms({0: 95, 5: 5}) == LATENCY_BOUNDS_MS[0]
+    assert p95_ms({len(LATENCY_BOUNDS_MS): 1}) == LATENCY_BOUNDS_MS[-1]
+    assert latency_bucket(0.3) == 0 and latency_bucket(10**6) == len(LATENCY_BOUNDS_MS)

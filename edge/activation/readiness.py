@@ -183,9 +183,18 @@ class ReadinessCheck:
         return "; ".join(filter(None, (report.summary(), parity.note())))
 
     async def probe(self, tenant: str, links: Sequence[tuple[str, int]]) -> ReadinessReport:
-        headers = {**preview_headers(self.policy, self.backend, tenant), "user-agent": USER_AGENT}
+        public = urlsplit(self.policy.new_page(tenant, "/"))
+        headers = {
+            **({"host": public.netloc} if self.backend.keep_host else {}),
+            "user-agent": USER_AGENT,
+            "x-edge-tenant": tenant,
+            "x-edge-mode": Mode.SETUP.value,
+            "x-forwarded-proto": public.scheme,
+            "x-forwarded-host": public.netloc,
+        }
         pace = _Pace(self.rate)
         slots = asyncio.Semaphore(self.concurrency)
+        limits = httpx.Limits(max_connections=self.concurrency)
 
         async def fetch(client: httpx.AsyncClient, target: str) -> tuple[int | None, str | None]:
             async with slots:
@@ -200,7 +209,13 @@ class ReadinessCheck:
         # Paths that map to the same page (say, every unmapped one to home) cost one probe.
         targets = {path: self.policy.new_path(tenant, path) for path, _ in links}
         unique = sorted(set(targets.values()))
-        async with portal_client(self.backend, self.timeout, self.concurrency) as client:
+        async with httpx.AsyncClient(
+            timeout=self.timeout,
+            limits=limits,
+            trust_env=False,
+            follow_redirects=False,
+            verify=self.backend.origin.tls or True,  # an https:// portal: as forwarding speaks it
+        ) as client:
             answers = dict(
                 zip(unique, await asyncio.gather(*(fetch(client, t) for t in unique)), strict=True)
             )
@@ -210,28 +225,3 @@ class ReadinessCheck:
             reverse=True,
         )
         return ReadinessReport(tenant, tuple(checks), self.threshold, datetime.now(UTC))
-
-
-def preview_headers(policy: Policy, backend: Backend, tenant: str) -> dict[str, str]:
-    """What edge's own requests to the new portal carry: a setup-mode read of ``tenant``,
-    with the client's Host (here the public one) or the backend URL's, as forwarding does."""
-    public = urlsplit(policy.new_page(tenant, "/"))
-    return {
-        **({"host": public.netloc} if backend.keep_host else {}),
-        "x-edge-tenant": tenant,
-        "x-edge-mode": Mode.SETUP.value,
-        "x-forwarded-proto": public.scheme,
-        "x-forwarded-host": public.netloc,
-    }
-
-
-def portal_client(backend: Backend, timeout: httpx.Timeout, connections: int) -> httpx.AsyncClient:
-    """A client for edge's own requests to ``backend``: no redirects followed, no proxy from
-    the environment, an https:// portal spoken to as forwarding speaks to it."""
-    return httpx.AsyncClient(
-        timeout=timeout,
-        limits=httpx.Limits(max_connections=connections),
-        trust_env=False,
-        follow_redirects=False,
-        verify=backend.origin.tls or True,
-    )

@@ -11,7 +11,9 @@ path (the path rules' legacy → new mapping, the query kept), no body, and of t
 headers only Accept, Accept-Language and User-Agent. Nothing else crosses: no Cookie,
 Authorization, Proxy-Authorization, API-key header or any other credential whatever its name,
 and no forwarding headers naming the customer. It carries ``X-Edge-Shadow: 1`` and
-``X-Edge-Mode: setup`` with the tenant, as a preview read.
+``X-Edge-Mode: setup`` with the tenant, as a preview read. It goes out through the
+forwarder's own pooled client, so it costs what a forwarded request costs, and holds at most
+``concurrency`` places in the new portal's pool.
 
 Compared: the status class of the two answers, per legacy path, and the latency of each portal
 (the legacy one as forwarding measured it, sending to last byte). The counts go to the store
@@ -23,21 +25,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from time import perf_counter
+from urllib.parse import urlsplit
 
-import httpx
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from edge.activation.readiness import portal_client, preview_headers
 from edge.config import Settings
-from edge.core.asgi import Scope
+from edge.core.asgi import Message, Scope
 from edge.core.background import Background
 from edge.core.http import METHOD_OVERRIDE_HEADERS
 from edge.core.tenants import Front, Mode
-from edge.forwarding.headers import Backend
+from edge.forwarding.headers import Backend, ClientView
+from edge.forwarding.proxy import Forwarder, UpstreamAborted
 from edge.modes.traffic import (
     DISAGREEMENTS_KEPT,
     KEEP_SLACK,
@@ -57,8 +58,10 @@ CARRIED = frozenset({b"accept", b"accept-language", b"user-agent"})
 # A request with one of these is not a plain read: it is never mirrored.
 _NOT_PLAIN = frozenset({b"transfer-encoding", *(name.encode() for name in METHOD_OVERRIDE_HEADERS)})
 _SETUP = Mode.SETUP.value
-# Disagreements held per tenant between two flushes.
+_EDGE_HEADERS = ((b"x-edge-mode", _SETUP.encode()), (b"x-edge-shadow", b"1"))
+# Disagreements, and paths found fixed, held per tenant between two flushes.
 PENDING_DISAGREEMENTS = DISAGREEMENTS_KEPT * KEEP_SLACK
+PENDING_FIXED = 1_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +70,7 @@ class Mirror:
     method: str
     path: str  # the legacy path, decoded, as the router saw it
     query: bytes
-    headers: tuple[tuple[str, str], ...]  # the carried ones
+    headers: tuple[tuple[bytes, bytes], ...]  # the carried ones
     request_id: str
     legacy_status: int
     legacy_ms: float
@@ -84,18 +87,23 @@ def plain_read(scope: Scope) -> bool:
 
 
 class Shadow(Collector):
-    def __init__(self, settings: Settings, sample: Callable[[], float] = random.random) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        forwarder: Forwarder,
+        sample: Callable[[], float] = random.random,
+    ) -> None:
         shadow = settings.shadow
         self.rate = shadow.sample_rate
         self.concurrency = shadow.concurrency
-        self.timeout = httpx.Timeout(shadow.timeout, connect=settings.upstream.connect_timeout)
+        self.timeout = shadow.timeout
+        self.forwarder = forwarder
         self.policy = Policy.from_settings(settings)
         self.backend = Backend.from_settings(settings.new)
         self.sample = sample
         self.queue: asyncio.Queue[Mirror] = asyncio.Queue(maxsize=shadow.queue)
         self.mirrored = self.dropped = self.unanswered = 0
         self._pending: dict[str, ParityCounts] = {}
-        self._client: httpx.AsyncClient | None = None
         self._background = Background("shadow")
 
     def offer(self, scope: Scope, served: Served) -> None:
@@ -119,11 +127,7 @@ class Shadow(Collector):
             served.method,
             served.path,
             scope["query_string"],
-            tuple(
-                (name.decode("latin-1"), value.decode("latin-1"))
-                for name, value in scope["headers"]
-                if name in CARRIED
-            ),
+            tuple((name, value) for name, value in scope["headers"] if name in CARRIED),
             served.request_id,
             served.status,
             served.upstream_seconds * 1000,
@@ -134,14 +138,11 @@ class Shadow(Collector):
             self.dropped += 1
 
     async def start(self) -> None:
-        self._client = portal_client(self.backend, self.timeout, self.concurrency)
         self._background.start(*([self._work] * self.concurrency))
 
     async def stop(self) -> None:
         """Stop mirroring; what waits in the queue is dropped (not counted as compared)."""
         await self._background.stop()
-        if self._client is not None:
-            await self._client.aclose()
 
     async def _work(self) -> None:
         while True:
@@ -152,28 +153,36 @@ class Shadow(Collector):
                 log.exception("%s: the shadow request failed", mirror.request_id)
 
     async def mirror(self, mirror: Mirror) -> None:
-        assert self._client is not None
         new_path = self.policy.new_path(mirror.tenant, mirror.path)
-        url = self.backend.url + new_path
-        if mirror.query:
-            url += "?" + mirror.query.decode("latin-1")
-        headers = [
-            *mirror.headers,
-            *preview_headers(self.policy, self.backend, mirror.tenant).items(),
-            ("x-edge-shadow", "1"),
-            ("x-request-id", mirror.request_id),
-        ]
-        started = perf_counter()
-        status = 0  # no answer
+        public = urlsplit(self.policy.new_page(mirror.tenant, "/"))
+        host = ((b"host", public.netloc.encode()),) if self.backend.keep_host else ()
+        scope: Scope = {
+            "type": "http",
+            "http_version": "1.1",
+            "method": mirror.method,
+            "path": new_path,
+            "raw_path": new_path.encode(),
+            "query_string": mirror.query,
+            "headers": [*mirror.headers, *host],
+            "client": None,  # no X-Forwarded-For: the mirror names no customer
+        }
+        view = ClientView("", public.scheme, public.netloc, mirror.request_id)
+        answered: list[int] = []
+        tenant = [(b"x-edge-tenant", mirror.tenant.encode()), *_EDGE_HEADERS]
         try:
-            async with self._client.stream(mirror.method, url, headers=headers) as response:
-                async for _ in response.aiter_raw():
-                    pass
-                status = response.status_code
-        except httpx.HTTPError as exc:
+            async with asyncio.timeout(self.timeout):
+                outcome = await self.forwarder.forward(
+                    scope, _no_body(), _heard(answered), self.backend, tenant, view
+                )
+        except (TimeoutError, UpstreamAborted) as exc:
             self.unanswered += 1
-            log.debug("%s: no answer to the shadow request: %s", mirror.request_id, exc)
-        self._compare(mirror, new_path, status, (perf_counter() - started) * 1000)
+            log.debug("%s: no whole answer to the shadow request: %s", mirror.request_id, exc)
+            return self._compare(mirror, new_path, 0, 0.0)
+        # A failure is answered by edge itself (502, 504) with an error: no answer from the portal.
+        status = answered[0] if answered and outcome.error is None else 0
+        if not status:
+            self.unanswered += 1
+        self._compare(mirror, new_path, status, outcome.upstream_seconds * 1000)
 
     def _compare(self, mirror: Mirror, new_path: str, status: int, new_ms: float) -> None:
         self.mirrored += 1
@@ -182,7 +191,12 @@ class Shadow(Collector):
         counts.mirrored += 1
         if status and status_class(status) == legacy_class:
             counts.agreeing += 1
+            if len(counts.fixed) < PENDING_FIXED and not any(
+                key.path == mirror.path for key in counts.disagreeing
+            ):
+                counts.fixed.add(mirror.path)
         else:
+            counts.fixed.discard(mirror.path)
             key = Disagreement(mirror.path, new_path, mirror.legacy_status, status)
             held = counts.disagreeing
             if key in held or len(held) < PENDING_DISAGREEMENTS:
@@ -218,3 +232,27 @@ class Shadow(Collector):
         yield GaugeMetricFamily(
             "edge_shadow_queued", "Mirrors waiting for a worker.", value=self.queue.qsize()
         )
+
+
+def _no_body() -> Callable[[], Awaitable[Message]]:
+    """A client that sent no body and then waits, connected, until the exchange ends."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            await asyncio.Event().wait()  # cancelled when the exchange ends
+        sent = True
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    return receive
+
+
+def _heard(statuses: list[int]) -> Callable[[Message], Awaitable[None]]:
+    """A client that notes the answer's status and reads its body away."""
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    return send

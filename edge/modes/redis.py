@@ -262,20 +262,32 @@ class RedisStore(ModeStore):
                 for status_class, count in classes.items():
                     pipe.hincrby(key, status_class, count)
                 pipe.expire(key, RETENTION_SECONDS)
-        grown = self._add_insight(pipe, counts)
+        grown, fixed = self._add_insight(pipe, counts)
         replies = await self._call("traffic counts", pipe.execute())
         # A referrer trimmed from the counts leaves its last-seen time behind: those are
-        # dropped once a tenant's times outnumber the kept referrers (a second round trip,
-        # only then), so a flood of made-up referrers grows neither key.
+        # dropped once a tenant's times outnumber the kept referrers, so a flood of made-up
+        # referrers grows neither key. And the disagreements of paths found fixed go. Both in
+        # a second round trip, only when there is something to drop.
         kept = REFERRERS_KEPT * KEEP_SLACK
         crowded = [tenant for tenant, at in grown if replies[at] > kept]
         if crowded:
             await self._call("referrer trim", self._trim_seen(crowded))
+        pipe = self._client.pipeline(transaction=False)
+        for tenant, at in fixed:
+            mended = counts.parity[tenant].fixed
+            gone = [member for member in replies[at] if json.loads(member)[0] in mended]
+            if gone:
+                pipe.zrem(self._insight_key("parity-diff", tenant), *gone)
+        if len(pipe):
+            await self._call("parity fixes", pipe.execute())
 
-    def _add_insight(self, pipe: Any, counts: TrafficCounts) -> list[tuple[str, int]]:
+    def _add_insight(
+        self, pipe: Any, counts: TrafficCounts
+    ) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
         """Queue the transition insight's counts; returns each referred tenant with the
-        index of its HLEN reply among the pipeline's."""
-        grown = []
+        index of its HLEN reply among the pipeline's, and each tenant with paths found fixed
+        with the index of its disagreements as they were before this flush's."""
+        grown, fixed = [], []
         seen_at = counts.at.timestamp()
         for tenant, pages in counts.referrers.items():
             key, seen = (
@@ -302,8 +314,11 @@ class RedisStore(ModeStore):
                 for index, count in buckets.items():
                     pipe.hincrby(key, f"{portal}:{index}", count)
             pipe.expire(key, RETENTION_SECONDS)
+            diff = self._insight_key("parity-diff", tenant)
+            if parity.fixed:
+                pipe.zrange(diff, 0, -1)
+                fixed.append((tenant, len(pipe) - 1))
             if parity.disagreeing:
-                diff = self._insight_key("parity-diff", tenant)
                 for disagreement, count in parity.disagreeing.items():
                     member = json.dumps(
                         [
@@ -316,7 +331,7 @@ class RedisStore(ModeStore):
                     pipe.zincrby(diff, count, member)
                 pipe.zremrangebyrank(diff, 0, -DISAGREEMENTS_KEPT * KEEP_SLACK - 1)
                 pipe.expire(diff, RETENTION_SECONDS)
-        return grown
+        return grown, fixed
 
     async def _trim_seen(self, tenants: list[str]) -> None:
         pipe = self._client.pipeline(transaction=False)

@@ -75,10 +75,17 @@ class ParityCounts:
     agreeing: int = 0
     disagreeing: dict[Disagreement, int] = field(default_factory=dict)
     latency: dict[str, dict[int, int]] = field(default_factory=dict)  # portal → bucket → n
+    # Paths whose mirrors all agreed since the last flush: their past disagreements are
+    # forgotten (the page was fixed, or a rule added), so they no longer block activation.
+    fixed: set[str] = field(default_factory=set)
 
     def add(self, other: ParityCounts) -> None:
         self.mirrored += other.mirrored
         self.agreeing += other.agreeing
+        if other.fixed:
+            self.disagreeing = {
+                key: n for key, n in self.disagreeing.items() if key.path not in other.fixed
+            }
         for key, n in other.disagreeing.items():
             self.disagreeing[key] = self.disagreeing.get(key, 0) + n
         for portal, buckets in other.latency.items():

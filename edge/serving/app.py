@@ -58,7 +58,7 @@ class EdgeApp:
         # Safe activation: every unforced move to active is checked for readiness first.
         self.readiness = ReadinessCheck(settings, self.store)
         self.store.activation_guard = self.readiness.guard
-        shadow = Shadow(settings) if settings.shadow.sample_rate > 0 else None
+        shadow = Shadow(settings, self.forwarder) if settings.shadow.sample_rate > 0 else None
         self.traffic = Traffic(self.store, settings, keyed=self.cache.keyed, shadow=shadow)
         if shadow is not None:
             self.metrics.registry.register(shadow)
