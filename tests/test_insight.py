@@ -160,6 +160,7 @@ def test_referrers_held_between_flushes_are_bounded_per_tenant() -> None:
         referrers.seen("acme", f"https://spam-{n}.example/".encode())
     referrers.seen("acme", b"https://spam-0.example/")  # a page held still counts
     referrers.seen("other", b"https://links.example/")  # another tenant has its own room
+    referrers.seen("other", b"https://l/own-public-page")  # a portal's public host: not held
     assert referrers.dropped == 9 * PENDING_PER_TENANT
     counted, _ = referrers.take()
     assert len(counted["acme"]) == PENDING_PER_TENANT

@@ -73,9 +73,10 @@ class Referrers:
     def __init__(self, settings: Settings, keyed: Callable[[str], bool]) -> None:
         self.exact, self.suffixes = own_hosts(settings)
         # The request path's quick test: how a browser writes the portals' own pages.
+        hosts = {*settings.legacy.hosts, *settings.new.hosts, *self.exact}
         self.own = tuple(
             f"{scheme}://{host}/".encode()
-            for host in (*settings.legacy.hosts, *settings.new.hosts)
+            for host in sorted(hosts)
             if not host.startswith("*.")
             for scheme in ("http", "https")
         )

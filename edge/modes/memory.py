@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from edge.core.tenants import Mode, is_tenant_id
 from edge.modes.base import (
@@ -26,6 +26,7 @@ from edge.modes.traffic import (
     DISAGREEMENTS_KEPT,
     KEEP_SLACK,
     REFERRERS_KEPT,
+    RETENTION_SECONDS,
     ParityCounts,
     TrafficCounts,
 )
@@ -121,6 +122,10 @@ class MemoryStore(ModeStore):
             if len(known) > REFERRERS_KEPT * KEEP_SLACK:
                 ranked = sorted(known.items(), key=lambda item: (item[1][0], item[0]))
                 self._referrers[tenant] = dict(ranked[-REFERRERS_KEPT * KEEP_SLACK :])
+        if counts.legacy_hits and all(day != counts.day for _, day in self._legacy_hits):
+            # A new day: those past the retention go, as Redis's keys expire.
+            oldest = (counts.at - timedelta(seconds=RETENTION_SECONDS)).date().isoformat()
+            self._legacy_hits = {key: n for key, n in self._legacy_hits.items() if key[1] >= oldest}
         for tenant, count in counts.legacy_hits.items():
             key = (tenant, counts.day)
             self._legacy_hits[key] = self._legacy_hits.get(key, 0) + count
