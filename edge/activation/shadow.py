@@ -42,6 +42,7 @@ from edge.forwarding.proxy import Forwarder, UpstreamAborted
 from edge.modes.traffic import (
     DISAGREEMENTS_KEPT,
     KEEP_SLACK,
+    MAX_PATH,
     Disagreement,
     ParityCounts,
     latency_bucket,
@@ -77,8 +78,9 @@ class Mirror:
 
 
 def plain_read(scope: Scope) -> bool:
-    """No body, no override: a read the legacy portal cannot have taken for a write."""
-    if b"_method" in scope["query_string"]:
+    """No body, no override, no WebSocket: a read the legacy portal cannot have taken for
+    anything else."""
+    if scope["type"] != "http" or b"_method" in scope["query_string"]:
         return False
     for name, value in scope["headers"]:
         if name in _NOT_PLAIN or (name == b"content-length" and value.strip(b"0")):
@@ -117,6 +119,7 @@ class Shadow(Collector):
             or served.method not in MIRRORED_METHODS
             or served.status == 304  # a conditional answer: the mirror asks unconditionally
             or served.tenant is None
+            or len(served.path) > MAX_PATH
             or served.upstream_seconds is None
             or self.sample() >= self.rate
             or not plain_read(scope)

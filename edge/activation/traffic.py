@@ -27,14 +27,12 @@ from edge.activation.shadow import Shadow
 from edge.config import Settings
 from edge.core.background import Background
 from edge.modes import ModeStore, StoreUnavailable
-from edge.modes.traffic import TrafficCounts, status_class
+from edge.modes.traffic import MAX_PATH, TrafficCounts, status_class
 
 log = logging.getLogger("edge.traffic")
 
 # Distinct keys held between two flushes; beyond it new ones are dropped (and counted).
 MAX_PENDING = 10_000
-# A recorded path longer than this is not a bookmark anyone typed: it is dropped.
-MAX_PATH = 1024
 
 
 def normalise(path: str) -> str | None:

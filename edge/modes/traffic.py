@@ -21,6 +21,9 @@ RETENTION_SECONDS = 90 * 86400
 # Deep links are kept up to twice the number reported, so that a path on its way up is not
 # dropped the moment it first appears.
 KEEP_SLACK = 2
+# A recorded path longer than this is not a bookmark anyone typed: it is dropped (deep
+# links), or not mirrored (shadow parity).
+MAX_PATH = 1024
 # Referrers and parity disagreements kept per tenant (up to KEEP_SLACK times as many stored).
 REFERRERS_KEPT = 100
 DISAGREEMENTS_KEPT = 50

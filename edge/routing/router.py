@@ -122,14 +122,15 @@ class Router:
             if not served.status:
                 served.status, served.reason = 500, "error"
             raise
+        else:
+            if self.shadow is not None:  # the customer has the whole answer by now
+                self.shadow.offer(scope, served)
         finally:
             metrics.in_flight -= 1
             served.duration = perf_counter() - started
             metrics.observe(served)
             if self.access_log is not None:
                 self.access_log.write(served)
-            if self.shadow is not None:  # the customer has the whole answer by now
-                self.shadow.offer(scope, served)
 
     async def _route(
         self, scope: Scope, receive: Receive, send: Send, view: ClientView, served: Served
