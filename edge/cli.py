@@ -144,8 +144,8 @@ def parser() -> argparse.ArgumentParser:
     watch = command("watch", "the 5xx and 404 shares since activation, against the preview", tenant)
     watch.add_argument("tenant")
     watch.set_defaults(run=cmd_tenant_watch)
-    for name, (help, _, _) in REPORTS.items():
-        insight = command(name, help, tenant)
+    for name, report in REPORTS.items():
+        insight = command(name, report.help, tenant)
         insight.add_argument("tenant")
         insight.set_defaults(run=cmd_tenant_insight, report=name)
     schedule = command("schedule", "schedule a move for a later instant", tenant)
@@ -499,15 +499,15 @@ def cmd_tenant_watch(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_tenant_insight(args: argparse.Namespace, settings: Settings) -> int:
     if (problem := _bad_tenant(args.tenant)) is not None:
         return problem
-    _, report, lines = REPORTS[args.report]
+    report = REPORTS[args.report]
 
     async def action(ops: TenantOps) -> int:
         if isinstance(ops, ModeStore):
-            found = await report(ops, args.tenant)
+            found = await report.of(ops, args.tenant)
         else:
             found = await cast("AdminClient", ops).insight(args.report, args.tenant)
-        print("\n".join(lines(found)))
-        return 0
+        print("\n".join(report.lines(found)))
+        return 0 if report.fine(found) else EXIT_REFUSED
 
     return run_tenant_command(settings, action)
 

@@ -322,7 +322,7 @@ def test_disagreements_are_listed_and_refuse_activation(
     assert redis_server.cli("GET", f"{prefix}mode:acme") == "setup"
     assert 'id="parity"' in page and "/acme/schedule" in page
     cli = edge_cli(tmp_path, redis_server, prefix, "tenant", "parity", "acme")
-    assert cli.startswith("0\n") and "0 of 4 mirrored reads agree" in cli
+    assert cli.startswith("1\n") and "0 of 4 mirrored reads agree" in cli
     assert "/acme/classes → /acme/schedule  (blocks activation)" in cli
     cli_move = edge_cli(tmp_path, redis_server, prefix, "tenant", "set", "acme", "active")
     assert cli_move.startswith("1\n") and "shadow parity" in cli_move

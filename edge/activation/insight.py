@@ -5,6 +5,7 @@ answer alike (edge.activation.parity)."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
@@ -18,18 +19,27 @@ async def _parity_json(store: ModeStore, tenant: str) -> dict[str, Any]:
     return (await parity_report(store, tenant)).to_json()
 
 
-Report = Callable[[ModeStore, str], Awaitable[dict[str, Any]]]
-# name → (what `edge tenant NAME` says it does, the report's JSON, its lines for a terminal)
-REPORTS: dict[str, tuple[str, Report, Callable[[dict[str, Any]], list[str]]]] = {
-    "referrers": (
+@dataclass(frozen=True)
+class Report:
+    help: str  # what `edge tenant NAME` says it does
+    of: Callable[[ModeStore, str], Awaitable[dict[str, Any]]]  # the report's JSON
+    lines: Callable[[dict[str, Any]], list[str]]  # for a terminal
+    fine: Callable[[dict[str, Any]], bool]  # False: the command exits 1
+
+
+REPORTS = {
+    "referrers": Report(
         "the outside pages that still send customers to the tenant's legacy portal",
         referrers_report,
         referrer_lines,
+        lambda report: True,
     ),
-    "parity": (
-        "how the new portal answered the legacy reads the shadow mirrored",
+    "parity": Report(
+        "how the new portal answered the legacy reads the shadow mirrored "
+        "(exits 1 while a path blocks activation)",
         _parity_json,
         parity_lines,
+        lambda report: not any(d["blocks_activation"] for d in report["disagreeing"]),
     ),
 }
 

@@ -193,8 +193,8 @@ class AdminApi:
 
     async def insight(self, request: Request) -> Response:
         """A transition insight report (edge.activation.insight): referrers or parity."""
-        _, report, _ = REPORTS[request.url.path.rpartition("/")[2]]
-        return JSONResponse(await report(self.store, _tenant(request)))
+        report = REPORTS[request.url.path.rpartition("/")[2]]
+        return JSONResponse(await report.of(self.store, _tenant(request)))
 
     async def bulk(self, request: Request) -> Response:
         self._authorize(request)
