@@ -33,7 +33,7 @@ from edge.modes.traffic import (
     p95_ms,
 )
 from tests.stack import ADMIN_TOKEN, LEGACY_HOST, NEW_HOST, Stack, stack
-from tests.support import RedisServer, ServerThread, eventually, free_port
+from tests.support import ClusterServers, RedisServer, ServerThread, eventually, free_port
 
 LEGACY = {"Host": LEGACY_HOST}
 SHADOW_ON = {"sample_rate": 1.0}
@@ -519,3 +519,39 @@ def test_p95_is_the_upper_bound_of_its_bucket() -> None:
     assert p95_ms({0: 95, 5: 5}) == LATENCY_BOUNDS_MS[0]
     assert p95_ms({len(LATENCY_BOUNDS_MS): 1}) == LATENCY_BOUNDS_MS[-1]
     assert latency_bucket(0.3) == 0 and latency_bucket(10**6) == len(LATENCY_BOUNDS_MS)
+
+
+async def test_a_cluster_keeps_the_insight_across_its_slots(prefix: str) -> None:
+    cluster = ClusterServers(masters=3).start()
+    try:
+        store = open_store(StoreSettings(url=cluster.url, prefix=prefix))
+        kept = REFERRERS_KEPT * KEEP_SLACK
+        try:
+            for tenant in ("acme", "swim", "dance"):  # their keys fall on different nodes
+                flood = {f"https://spam-{n}.example/": 1 for n in range(kept + 50)}
+                missing = Disagreement(f"/{tenant}/a", f"/{tenant}/b", 200, 404)
+                await store.add_traffic(
+                    TrafficCounts(
+                        referrers={tenant: flood},
+                        legacy_hits={tenant: 2},
+                        parity={tenant: ParityCounts(2, 0, {missing: 2})},
+                    ),
+                    keep=10,
+                )
+                await store.add_traffic(
+                    TrafficCounts(parity={tenant: ParityCounts(1, 1, fixed={f"/{tenant}/a"})}),
+                    keep=10,
+                )
+                assert len(await store.referrers(tenant, 10 * kept)) == kept
+                assert (await store.parity(tenant)).disagreeing == {}
+                today = datetime.now(UTC).date().isoformat()
+                assert await store.legacy_hits(tenant, [today]) == [2]
+            seen = [
+                int(cluster.cli("HLEN", f"{prefix}referrers-seen:{tenant}"))
+                for tenant in ("acme", "swim", "dance")
+            ]
+            assert seen == [kept] * 3
+        finally:
+            await store.close()
+    finally:
+        cluster.stop()
