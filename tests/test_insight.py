@@ -39,7 +39,7 @@ LEGACY = {"Host": LEGACY_HOST}
 SHADOW_ON = {"sample_rate": 1.0}
 
 
-def edge_cli(tmp_path: Path, redis_server: RedisServer, prefix: str, *args: str) -> str:
+def edge_cli(tmp_path: Path, redis_server: RedisServer, prefix: str, *args: str, **env: str) -> str:
     """`edge ARGS` against the test's Redis; its stdout (exit status checked by the caller)."""
     path = tmp_path / "edge.toml"
     path.write_text(
@@ -54,7 +54,7 @@ def edge_cli(tmp_path: Path, redis_server: RedisServer, prefix: str, *args: str)
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ},
+        env={**os.environ, **env},
     )
     return f"{done.returncode}\n{done.stdout}{done.stderr}"
 
@@ -223,6 +223,15 @@ def test_an_active_tenants_old_links_are_counted_per_day_on_its_page(
 
 
 # Shadow parity
+
+
+def test_check_config_says_what_the_shadow_mirrors(
+    redis_server: RedisServer, prefix: str, tmp_path: Path
+) -> None:
+    on = edge_cli(tmp_path, redis_server, prefix, "check-config", EDGE_SHADOW__SAMPLE_RATE="0.005")
+    assert on.startswith("0\n")
+    assert "shadow       0.5% of setup tenants' legacy reads mirrored (queue 100" in on
+    assert "shadow" not in edge_cli(tmp_path, redis_server, prefix, "check-config")
 
 
 @contextmanager
