@@ -37,8 +37,7 @@ def own_hosts(settings: Settings) -> tuple[frozenset[str], tuple[str, ...]]:
     suffixes: list[str] = []
     for front in (settings.legacy, settings.new):
         for host in (*front.hosts, _public_host(front)):
-            name = host.lower().rpartition("@")[2]
-            name = name if name.endswith("]") else name.partition(":")[0]
+            name = host.lower().rpartition("@")[2].partition(":")[0]  # config hosts: no IPv6
             if name.startswith("*."):
                 suffixes.append(name[1:])
             elif "{tenant}" in name:
