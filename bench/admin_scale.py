@@ -22,6 +22,7 @@ import redis
 
 from edge.admin.api import AdminApi
 from edge.modes import ModeCache, RedisStore
+from edge.moves.service import BulkMove, Moves
 from tests.support import RedisServer
 
 TENANTS = 100_000
@@ -64,7 +65,7 @@ async def listing(server: RedisServer) -> None:
         pipe.set(f"edge:mode:tenant-{n:06}", modes[n % 3])
     pipe.execute()
     store = RedisStore.from_url(server.url, timeout=5)
-    api = AdminApi(store, ModeCache(store), "bench-token-0123456789").app()
+    api = AdminApi(store, Moves(store), ModeCache(store), "bench-token-0123456789").app()
     transport = httpx.ASGITransport(app=api)
     async with httpx.AsyncClient(transport=transport, base_url="http://admin") as client:
         await timed_get(client, "/api/tenants", 20, limit="100")
@@ -90,7 +91,7 @@ async def moves(server: RedisServer) -> None:
     pairs = [(f"gym-{n:05}", "setup") for n in range(MOVES)]
     for dry_run in (True, False):
         started = time.perf_counter()
-        await store.move_many(pairs, actor="bench", dry_run=dry_run)
+        await Moves(store).move_many(BulkMove(pairs, actor="bench", dry_run=dry_run))
         what = "dry run" if dry_run else "moves"
         print(f"move_many, {MOVES} {what}: {time.perf_counter() - started:.2f} s")
     await store.close()

@@ -21,6 +21,7 @@ from edge.core.asgi import Message, Receive, Scope, Send
 from edge.core.tenants import Mode
 from edge.forwarding.headers import Backend, ClientView
 from edge.forwarding.proxy import Forwarder
+from edge.moves.service import Moves
 from edge.observe.served import Outcome
 from edge.serving.app import EdgeApp
 
@@ -101,7 +102,7 @@ async def _app(skip: bool) -> EdgeApp:
     app.router.forwarder = StubForwarder(settings.upstream, settings.server.trusted_proxies)
     if skip:
         skip_routing(app.router)
-    await app.store.set_mode(TENANT, Mode.ACTIVE, actor="bench")
+    await Moves(app.store).set_mode(TENANT, Mode.ACTIVE, actor="bench")
     await app.cache.load(TENANT)
     return app
 

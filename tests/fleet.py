@@ -15,6 +15,7 @@ import httpx
 from edge.config import StoreSettings
 from edge.core.tenants import Mode
 from edge.modes import open_store
+from edge.moves.service import Moves
 from tests.stack import LEGACY_HOST, Stack, stack
 
 # What the legacy front answers a GET with, by mode: forwarded (200) or redirected (302).
@@ -73,7 +74,7 @@ def set_modes(store: dict[str, Any], modes: dict[str, Mode]) -> None:
         opened = open_store(StoreSettings(**store))
         try:
             for tenant, mode in modes.items():
-                await opened.set_mode(tenant, mode, actor="test-seed")
+                await Moves(opened).set_mode(tenant, mode, actor="test-seed")
         finally:
             await opened.close()
 

@@ -13,6 +13,7 @@ import httpx
 from edge import config
 from edge.core.asgi import Receive, Scope, Send
 from edge.modes import ModeStore
+from edge.moves.service import Clock, utc_now
 from edge.serving.app import EdgeApp
 from edge.serving.server import uvicorn_config
 from tests.support import ServerThread, bound_socket
@@ -125,7 +126,7 @@ class Stack:
 
 @contextmanager
 def run_edge(
-    raw: dict[str, Any], store: ModeStore | None = None
+    raw: dict[str, Any], store: ModeStore | None = None, clock: Clock = utc_now
 ) -> Iterator[tuple[EdgeApp, str, str]]:
     """EdgeApp served by uvicorn exactly as `edge serve` configures it, on free ports."""
     public, admin = bound_socket(), bound_socket()
@@ -135,7 +136,7 @@ def run_edge(
         "admin": {**raw["admin"], "port": admin.getsockname()[1]},
     }
     settings = config.from_mapping(raw)
-    app = EdgeApp(settings, store=store)
+    app = EdgeApp(settings, store=store, clock=clock)
     with ServerThread(config=uvicorn_config(settings, app), sockets=[public, admin]):
         yield (
             app,

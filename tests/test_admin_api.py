@@ -16,17 +16,38 @@ from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
 from edge import config
-from edge.activation.readiness import ReadinessCheck
 from edge.activation.traffic import Traffic
 from edge.activation.watch import WatchMonitor
 from edge.admin.api import AdminApi
-from edge.admin.openapi import OPENAPI
+from edge.core.tenants import TENANT_ID, Mode
 from edge.modes import MemoryStore, ModeCache
 from edge.observe.metrics import Metrics
+from edge.serving.compose import Parts
 from tests.stack import ADMIN_TOKEN, Stack, settings_for, stack
 from tests.support import RedisServer
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def _full_api() -> AdminApi:
+    """An admin API with every optional part, as ``edge serve`` builds it."""
+    store = MemoryStore()
+    cache = ModeCache(store)
+    settings = config.from_mapping(settings_for("http://l", "http://n", "memory://", "edge:"))
+    watch = WatchMonitor(store, Traffic(store, settings), settings)
+    parts = Parts(settings, store)
+    return AdminApi(
+        store,
+        parts.moves,
+        cache,
+        ADMIN_TOKEN,
+        Metrics(cache),
+        readiness=parts.readiness,
+        watch=watch,
+    )
+
+
+OPENAPI = _full_api().document
 _TEMPLATES = [
     (re.compile("^" + re.sub(r"\\\{\w+\\\}", "[^/]+", re.escape(path)) + "$"), path)
     for path in OPENAPI["paths"]
@@ -87,37 +108,76 @@ def _walk(admin: httpx.Client, **params: str) -> list[list[dict[str, str]]]:
 # The document
 
 
-def test_the_openapi_document_is_valid_and_names_every_route() -> None:
-    validate(OPENAPI)
-    store = MemoryStore()
-    cache = ModeCache(store)
-    settings = config.from_mapping(settings_for("http://l", "http://n", "memory://", "edge:"))
-    watch = WatchMonitor(store, Traffic(store, settings), settings)
-    api = AdminApi(
-        store,
-        cache,
-        ADMIN_TOKEN,
-        Metrics(cache),
-        readiness=ReadinessCheck(settings, store),
-        watch=watch,
-    )
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        return [node["$ref"]] if "$ref" in node else [r for v in node.values() for r in _refs(v)]
+    return [r for v in node for r in _refs(v)] if isinstance(node, list) else []
+
+
+def _routes(api: AdminApi) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+    """The (path, method) pairs the app serves, and those its document names."""
     served = {
         (route.path, method.lower())
-        for route in api.routes()
+        for route in api.app().routes
         for method in getattr(route, "methods", None) or ()
         if method != "HEAD"
     }
     documented = {
         (path, method)
-        for path, item in OPENAPI["paths"].items()
+        for path, item in api.document["paths"].items()
         for method in item
         if method != "parameters"
     }
+    return served, documented
+
+
+def test_the_openapi_document_is_valid_and_names_every_route() -> None:
+    validate(OPENAPI)
+    schemas = OPENAPI["components"]["schemas"]
+    used = {ref.removeprefix("#/components/schemas/") for ref in _refs(OPENAPI)}
+    assert used and used == set(schemas)  # every $ref resolves, and no schema is left over
+    served, documented = _routes(_full_api())
+    assert len(served) == 17  # with the transition insight's referrers and parity
     assert served == documented
+
+
+def test_an_app_without_the_optional_parts_documents_only_what_it_serves() -> None:
+    store = MemoryStore()
+    settings = config.from_mapping(settings_for("http://l", "http://n", "memory://", "edge:"))
+    bare = AdminApi(store, Parts(settings, store).moves, ModeCache(store), ADMIN_TOKEN)
+    validate(bare.document)
+    served, documented = _routes(bare)
+    assert served == documented
+    assert set(OPENAPI["paths"]) - set(bare.document["paths"]) == {
+        "/metrics",
+        "/api/tenants/{tenant}/readiness",
+        "/api/tenants/{tenant}/watch",
+    }
 
 
 def test_the_document_is_served(admin: httpx.Client) -> None:
     assert admin.get("/api/openapi.json").json() == OPENAPI
+
+
+def test_the_documents_limits_are_the_ones_enforced(admin: httpx.Client) -> None:
+    (tenant,) = OPENAPI["paths"]["/api/tenants/{tenant}"]["parameters"]
+    assert tenant["schema"]["pattern"] == f"^{TENANT_ID.pattern}$"
+    longest = "a" * 63
+    assert re.fullmatch(tenant["schema"]["pattern"].strip("^$"), longest)
+    assert admin.get(f"/api/tenants/{longest}").status_code == 200
+    assert admin.get(f"/api/tenants/{longest}a").status_code == 400
+
+    params = OPENAPI["paths"]["/api/tenants"]["get"]["parameters"]
+    most = next(p for p in params if p["name"] == "limit")["schema"]["maximum"]
+    assert admin.get("/api/tenants", params={"limit": str(most)}).status_code == 200
+    assert admin.get("/api/tenants", params={"limit": str(most + 1)}).status_code == 400
+
+    modes = OPENAPI["components"]["schemas"]["Mode"]["enum"]
+    assert modes == [mode.value for mode in Mode]
+    for mode in modes:
+        moved = admin.put("/api/tenants/acme", json={"mode": mode, "force": True}, headers=AUTH)
+        assert moved.status_code == 200
+    assert admin.put("/api/tenants/acme", json={"mode": "gone"}, headers=AUTH).status_code == 400
 
 
 # Listing
@@ -193,7 +253,9 @@ def test_a_change_needs_the_token_and_is_audited_with_its_actor(
     moved = admin.put("/api/tenants/acme", json={"mode": "setup", "actor": "dana"}, headers=AUTH)
     assert moved.json()["change"]["actor"] == "dana"
     back = admin.put("/api/tenants/acme", json={"mode": "legacy"}, headers=AUTH)
-    assert back.status_code == 409 and "--force" in back.json()["error"]
+    # The API's refusals name its own field, not the CLI's flag.
+    assert back.status_code == 409 and back.json()["error"].endswith('needs "force": true')
+    assert "--force" not in back.json()["error"]
     history = admin.get("/api/tenants/acme/history", params={"limit": "5"}).json()["history"]
     assert [(e["actor"], e["via"], e["to"]) for e in history] == [("dana", "api", "setup")]
 
@@ -228,8 +290,26 @@ def test_starlettes_own_refusals_are_json_too(admin: httpx.Client) -> None:
     assert wrong.status_code == 405
     assert wrong.headers["allow"] == "GET, HEAD, PUT"
     assert "DELETE is not allowed" in wrong.json()["error"]
+    assert admin.get("/api/tenants:bulk").headers["allow"] == "POST"
     bad_id = admin.get("/api/tenants/Acme_Gym")
-    assert bad_id.status_code == 400 and "not a tenant id" in bad_id.json()["error"]
+    assert bad_id.status_code == 400
+    assert bad_id.json() == {
+        "error": f"tenant: 'Acme_Gym' is not a tenant id (^{TENANT_ID.pattern}$)",
+        "tenant": "Acme_Gym",
+    }
+
+
+def test_a_request_with_several_problems_is_told_each(admin: httpx.Client) -> None:
+    listed = admin.get("/api/tenants", params={"mode": "live", "limit": "0"})
+    assert listed.status_code == 400
+    assert listed.json()["error"].startswith("mode: ")
+    assert "; limit: " in listed.json()["error"]
+    body = {"mode": "setup", "force": "yes", "actor": " "}
+    moved = admin.put("/api/tenants/acme", json=body, headers=AUTH)
+    assert moved.status_code == 400
+    assert moved.json()["error"].startswith("force: ")
+    assert "; actor: " in moved.json()["error"]
+    assert admin.get("/api/tenants/acme").json() == {"tenant": "acme", "mode": "legacy"}
 
 
 def test_an_unreachable_store_is_a_503_in_the_same_shape(
@@ -271,7 +351,7 @@ def test_a_bulk_move_is_checked_whole_before_anything_changes(
         (2, "north"),
         (4, "east"),
     ]
-    assert "needs --force" in refused.json()["problems"][1]["reason"]
+    assert refused.json()["problems"][1]["reason"].endswith('needs "force": true')
     assert _keys(redis_server, prefix) == before
 
 

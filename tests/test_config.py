@@ -586,3 +586,36 @@ def test_a_client_key_behind_a_password_is_refused_not_asked_for(
         config.ConfigError, match=r"legacy\.ssl_certfile: must be a PEM certificate"
     ):
         config.load(path, env={})
+
+
+@pytest.mark.parametrize(
+    ("variable", "meant"),
+    [
+        ("EDGE_STORE_URL", "EDGE_STORE__URL"),
+        ("EDGE_SERVER_ACCESS_LOG", "EDGE_SERVER__ACCESS_LOG"),
+        ("edge_store__url", "EDGE_STORE__URL"),
+        ("Edge_Upstream_Read_Timeout", "EDGE_UPSTREAM__READ_TIMEOUT"),
+    ],
+)
+def test_a_variable_that_misspells_a_key_is_refused_not_ignored(
+    tmp_path: Path, variable: str, meant: str
+) -> None:
+    """Ignored, ``EDGE_STORE_URL=memory://`` would leave edge on the file's store."""
+    path = write(tmp_path, GOOD)
+    env = {variable: "memory://", "EDGE_UNRELATED": "x", "EDGE_WIRE_EXAMPLES": "5"}
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(path, env=env)
+    assert caught.value.problems == [f"{variable}: is not read: to set this key, name it {meant}"]
+    # The positive control: names that set no key stay the environment's own business, and
+    # so do the links Kubernetes sets for a service named edge-admin.
+    links = {"EDGE_ADMIN_PORT": "tcp://10.0.0.7:9090", "EDGE_ADMIN_SERVICE_HOST": "10.0.0.7"}
+    assert config.load(path, env={"EDGE_UNRELATED": "x", "EDGE_WIRE_EXAMPLES": "5", **links})
+
+
+@pytest.mark.parametrize("url", ["ftp://user:pw-SECRET@portal", "http://user:pw-SECRET@"])
+def test_a_refused_backend_url_never_shows_its_password(tmp_path: Path, url: str) -> None:
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(write(tmp_path, GOOD), env={"EDGE_LEGACY__BACKEND": url})
+    [problem] = caught.value.problems
+    assert problem.startswith("EDGE_LEGACY__BACKEND: must")
+    assert "pw-SECRET" not in problem

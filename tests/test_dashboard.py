@@ -18,6 +18,7 @@ from edge.admin.wording import describe_move, how_long, sunset_distance, what_cu
 from edge.config import StoreSettings
 from edge.core.tenants import Mode
 from edge.modes import ModeStore, open_store
+from edge.moves.service import Moves
 from edge.routing.decide import Policy
 from tests.stack import ADMIN_TOKEN, NEW_HOST, Stack, settings_for, stack
 from tests.support import RedisServer, eventually
@@ -212,7 +213,7 @@ async def test_the_csrf_token_of_another_session_is_refused(edge: Stack, store: 
 async def test_going_back_needs_the_force_box_and_says_it_is_a_rollback(
     edge: Stack, store: ModeStore
 ) -> None:
-    await store.set_mode("acme-gym", Mode.ACTIVE, actor="ops")
+    await Moves(store).set_mode("acme-gym", Mode.ACTIVE, actor="ops")
     with log_in(edge) as client:
         confirm = client.get("/tenants/acme-gym/move", params={"to": "setup"})
         words = text_of(confirm)
@@ -238,7 +239,7 @@ async def test_a_move_confirmed_against_an_older_mode_is_refused(
 ) -> None:
     with log_in(edge) as client:
         confirm = client.get("/tenants/acme-gym/move", params={"to": "active"})
-        await store.set_mode("acme-gym", Mode.SETUP, actor="bob")
+        await Moves(store).set_mode("acme-gym", Mode.SETUP, actor="bob")
         response = client.post(
             "/tenants/acme-gym/move", data={"csrf": csrf_of(confirm), "to": "active", "from": ""}
         )
@@ -270,10 +271,10 @@ async def test_counts_search_and_pages(
     edge: Stack, redis_server: RedisServer, store: ModeStore
 ) -> None:
     for n in range(130):
-        await store.set_mode(f"gym-{n:03}", Mode.SETUP, actor="ops")
+        await Moves(store).set_mode(f"gym-{n:03}", Mode.SETUP, actor="ops")
     for tenant in ("swim-north", "swim-south"):
-        await store.set_mode(tenant, Mode.ACTIVE, actor="ops")
-    await store.set_mode("dance-hall", Mode.LEGACY, actor="ops")  # no key before
+        await Moves(store).set_mode(tenant, Mode.ACTIVE, actor="ops")
+    await Moves(store).set_mode("dance-hall", Mode.LEGACY, actor="ops")  # no key before
 
     with log_in(edge) as client:
         first = client.get("/")

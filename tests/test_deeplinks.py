@@ -13,6 +13,7 @@ from edge.activation.traffic import MAX_PATH, Traffic, normalise
 from edge.config import StoreSettings
 from edge.modes import ModeStore, open_store
 from edge.modes.traffic import KEEP_SLACK, TrafficCounts
+from edge.moves.service import Moves
 from tests.stack import LEGACY_HOST, NEW_HOST, stack
 from tests.support import RedisServer, eventually
 
@@ -97,7 +98,7 @@ def traffic_for(store: ModeStore, **policy: Any) -> Traffic:
 
 async def keyed(store: ModeStore, tenant: str = "acme") -> None:
     """Give the tenant a routing key: only such tenants' traffic is written."""
-    await store.set_mode(tenant, "setup", actor="test")
+    await Moves(store).set_mode(tenant, "setup", actor="test")
 
 
 async def test_the_tally_flushes_normalised_paths_and_status_classes(store: ModeStore) -> None:

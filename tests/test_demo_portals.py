@@ -9,8 +9,7 @@ import httpx
 import pytest
 
 from edge import config
-from edge.demo import portals
-from edge.demo.portals import legacy_portal, new_portal
+from edge.demo.portals import legacy_portal, new_portal, site
 from edge.routing.decide import Policy
 from tests.support import ServerThread
 
@@ -237,7 +236,7 @@ def test_a_visitor_gets_a_cookie_once_and_a_forged_one_is_replaced(new: httpx.Cl
 
 
 def test_the_portals_forget_their_least_recent_visitors(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(portals, "_MAX_VISITORS", 3)
+    monkeypatch.setattr(site, "MAX_VISITORS", 3)
     with ServerThread(new_portal()) as server:
         clients = [httpx.Client(base_url=server.url) for _ in range(4)]
         try:

@@ -701,6 +701,9 @@ def test_failures_leave_the_pool_usable(impatient: tuple[ServerThread, ProxyApp]
 # --- the pure parts ---------------------------------------------------------------------------
 
 
+PORTAL = edge_headers.Backend("http://portal:8000")
+
+
 def _scope(headers: list[tuple[bytes, bytes]], client: str = "203.0.113.9") -> dict[str, Any]:
     return {"type": "http", "scheme": "http", "headers": headers, "client": (client, 5555)}
 
@@ -722,7 +725,7 @@ def test_client_view_walks_back_through_trusted_proxies() -> None:
     )  # fmt: skip
     view = client_view(scope, trust_checker(["10.0.0.0/8"]))
     assert view == ClientView("198.51.100.7", "https", "portal.test", "abc", trusted=True)
-    headers, framing = upstream_headers(scope["headers"], view, "10.0.0.7", [], b"portal:8000")
+    headers, framing = upstream_headers(scope, view, [], PORTAL)
     assert (b"x-forwarded-for", b"198.51.100.7, 10.0.0.5, 10.0.0.6, 10.0.0.7") in headers
     assert (b"host", b"internal") in headers
     assert framing == "none"
@@ -730,13 +733,8 @@ def test_client_view_walks_back_through_trusted_proxies() -> None:
 
 def test_transfer_encoding_wins_over_content_length() -> None:
     view = ClientView("1.2.3.4", "http", "h", "id")
-    headers, framing = upstream_headers(
-        [(b"content-length", b"10"), (b"transfer-encoding", b"chunked")],
-        view,
-        "1.2.3.4",
-        [],
-        b"portal:8000",
-    )
+    sent = [(b"content-length", b"10"), (b"transfer-encoding", b"chunked")]
+    headers, framing = upstream_headers(_scope(sent, "1.2.3.4"), view, [], PORTAL)
     assert framing == "chunked"
     assert b"content-length" not in {name for name, _ in headers}
     assert [value for name, value in headers if name == b"transfer-encoding"] == [b"chunked"]
@@ -756,7 +754,8 @@ def test_the_backend_gets_exactly_one_host_and_the_body_framing(
     sent: list[tuple[bytes, bytes]], keep_host: bool, host: bytes, framing: str
 ) -> None:
     view = ClientView("1.2.3.4", "http", "h", "id")
-    headers, got = upstream_headers(sent, view, "1.2.3.4", [], b"portal:8000", keep_host)
+    backend = edge_headers.Backend("http://portal:8000", keep_host=keep_host)
+    headers, got = upstream_headers(_scope(sent, "1.2.3.4"), view, [], backend)
     assert [value for name, value in headers if name == b"host"] == [host]
     assert got == framing
 

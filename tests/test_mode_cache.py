@@ -14,6 +14,7 @@ from edge.core.tenants import Mode
 from edge.modes import MISSING, ModeCache, ModeStore, StoreUnavailable
 from edge.modes.memory import MemoryStore
 from edge.modes.redis import RedisStore
+from edge.moves.service import Moves
 from tests.support import RedisServer
 
 
@@ -87,7 +88,7 @@ async def started(store: ModeStore, resync_interval: float, **options: int | flo
 
 
 async def test_a_hit_costs_no_store_call(store: CountingStore, writer: RedisStore) -> None:
-    await writer.set_mode("acme-gym", Mode.SETUP, actor="ana")
+    await Moves(writer).set_mode("acme-gym", Mode.SETUP, actor="ana")
     cache = ModeCache(store)
 
     assert cache.cached("acme-gym") is MISSING
@@ -156,9 +157,9 @@ async def test_a_change_through_edge_is_served_at_once(
     cache = await started(store, resync_interval=60)
     try:
         assert await cache.load("acme-gym") is Mode.LEGACY
-        await writer.set_mode("acme-gym", Mode.SETUP, actor="ana")
+        await Moves(writer).set_mode("acme-gym", Mode.SETUP, actor="ana")
         await serves(cache, "acme-gym", Mode.SETUP, within=2)
-        await writer.set_mode("acme-gym", Mode.LEGACY, actor="ana", force=True)
+        await Moves(writer).set_mode("acme-gym", Mode.LEGACY, actor="ana", force=True)
         await serves(cache, "acme-gym", Mode.LEGACY, within=2)
         assert cache.stats.events == 2
     finally:
@@ -198,7 +199,7 @@ async def test_a_raw_edit_is_logged_by_the_instances_that_held_the_tenant(
         for tenant in ("acme-gym", "swim-school"):
             assert await cache.load(tenant) is Mode.LEGACY
         with caplog.at_level(logging.INFO, logger="edge.modes"):
-            await writer.set_mode("acme-gym", Mode.SETUP, actor="ana")  # its maker logs it
+            await Moves(writer).set_mode("acme-gym", Mode.SETUP, actor="ana")  # its maker logs it
             redis_server.cli("SET", f"{prefix}mode:swim-school", "active")  # no maker
             redis_server.cli("SET", f"{prefix}mode:not-held", "active")
             await until_noticed(cache, 3)
@@ -277,7 +278,7 @@ async def test_the_least_recently_used_go_first(
 async def test_made_up_ids_never_push_out_a_real_tenant(
     store: CountingStore, writer: RedisStore
 ) -> None:
-    await writer.set_mode("real-gym", Mode.ACTIVE, actor="ana")
+    await Moves(writer).set_mode("real-gym", Mode.ACTIVE, actor="ana")
     cache = ModeCache(store, max_size=10, negative_size=10)
     assert await cache.load("real-gym") is Mode.ACTIVE
     await cache.load("legacy-gym")  # a real tenant without a key
@@ -364,7 +365,7 @@ async def test_survives_a_redis_restart_and_trusts_nothing_it_did_not_read_again
 ) -> None:
     store = CountingStore.from_url(own_redis.url, prefix=prefix)
     writer = RedisStore.from_url(own_redis.url, prefix=prefix)
-    await writer.set_mode("acme-gym", Mode.SETUP, actor="ana")
+    await Moves(writer).set_mode("acme-gym", Mode.SETUP, actor="ana")
     cache = await started(store, resync_interval=30)
     try:
         assert await cache.load("acme-gym") is Mode.SETUP
@@ -383,7 +384,7 @@ async def test_survives_a_redis_restart_and_trusts_nothing_it_did_not_read_again
         await eventually(lambda: cache.listening and cache.stats.reconnects == 1)
         # Read again, not guessed: the restarted server has no key for it.
         assert await served(cache, "acme-gym") is Mode.LEGACY
-        await writer.set_mode("new-gym", Mode.ACTIVE, actor="ana")
+        await Moves(writer).set_mode("new-gym", Mode.ACTIVE, actor="ana")
         await serves(cache, "new-gym", Mode.ACTIVE)
         assert await cache.load("other-gym") is Mode.LEGACY
     finally:
@@ -469,6 +470,40 @@ async def test_unverified_modes_answer_while_the_store_is_down_again(
         assert cache.cached("acme-gym") is Mode.ACTIVE
     finally:
         await store.close()
+
+
+class FailingStore(GatedStore):
+    """A gated memory store that, once ``down``, fails every read it has not begun."""
+
+    down = False
+
+    async def get_many(self, tenants: Sequence[str]) -> list[str | None]:
+        if self.down:
+            raise StoreUnavailable("redis is down")
+        return await super().get_many(tenants)
+
+
+async def test_a_pass_overtaken_by_another_reconnect_keeps_the_last_known_modes() -> None:
+    """Connection lost twice in a row: the first pass's read ends after the second
+    reconnect, so it is too old to cache; the mode it read back must stay the last known
+    one until a newer read, or a store that fails again would turn it into a 503."""
+    store = FailingStore()
+    store.set_raw("acme-gym", "active")
+    store.gate.set()
+    cache = ModeCache(store)
+    assert await cache.load("acme-gym") is Mode.ACTIVE
+    store.gate.clear()
+    cache._distrust()  # a reconnect, as _listen makes it
+    passing = asyncio.create_task(cache._verify())
+    await asyncio.sleep(0.01)  # its read is in flight
+    cache._distrust()  # and the connection is lost and made again meanwhile
+    store.down = True
+    store.gate.set()
+    assert await passing is False  # its next read failed
+    assert await cache.load("acme-gym") is Mode.ACTIVE  # the last known mode, not a 503
+    store.down = False  # the positive control: read back as soon as the store answers
+    assert await cache._verify() is True
+    assert cache.cached("acme-gym") is Mode.ACTIVE
 
 
 async def test_a_flush_has_every_cached_tenant_read_again(

@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from edge import config
+from edge.routing.decide import Policy
 from edge.routing.preview import COOKIE_PREFIX, PreviewGate
 from tests.stack import LEGACY_HOST, NEW_HOST, Stack, stack
 from tests.support import RedisServer, unique_prefix
@@ -44,7 +45,11 @@ def settings(**sections: dict[str, Any]) -> config.Settings:
     return config.from_mapping(raw)
 
 
-GATE = PreviewGate(settings())
+def gate_for(settings: config.Settings) -> PreviewGate:
+    return PreviewGate(settings, Policy.from_settings(settings))
+
+
+GATE = gate_for(settings())
 
 
 def token_of(url: str) -> str:
@@ -87,12 +92,12 @@ def test_a_tampered_token_opens_nothing(forge: Any) -> None:
 def test_a_token_is_for_its_tenant_and_its_secret_only() -> None:
     token = token_of(GATE.link("acme", NOW).url)
     assert GATE.expiry(token, "acme-gym", NOW) is None
-    other_secret = PreviewGate(settings(admin={"preview_secret": "another-secret-0123456789"}))
+    other_secret = gate_for(settings(admin={"preview_secret": "another-secret-0123456789"}))
     assert other_secret.expiry(token, "acme", NOW) is None
 
 
 def test_the_admin_token_signs_when_there_is_no_preview_secret() -> None:
-    gate = PreviewGate(settings(admin={"preview_secret": "", "token": "admin-token-0123456789"}))
+    gate = gate_for(settings(admin={"preview_secret": "", "token": "admin-token-0123456789"}))
     token = token_of(gate.link("acme", NOW).url)
     assert gate.expiry(token, "acme", NOW) is not None
     assert GATE.expiry(token, "acme", NOW) is None
@@ -133,7 +138,7 @@ def test_anything_but_a_valid_link_grants_nothing(query: bytes | None, tenant: s
 
 
 def test_over_plain_http_the_cookie_is_not_secure_and_subdomain_tenants_get_path_root() -> None:
-    gate = PreviewGate(
+    gate = gate_for(
         settings(
             new={
                 "hosts": ["*.portal.example.com"],
@@ -215,7 +220,7 @@ def cookie(tenant: str, token: str) -> dict[str, str]:
 
 
 def preview_token(edge: Stack, tenant: str, expires: datetime | None = None) -> str:
-    gate = PreviewGate(edge.edge.settings)
+    gate = gate_for(edge.edge.settings)
     return gate.token(tenant, expires or datetime.now(UTC) + timedelta(hours=1))
 
 
@@ -236,7 +241,7 @@ def test_without_a_preview_cookie_a_private_preview_sends_customers_to_the_legac
 def test_a_preview_link_sets_the_cookie_and_the_preview_is_served_to_its_holder(
     private: Stack,
 ) -> None:
-    link = PreviewGate(private.edge.settings).link("acme", datetime.now(UTC), ttl=3600)
+    link = gate_for(private.edge.settings).link("acme", datetime.now(UTC), ttl=3600)
     url = urlsplit(link.url)
     assert url.netloc == NEW_HOST
     with private.client() as client:
@@ -262,7 +267,7 @@ def test_a_preview_link_sets_the_cookie_and_the_preview_is_served_to_its_holder(
         lambda edge: "acme.99999999999.forged",
         lambda edge: preview_token(edge, "acme", datetime.now(UTC) - timedelta(seconds=5)),
         lambda edge: preview_token(edge, "other"),
-        lambda edge: PreviewGate(
+        lambda edge: gate_for(
             config.from_mapping(
                 {
                     **edge.edge.settings.model_dump(by_alias=True),
@@ -324,7 +329,7 @@ def test_staff_get_a_link_from_the_cli(tmp_path: Path) -> None:
     assert made.returncode == 0, made.stderr
     link = made.stdout.strip()
     assert link.startswith("https://portal.example.com/acme/?edge-preview=acme.")
-    gate = PreviewGate(config.load(config_file, env={}))
+    gate = gate_for(config.load(config_file, env={}))
     expires = gate.expiry(token_of(link), "acme", before)
     assert expires is not None
     assert before + timedelta(hours=2) - timedelta(seconds=1) <= datetime.fromtimestamp(

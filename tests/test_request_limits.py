@@ -2,10 +2,12 @@
 
 llhttp and uvicorn buffer a request head until it ends, however long; edge's protocol stops
 at the configured limits, answers, and closes the connection before the app sees anything.
+The answer is edge's refusal page, or its JSON shape when the request's Accept asks for it.
 """
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Iterator
 
@@ -19,6 +21,7 @@ from tests.support import RedisServer, unique_prefix
 ACTIVE = "dance"
 URL_BYTES, HEADER_BYTES, HEADERS = 1024, 4096, 20
 BASE = [("host", NEW_HOST), ("connection", "close")]
+AS_JSON = [*BASE, ("accept", "application/json")]
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +39,10 @@ def get(edge: Stack, target: str, headers: list[tuple[str, str]] = BASE) -> Repl
     return exchange(port, f"GET {target} HTTP/1.1\r\n{lines}\r\n".encode())
 
 
-def padded(size: int) -> list[tuple[str, str]]:
-    """BASE plus one header, so that names and values come to exactly size bytes."""
-    used = sum(len(name) + len(value) for name, value in BASE) + len("x-pad")
-    return [*BASE, ("x-pad", "p" * (size - used))]
+def padded(size: int, base: list[tuple[str, str]] = BASE) -> list[tuple[str, str]]:
+    """base plus one header, so that names and values come to exactly size bytes."""
+    used = sum(len(name) + len(value) for name, value in base) + len("x-pad")
+    return [*base, ("x-pad", "p" * (size - used))]
 
 
 def test_a_target_at_the_limit_passes_and_one_byte_more_is_414(edge: Stack) -> None:
@@ -68,13 +71,52 @@ def test_headers_at_the_count_limit_pass_and_one_more_is_431(edge: Stack) -> Non
     assert over.statuses == [431] and over.closed
 
 
-def test_a_header_that_never_ends_is_cut_off(edge: Stack) -> None:
+def too_long_target() -> str:
+    return f"/{ACTIVE}/" + "a" * URL_BYTES
+
+
+@pytest.mark.parametrize(
+    ("status", "target", "headers"),
+    [
+        (414, too_long_target(), BASE),
+        (414, too_long_target(), AS_JSON),
+        (431, f"/{ACTIVE}/", padded(HEADER_BYTES + 1)),
+        (431, f"/{ACTIVE}/", padded(HEADER_BYTES + 1, AS_JSON)),
+        (431, f"/{ACTIVE}/", [*AS_JSON, *((f"x-{n}", "1") for n in range(HEADERS))]),
+    ],
+)
+def test_a_head_over_the_limits_gets_the_refusal_page_or_json_as_accept_asks(
+    edge: Stack, status: int, target: str, headers: list[tuple[str, str]]
+) -> None:
+    reply = get(edge, target, headers)
+    assert reply.statuses == [status] and reply.closed
+    assert reply.header(b"cache-control") == b"no-store"
+    body = reply.responses[0].body
+    if ("accept", "application/json") in headers:
+        assert reply.header(b"content-type") == b"application/json"
+        answer = json.loads(body)
+        assert answer == {"error": answer["error"], "tenant": None, "mode": None}
+        assert answer["error"].endswith("than this server accepts.")
+    else:
+        assert reply.header(b"content-type") == b"text/html; charset=utf-8"
+        assert body.startswith(b"<!doctype html>") and b"than this server accepts." in body
+
+
+@pytest.mark.parametrize(
+    ("status", "start"),
+    [
+        (431, f"GET /{ACTIVE}/ HTTP/1.1\r\nHost: {NEW_HOST}\r\nX-Endless: "),
+        (414, f"GET /{ACTIVE}/"),
+    ],
+    ids=["header", "target"],
+)
+def test_a_head_that_never_ends_is_cut_off(edge: Stack, status: int, start: str) -> None:
     """The server stops reading and answers long before the client runs out of patience; what
     it accepted meanwhile is bounded by the limits plus one socket read, not by the client."""
     port = int(edge.public_url.rsplit(":", 1)[1])
     sent, ceiling, chunk = 0, 64 * 1024 * 1024, b"a" * 65536
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(f"GET /{ACTIVE}/ HTTP/1.1\r\nHost: {NEW_HOST}\r\nX-Endless: ".encode())
+        sock.sendall(start.encode())
         try:
             while sent < ceiling:
                 sock.sendall(chunk)
@@ -88,7 +130,7 @@ def test_a_header_that_never_ends_is_cut_off(edge: Stack) -> None:
                 answer += chunk
         except ConnectionResetError:
             pass
-    assert answer.startswith(b"HTTP/1.1 431 ")
+    assert answer.startswith(b"HTTP/1.1 %d " % status)
 
 
 def test_the_limits_are_validated_and_default_to_nginxs() -> None:

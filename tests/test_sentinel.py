@@ -14,6 +14,7 @@ import pytest
 from edge.config import StoreSettings
 from edge.core.tenants import Mode
 from edge.modes import StoreUnavailable, open_store
+from edge.moves.service import Moves
 from tests.fleet import ANSWER, Traffic, answer, fleet, read_modes, set_modes, write_cli_config
 from tests.support import RedisServer, SentinelServers, eventually
 from tests.test_cli import edge
@@ -40,7 +41,7 @@ class Writer:
                     return
                 tenant = f"writer-{n}"
                 try:
-                    await store.set_mode(tenant, Mode.SETUP, actor="writer")
+                    await Moves(store).set_mode(tenant, Mode.SETUP, actor="writer")
                     self.done.append((time.monotonic(), tenant))
                 except StoreUnavailable:
                     self.failed += 1

@@ -9,6 +9,7 @@ leave no keys in Redis.
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -20,7 +21,7 @@ import pytest
 
 from tests.process import EdgeProcess
 from tests.rawhttp import Reply
-from tests.stack import LEGACY_HOST, settings_for
+from tests.stack import LEGACY_HOST, NEW_HOST, settings_for
 from tests.support import RedisServer, ScriptedPortal, eventually, unique_prefix
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -49,11 +50,12 @@ def start_edge(
     directory: Path,
     prefix: str = "edge:",
     descriptors: tuple[int, int] | None = None,
+    new_portal: ScriptedPortal | None = None,
     **server: object,
 ) -> EdgeProcess:
     raw = settings_for(
         portal.url,
-        portal.url,
+        (new_portal or portal).url,
         redis_server.url,
         prefix,
         server={
@@ -107,9 +109,10 @@ def get(edge: EdgeProcess, tenant: str = TENANT) -> int:
     return response.status_code
 
 
-def upload_head(length: int) -> bytes:
-    return b"POST /acme/upload HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n\r\n" % (
-        LEGACY_HOST.encode(),
+def upload_head(length: int, path: str = "/acme/upload", host: str = LEGACY_HOST) -> bytes:
+    return b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n\r\n" % (
+        path.encode(),
+        host.encode(),
         length,
     )
 
@@ -250,6 +253,63 @@ def test_streamed_uploads_hold_half_the_pool_at_most_and_stalled_ones_are_droppe
     # others' too, idle for the upstream keepalive_timeout).
     eventually(lambda: portal.open == 0)
     assert get(edge) == 200
+
+
+class EarlyPortal(ScriptedPortal):
+    """Answers a request at once, before its body: a head, 10 bytes of 1,000, then waits."""
+
+    def _converse(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.settimeout(self.patience)
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+            while conn.recv(65536):  # until edge hangs up
+                pass
+
+
+def test_the_access_log_says_408_for_a_stalled_body_and_499_for_a_client_that_left(
+    portal: ScriptedPortal, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The status logged is the one the client got: edge's 408 for a body that stalled, read
+    ahead or streamed; the portal's, if its answer had begun (then cut short); 499 only for a
+    client that went away before an answer."""
+    prefix = unique_prefix()
+    redis_server.cli("SET", f"{prefix}mode:dance", "active")  # on the new front, to EarlyPortal
+    with (
+        EarlyPortal(answer) as early,
+        start_edge(
+            portal, redis_server, tmp_path, prefix, new_portal=early, access_log=True
+        ) as edge,
+    ):
+        stalled = [
+            (upload_head(1_000_000, "/acme/read-ahead"), b"ab"),
+            (upload_head(1_000_000, "/acme/streamed"), b"u" * 100_000),
+            (upload_head(1_000_000, "/dance/answered", NEW_HOST), b"u" * 100_000),
+        ]
+        replies = []
+        for head, sent in stalled:
+            with connect(edge) as sock:
+                sock.sendall(head + sent)
+                replies.append(until_closed(sock))
+        with connect(edge) as sock:
+            sock.sendall(upload_head(1_000_000, "/acme/left") + b"ab")
+        # Closed at once, long before body_idle_timeout.
+
+        def access() -> dict[str, dict[str, object]]:
+            entries = [json.loads(line) for line in edge.output().splitlines() if line[:1] == "{"]
+            return {e["path"]: e for e in entries if e["logger"] == "edge.access"}
+
+        eventually(lambda: len(access()) == 4, within=PATIENCE)
+        logged = {p: (e["status"], e["bytes"], e["reason"]) for p, e in access().items()}
+    assert [reply.status for reply in replies] == [408, 408, 200]
+    assert all(reply.closed for reply in replies)
+    assert replies[2].data.endswith(b"\r\n\r\n" + b"x" * 10)  # cut short
+    assert logged == {
+        "/acme/read-ahead": (408, 0, "body_timeout"),
+        "/acme/streamed": (408, 0, "body_timeout"),
+        "/dance/answered": (200, 10, "body_timeout"),
+        "/acme/left": (499, 0, "client_closed"),
+    }
 
 
 def test_an_upload_sent_in_time_goes_through_whole(

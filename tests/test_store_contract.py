@@ -12,10 +12,12 @@ from typing import Any, TypeVar
 import pytest
 
 from edge.config import StoreSettings
+from edge.core.refusals import ChangeRefused
 from edge.core.tenants import Mode
-from edge.modes import Change, ChangeRefused, ModeEvent, ModeStore, open_store
+from edge.modes import Change, ModeEvent, ModeStore, open_store
 from edge.modes.base import KeysChanged, StoreNotice
 from edge.modes.memory import MemoryStore
+from edge.moves.service import Moves
 from tests.support import RedisServer
 
 RawSet = Callable[[str, str | None], None]
@@ -55,8 +57,8 @@ async def test_missing_key_reads_as_none(store: ModeStore) -> None:
 
 async def test_forward_moves_are_stored_and_audited(store: ModeStore) -> None:
     before = datetime.now(UTC)
-    to_setup = await store.set_mode("acme-gym", Mode.SETUP, actor="ana", via="api")
-    to_active = await store.set_mode("acme-gym", "active", actor="bo")
+    to_setup = await Moves(store).set_mode("acme-gym", Mode.SETUP, actor="ana", via="api")
+    to_active = await Moves(store).set_mode("acme-gym", "active", actor="bo")
 
     assert await store.get("acme-gym") == "active"
     assert (to_setup.previous, to_setup.mode, to_setup.changed) == (None, Mode.SETUP, True)
@@ -67,7 +69,7 @@ async def test_forward_moves_are_stored_and_audited(store: ModeStore) -> None:
 
 
 async def test_skipping_setup_is_a_forward_move(store: ModeStore) -> None:
-    change = await store.set_mode("acme-gym", Mode.ACTIVE, actor="ana")
+    change = await Moves(store).set_mode("acme-gym", Mode.ACTIVE, actor="ana")
     assert change.changed and change.previous is None
 
 
@@ -77,44 +79,44 @@ async def test_skipping_setup_is_a_forward_move(store: ModeStore) -> None:
 async def test_backward_move_needs_force(
     store: ModeStore, raw_set: RawSet, start: str, back: str
 ) -> None:
-    await store.set_mode("acme-gym", start, actor="ana")
+    await Moves(store).set_mode("acme-gym", start, actor="ana")
     history = await store.history("acme-gym")
 
     with pytest.raises(ChangeRefused, match=f"acme-gym is {start}; moving back to {back}.*force"):
-        await store.set_mode("acme-gym", back, actor="bo")
+        await Moves(store).set_mode("acme-gym", back, actor="bo")
 
     assert await store.get("acme-gym") == start
     assert await store.history("acme-gym") == history
 
-    forced = await store.set_mode("acme-gym", back, actor="bo", force=True)
+    forced = await Moves(store).set_mode("acme-gym", back, actor="bo", force=True)
     assert (forced.previous, forced.mode.value, forced.forced) == (start, back, True)
     assert await store.get("acme-gym") == back
     assert (await store.history("acme-gym"))[0] == forced
 
 
 async def test_force_on_a_forward_move_is_not_recorded_as_forced(store: ModeStore) -> None:
-    change = await store.set_mode("acme-gym", Mode.SETUP, actor="ana", force=True)
+    change = await Moves(store).set_mode("acme-gym", Mode.SETUP, actor="ana", force=True)
     assert change.changed and not change.forced
 
 
 @pytest.mark.parametrize("tenant", ["", "Acme", "-acme", "acme_gym", "a/b", "x" * 64, "acme gym"])
 async def test_bad_tenant_is_refused(store: ModeStore, tenant: str) -> None:
     with pytest.raises(ChangeRefused, match="not a tenant id"):
-        await store.set_mode(tenant, Mode.SETUP, actor="ana")
+        await Moves(store).set_mode(tenant, Mode.SETUP, actor="ana")
     assert await store.modes() == {}
 
 
 @pytest.mark.parametrize("mode", ["", "Setup", "retired", "actve"])
 async def test_bad_mode_is_refused(store: ModeStore, mode: str) -> None:
     with pytest.raises(ChangeRefused, match="not a mode"):
-        await store.set_mode("acme-gym", mode, actor="ana", force=True)
+        await Moves(store).set_mode("acme-gym", mode, actor="ana", force=True)
     assert await store.modes() == {}
 
 
 async def test_same_mode_again_changes_nothing(store: ModeStore) -> None:
-    first = await store.set_mode("acme-gym", Mode.SETUP, actor="ana")
-    again = await store.set_mode("acme-gym", Mode.SETUP, actor="bo", force=True)
-    legacy = await store.set_mode("other-gym", Mode.LEGACY, actor="bo")
+    first = await Moves(store).set_mode("acme-gym", Mode.SETUP, actor="ana")
+    again = await Moves(store).set_mode("acme-gym", Mode.SETUP, actor="bo", force=True)
+    legacy = await Moves(store).set_mode("other-gym", Mode.LEGACY, actor="bo")
 
     assert (again.changed, again.previous, again.mode) == (False, "setup", Mode.SETUP)
     assert (legacy.changed, legacy.previous) == (False, None)
@@ -127,7 +129,7 @@ async def test_an_invalid_value_is_repaired_without_force(
     store: ModeStore, raw_set: RawSet
 ) -> None:
     raw_set("acme-gym", "actve")
-    change = await store.set_mode("acme-gym", Mode.LEGACY, actor="ana")
+    change = await Moves(store).set_mode("acme-gym", Mode.LEGACY, actor="ana")
     assert (change.changed, change.previous, change.forced) == (True, "actve", False)
     assert await store.get("acme-gym") == "legacy"
     assert (await store.history("acme-gym"))[0].previous == "actve"
@@ -147,7 +149,7 @@ async def test_raw_values_are_read_as_stored(store: ModeStore, raw_set: RawSet) 
 async def test_modes_lists_every_tenant_with_a_key(store: ModeStore) -> None:
     tenants = [f"gym-{n}" for n in range(1200)]
     for tenant in tenants[::2]:
-        await store.set_mode(tenant, Mode.SETUP, actor="ana")
+        await Moves(store).set_mode(tenant, Mode.SETUP, actor="ana")
 
     assert await store.modes() == {tenant: "setup" for tenant in tenants[::2]}
     values = await store.get_many(tenants)
@@ -167,7 +169,7 @@ async def _all_pages(store: ModeStore, **filters: Any) -> list[list[tuple[str, s
 async def test_pages_walk_every_tenant_with_a_key(store: ModeStore) -> None:
     modes = [Mode.SETUP, Mode.ACTIVE]
     for n in range(300):
-        await store.set_mode(f"gym-{n}", modes[n % 2], actor="ana")
+        await Moves(store).set_mode(f"gym-{n}", modes[n % 2], actor="ana")
 
     pages = await _all_pages(store, limit=40)
 
@@ -178,9 +180,9 @@ async def test_pages_walk_every_tenant_with_a_key(store: ModeStore) -> None:
 
 async def test_pages_filter_by_substring_and_mode(store: ModeStore, raw_set: RawSet) -> None:
     for n in range(2000):
-        await store.set_mode(f"gym-{n}", Mode.SETUP, actor="ana")
-    await store.set_mode("swim-north", Mode.ACTIVE, actor="ana")
-    await store.set_mode("swim-south", Mode.SETUP, actor="ana")
+        await Moves(store).set_mode(f"gym-{n}", Mode.SETUP, actor="ana")
+    await Moves(store).set_mode("swim-north", Mode.ACTIVE, actor="ana")
+    await Moves(store).set_mode("swim-south", Mode.SETUP, actor="ana")
     raw_set("swim-east", "ACTIVE")
 
     def found(pages: list[list[tuple[str, str]]]) -> dict[str, str]:
@@ -214,7 +216,7 @@ async def test_a_cursor_beyond_what_redis_scans_is_refused_not_sent(
 async def test_history_is_newest_first_limited_and_capped(store: ModeStore) -> None:
     modes = [Mode.SETUP, Mode.ACTIVE, Mode.LEGACY]
     for n in range(1002):
-        await store.set_mode("acme-gym", modes[n % 3], actor=f"op-{n}", force=True)
+        await Moves(store).set_mode("acme-gym", modes[n % 3], actor=f"op-{n}", force=True)
 
     history = await store.history("acme-gym", limit=5000)
     assert len(history) == 1000
@@ -230,7 +232,7 @@ async def test_history_is_newest_first_limited_and_capped(store: ModeStore) -> N
 
 
 async def test_history_entries_round_trip_as_json(store: ModeStore) -> None:
-    change = await store.set_mode("acme-gym", Mode.SETUP, actor="ana", via="api")
+    change = await Moves(store).set_mode("acme-gym", Mode.SETUP, actor="ana", via="api")
     entry = change.to_json()
     assert entry == {
         "tenant": "acme-gym",
@@ -243,7 +245,7 @@ async def test_history_entries_round_trip_as_json(store: ModeStore) -> None:
         "changed": True,
     }
     assert Change.from_json(entry) == change
-    again = await store.set_mode("acme-gym", Mode.SETUP, actor="ana")
+    again = await Moves(store).set_mode("acme-gym", Mode.SETUP, actor="ana")
     assert Change.from_json(again.to_json()) == again
     assert change.at.tzinfo is not None and change.at.utcoffset() == UTC.utcoffset(None)
 
@@ -251,10 +253,10 @@ async def test_history_entries_round_trip_as_json(store: ModeStore) -> None:
 async def test_changes_are_announced(store: ModeStore) -> None:
     notices, listener = await _listen(store)
     try:
-        await store.set_mode("acme-gym", Mode.SETUP, actor="ana")
-        await store.set_mode("acme-gym", Mode.SETUP, actor="ana")  # no change, no event
-        await store.set_mode("acme-gym", Mode.LEGACY, actor="ana", force=True)
-        await store.set_mode("other-gym", Mode.ACTIVE, actor="ana")
+        await Moves(store).set_mode("acme-gym", Mode.SETUP, actor="ana")
+        await Moves(store).set_mode("acme-gym", Mode.SETUP, actor="ana")  # no change, no event
+        await Moves(store).set_mode("acme-gym", Mode.LEGACY, actor="ana", force=True)
+        await Moves(store).set_mode("other-gym", Mode.ACTIVE, actor="ana")
         received = [await _next(notices, ModeEvent) for _ in range(3)]
         assert received == [
             ModeEvent("acme-gym", Mode.SETUP),
@@ -272,9 +274,9 @@ async def test_every_write_to_a_mode_key_is_reported(store: ModeStore, raw_set: 
         assert await _next(notices, KeysChanged) == KeysChanged(("acme-gym",))
         raw_set("acme-gym", None)
         assert await _next(notices, KeysChanged) == KeysChanged(("acme-gym",))
-        await store.set_mode("other-gym", Mode.SETUP, actor="ana")
+        await Moves(store).set_mode("other-gym", Mode.SETUP, actor="ana")
         assert await _next(notices, KeysChanged) == KeysChanged(("other-gym",))
-        await store.set_mode("other-gym", Mode.SETUP, actor="ana")  # no write, no notice
+        await Moves(store).set_mode("other-gym", Mode.SETUP, actor="ana")  # no write, no notice
         raw_set("last-gym", "setup")
         assert await _next(notices, KeysChanged) == KeysChanged(("last-gym",))
     finally:
@@ -289,13 +291,14 @@ async def test_closing_the_store_ends_the_event_stream(store: ModeStore) -> None
 
 async def test_concurrent_changes_never_interleave(store: ModeStore) -> None:
     rng = random.Random(7)
+    moves = Moves(store)  # one process: its moves of a tenant are ordered
     for round_ in range(20):
         tenant = f"race-{round_}"
         targets = [rng.choice(list(Mode)) for _ in range(8)]
         forces = [rng.random() < 0.3 for _ in targets]
         results = await asyncio.gather(
             *(
-                store.set_mode(tenant, target, actor=f"op-{n}", force=force)
+                moves.set_mode(tenant, target, actor=f"op-{n}", force=force)
                 for n, (target, force) in enumerate(zip(targets, forces, strict=True))
             ),
             return_exceptions=True,

@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 
 from edge.config import StoreSettings
+from edge.core.refusals import ChangeRefused
 from edge.core.tenants import Mode
-from edge.modes import ChangeRefused, ModeStore, StoreUnavailable, open_store, subscription
+from edge.modes import ModeStore, StoreUnavailable, open_store, subscription
 from edge.modes.base import KeysChanged
 from edge.modes.redis import RedisStore
+from edge.moves.service import Moves
 from tests.support import RedisServer, free_port, wait_for_port
 
 
@@ -35,7 +37,7 @@ async def store(redis_server: RedisServer, prefix: str) -> AsyncIterator[ModeSto
 async def test_keys_are_plain_and_shared_with_redis_cli(
     store: ModeStore, redis_server: RedisServer, prefix: str
 ) -> None:
-    await store.set_mode("acme-gym", Mode.SETUP, actor="ana", via="api")
+    await Moves(store).set_mode("acme-gym", Mode.SETUP, actor="ana", via="api")
 
     assert redis_server.cli("TYPE", f"{prefix}mode:acme-gym") == "string"
     assert redis_server.cli("GET", f"{prefix}mode:acme-gym") == "setup"
@@ -46,7 +48,7 @@ async def test_keys_are_plain_and_shared_with_redis_cli(
     redis_server.cli("SET", f"{prefix}mode:acme-gym", "active")
     assert await store.get("acme-gym") == "active"
     with pytest.raises(ChangeRefused, match="acme-gym is active"):
-        await store.set_mode("acme-gym", Mode.SETUP, actor="ana")
+        await Moves(store).set_mode("acme-gym", Mode.SETUP, actor="ana")
 
 
 async def test_prefix_special_characters_do_not_widen_the_listing(
@@ -55,7 +57,7 @@ async def test_prefix_special_characters_do_not_widen_the_listing(
     odd = open_store(StoreSettings(url=redis_server.url, prefix=f"{prefix}[x]*:"))
     try:
         redis_server.cli("SET", f"{prefix}x:mode:other-gym", "setup")
-        await odd.set_mode("acme-gym", Mode.SETUP, actor="ana")
+        await Moves(odd).set_mode("acme-gym", Mode.SETUP, actor="ana")
         assert await odd.modes() == {"acme-gym": "setup"}
     finally:
         await odd.close()
@@ -71,7 +73,7 @@ async def test_forward_only_holds_across_clients(redis_server: RedisServer, pref
         targets = [Mode.SETUP, Mode.ACTIVE, Mode.SETUP]
         results = await asyncio.gather(
             *(
-                s.set_mode(tenant, target, actor=f"op-{i}")
+                Moves(s).set_mode(tenant, target, actor=f"op-{i}")
                 for tenant in tenants
                 for i, (s, target) in enumerate(zip(stores, targets, strict=True))
             ),
@@ -95,7 +97,7 @@ async def test_forward_only_holds_across_clients(redis_server: RedisServer, pref
 async def test_a_stopped_server_is_unavailable_and_recovers(own_redis: RedisServer) -> None:
     store = _open(own_redis)
     try:
-        await store.set_mode("acme-gym", Mode.SETUP, actor="ana")
+        await Moves(store).set_mode("acme-gym", Mode.SETUP, actor="ana")
         own_redis.stop()
         for operation in (
             store.ping(),
@@ -103,14 +105,14 @@ async def test_a_stopped_server_is_unavailable_and_recovers(own_redis: RedisServ
             store.get_many(["acme-gym"]),
             store.modes(),
             store.history("acme-gym"),
-            store.set_mode("acme-gym", Mode.ACTIVE, actor="ana"),
+            Moves(store).set_mode("acme-gym", Mode.ACTIVE, actor="ana"),
         ):
             with pytest.raises(StoreUnavailable):
                 await operation
         own_redis.start()
         await store.ping()
         assert await store.get("acme-gym") is None  # the server kept no data
-        assert (await store.set_mode("acme-gym", Mode.ACTIVE, actor="ana")).changed
+        assert (await Moves(store).set_mode("acme-gym", Mode.ACTIVE, actor="ana")).changed
     finally:
         await store.close()
 
@@ -211,7 +213,7 @@ async def test_sentinel_url_finds_the_master(sentinel: int, prefix: str) -> None
     )
     assert isinstance(store, RedisStore)
     try:
-        await store.set_mode("acme-gym", Mode.SETUP, actor="ana")
+        await Moves(store).set_mode("acme-gym", Mode.SETUP, actor="ana")
         assert await store.get("acme-gym") == "setup"
         assert [c.mode for c in await store.history("acme-gym")] == [Mode.SETUP]
     finally:

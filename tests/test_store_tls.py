@@ -13,6 +13,7 @@ from edge.config import StoreSettings
 from edge.core.tenants import Mode
 from edge.modes import ModeEvent, ModeStore, StoreUnavailable, open_store
 from edge.modes.base import KeysChanged
+from edge.moves.service import Moves
 from tests.support import RedisServer, free_port, make_certificates
 
 
@@ -65,7 +66,7 @@ async def test_changes_and_events_travel_over_tls(store: ModeStore) -> None:
     events = store.events(on_subscribed)
     first = asyncio.ensure_future(anext(events))
     assert await asyncio.wait_for(subscribed, 5) is True  # Redis tracks writes over TLS too
-    await store.set_mode("acme-gym", Mode.SETUP, actor="ana")
+    await Moves(store).set_mode("acme-gym", Mode.SETUP, actor="ana")
     assert await asyncio.wait_for(first, 5) == KeysChanged(("acme-gym",))
     assert await asyncio.wait_for(anext(events), 5) == ModeEvent("acme-gym", Mode.SETUP)
     await events.aclose()

@@ -18,6 +18,7 @@ from edge.config import StoreSettings
 from edge.core.tenants import Mode
 from edge.modes import ModeStore, open_store
 from edge.modes.traffic import TrafficCounts
+from edge.moves.service import Moves
 from tests.stack import ADMIN_TOKEN, NEW_HOST, stack
 from tests.support import RedisServer, eventually
 from tests.test_cli import CONFIG as CLI_CONFIG
@@ -104,20 +105,20 @@ async def test_the_store_tracks_activations_and_restarts_the_count_at_each(
 ) -> None:
     before = datetime.now(UTC) - timedelta(seconds=1)
     assert await store.activated_at("acme") is None
-    await store.set_mode("acme", Mode.SETUP, actor="ana")
+    await Moves(store).set_mode("acme", Mode.SETUP, actor="ana")
     assert await store.activations(before) == {}
-    change = await store.set_mode("acme", Mode.ACTIVE, actor="ana")
+    change = await Moves(store).set_mode("acme", Mode.ACTIVE, actor="ana")
     assert await store.activations(before) == {"acme": change.at}
     assert await store.activated_at("acme") == change.at
     assert await store.activations(change.at + timedelta(seconds=1)) == {}
 
     counts = TrafficCounts(responses={"acme": {"setup": {"2xx": 5}, "active": {"5xx": 3}}})
     await store.add_traffic(counts, keep=10)
-    await store.set_mode("acme", Mode.SETUP, actor="ana", force=True)  # a rollback
+    await Moves(store).set_mode("acme", Mode.SETUP, actor="ana", force=True)  # a rollback
     assert await store.activated_at("acme") is None
     assert await store.activations(before) == {}
 
-    again = await store.set_mode("acme", Mode.ACTIVE, actor="ana")
+    again = await Moves(store).set_mode("acme", Mode.ACTIVE, actor="ana")
     assert await store.activated_at("acme") == again.at
     assert await store.responses("acme") == {"setup": {"2xx": 5}}  # the baseline stays
 
@@ -125,8 +126,8 @@ async def test_the_store_tracks_activations_and_restarts_the_count_at_each(
 async def test_the_monitor_warns_and_sets_the_gauge_for_a_watched_tenant_that_rose(
     store: ModeStore, caplog: pytest.LogCaptureFixture
 ) -> None:
-    await store.set_mode("acme", Mode.ACTIVE, actor="ana")
-    await store.set_mode("calm", Mode.ACTIVE, actor="ana")
+    await Moves(store).set_mode("acme", Mode.ACTIVE, actor="ana")
+    await Moves(store).set_mode("calm", Mode.ACTIVE, actor="ana")
     await store.add_traffic(
         TrafficCounts(
             responses={
@@ -143,17 +144,17 @@ async def test_the_monitor_warns_and_sets_the_gauge_for_a_watched_tenant_that_ro
     await traffic.flush()
     assert traffic.watched == {"acme", "calm"}
 
-    with caplog.at_level(logging.WARNING, logger="edge.activation.watch"):
+    with caplog.at_level(logging.WARNING, logger="edge.watch"):
         await monitor.check()
         await monitor.check()  # still rising: warned once
-    warnings = [r.getMessage() for r in caplog.records if r.name == "edge.activation.watch"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "edge.watch"]
     assert len(warnings) == 1
     assert warnings[0].startswith("acme: the 5xx share rose after activation")
     assert registry.get_sample_value("edge_watch_alerts", {"kind": "5xx"}) == 1
     assert registry.get_sample_value("edge_watch_alerts", {"kind": "404"}) == 0
     assert registry.get_sample_value("edge_watch_tenants") == 2
 
-    await store.set_mode("acme", Mode.SETUP, actor="ana", force=True)  # ops roll it back
+    await Moves(store).set_mode("acme", Mode.SETUP, actor="ana", force=True)  # ops roll it back
     await traffic.flush()
     await monitor.check()
     assert registry.get_sample_value("edge_watch_alerts", {"kind": "5xx"}) == 0
@@ -162,7 +163,7 @@ async def test_the_monitor_warns_and_sets_the_gauge_for_a_watched_tenant_that_ro
 
 async def test_a_watch_report_reads_the_store(store: ModeStore) -> None:
     assert (await watch_report(store, "acme", SETTINGS)).activated_at is None
-    change = await store.set_mode("acme", Mode.ACTIVE, actor="ana")
+    change = await Moves(store).set_mode("acme", Mode.ACTIVE, actor="ana")
     await store.add_traffic(
         TrafficCounts(responses={"acme": {"active": {"2xx": 10}, "setup": {"404": 1}}}), keep=1
     )
@@ -194,7 +195,7 @@ def test_after_the_switch_a_rise_in_404s_shows_in_the_api_the_cli_and_a_gauge(
         stack(redis_server.url, prefix, policy={"watch_rise": 0.05}) as edge,
         edge.client() as client,
         edge.admin() as admin,
-        caplog.at_level(logging.WARNING, logger="edge.activation.watch"),
+        caplog.at_level(logging.WARNING, logger="edge.watch"),
     ):
         for _ in range(20):
             assert client.get("/acme/", headers=NEW).status_code == 200  # the preview

@@ -22,7 +22,7 @@ import pytest
 
 from edge import config
 from edge.config import UpstreamSettings
-from edge.forwarding.headers import UNNAMEABLE, ClientView, nominates, upstream_headers
+from edge.forwarding.headers import UNNAMEABLE, Backend, ClientView, nominates, upstream_headers
 from edge.forwarding.upstream import Origin, UpstreamPool, request_head
 from tests.portals import CgiPortal, GreedyPortal, Parsed
 from tests.rawhttp import Reply, exchange, request
@@ -177,6 +177,11 @@ def test_nominates_reads_tokens_in_any_case_and_spelling() -> None:
 # --- framing is edge's own ----------------------------------------------------------------------
 
 VIEW = ClientView("192.0.2.1", "http", NEW_HOST, "id-1")
+BACKEND = Backend("http://backend")
+
+
+def from_client(headers: list[tuple[bytes, bytes]]) -> dict[str, object]:
+    return {"headers": headers, "client": ("192.0.2.1", 5555)}
 
 
 def test_the_content_length_is_edges_whatever_the_client_nominated() -> None:
@@ -187,7 +192,7 @@ def test_the_content_length_is_edges_whatever_the_client_nominated() -> None:
         (b"content-length", b"0005"),
         (b"x-secret", b"1"),
     ]
-    headers, framing = upstream_headers(sent, VIEW, "192.0.2.1", [], b"backend")
+    headers, framing = upstream_headers(from_client(sent), VIEW, [], BACKEND)
     assert framing == "length"
     assert [value for name, value in headers if name == b"content-length"] == [b"5"]
     assert headers[-1] == (b"content-length", b"5"), "written last, after everything else"
@@ -196,7 +201,7 @@ def test_the_content_length_is_edges_whatever_the_client_nominated() -> None:
 
 def test_a_chunked_body_goes_on_chunked_and_nothing_else_frames_it() -> None:
     sent = [(b"host", b"p"), (b"transfer-encoding", b"chunked"), (b"connection", b"x-a")]
-    headers, framing = upstream_headers(sent, VIEW, "192.0.2.1", [], b"backend")
+    headers, framing = upstream_headers(from_client(sent), VIEW, [], BACKEND)
     assert framing == "chunked"
     assert [n for n, _ in headers if n in (b"content-length", b"transfer-encoding")] == [
         b"transfer-encoding"
@@ -206,7 +211,7 @@ def test_a_chunked_body_goes_on_chunked_and_nothing_else_frames_it() -> None:
 @pytest.mark.parametrize("length", [b"0", b"000"])
 def test_an_empty_body_is_announced_as_zero(length: bytes) -> None:
     sent = [(b"host", b"p"), (b"content-length", length)]
-    headers, framing = upstream_headers(sent, VIEW, "192.0.2.1", [], b"backend")
+    headers, framing = upstream_headers(from_client(sent), VIEW, [], BACKEND)
     assert framing == "none" and (b"content-length", b"0") in headers
 
 

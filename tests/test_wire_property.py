@@ -142,7 +142,8 @@ def query_method(query: str) -> str | None:
     """A `_method` parameter, with its name as PHP reads it ("_method[]", ".method")."""
     for parameter in query.split("&"):
         name, _, value = parameter.partition("=")
-        name = unquote_plus(name).lstrip(" ").partition("[")[0].replace(" ", "_")
+        name = unquote_plus(name).partition("\x00")[0].lstrip(" ").partition("[")[0]
+        name = name.replace(" ", "_")
         if name.replace(".", "_") == "_method" and value:
             return unquote_plus(value).upper()
     return None
@@ -373,7 +374,7 @@ nominations = st.lists(
     st.sampled_from([*NOMINATED, "close", "keep-alive", "X-Secret"]), min_size=1, max_size=2
 ).map(", ".join)
 override_queries = st.tuples(
-    st.sampled_from(["_method", "%5Fmethod", "_method[]", ".method", "+_method"]),
+    st.sampled_from(["_method", "%5Fmethod", "_method[]", ".method", "+_method", "_method%00x"]),
     st.sampled_from(["DELETE", "put", "GET"]),
 ).map("=".join)
 

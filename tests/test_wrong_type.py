@@ -13,6 +13,7 @@ import pytest
 from edge.config import StoreSettings
 from edge.core.tenants import Mode
 from edge.modes import MISSING, ModeCache, ModeStore, open_store
+from edge.moves.service import Moves
 from tests.stack import LEGACY_HOST, NEW_HOST, stack
 from tests.support import ClusterServers, RedisServer, eventually
 
@@ -139,7 +140,7 @@ async def test_a_move_through_edge_replaces_a_key_of_another_type(
     redis_store: ModeStore, redis_server: RedisServer, prefix: str, kind: str
 ) -> None:
     replace_with(redis_server.cli, f"{prefix}mode:acme-gym", kind)
-    change = await redis_store.set_mode("acme-gym", Mode.SETUP, actor="ana")
+    change = await Moves(redis_store).set_mode("acme-gym", Mode.SETUP, actor="ana")
     assert (change.previous, change.changed) == (f"<a Redis {kind}>", True)
     assert redis_server.cli("TYPE", f"{prefix}mode:acme-gym") == "string"
     assert await redis_store.get("acme-gym") == "setup"

@@ -6,29 +6,30 @@ forwards setup-mode previews: off the hot path, with bounded concurrency and req
 second. Coverage is the share of recorded requests whose page answers 2xx or 3xx.
 
 Activation (a move to active without force, by any path: CLI, admin API, dashboard, schedule,
-bulk) goes through ``ReadinessCheck.guard``, which the store calls before its atomic set: it
-refuses below ``[policy].activation_coverage``, and while shadow parity (edge.activation.parity)
-has paths the new portal loses. A tenant with no recorded traffic has no
+bulk) goes through ``ReadinessCheck.guard``, which the move service (edge.moves.service) calls
+before the store's atomic set: it refuses below ``[policy].activation_coverage``, and while
+shadow parity (edge.activation.parity) has paths the new portal loses. A tenant with no
+recorded traffic has no
 coverage to judge: it is allowed, and the audit note says the coverage was unknown.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
 
 from edge.activation.parity import parity_report
-from edge.config import Settings
+from edge.config import PolicySettings, UpstreamSettings
+from edge.core.refusals import ChangeRefused
 from edge.core.tenants import Mode
 from edge.forwarding.headers import Backend
-from edge.modes import ChangeRefused, ModeStore
-from edge.routing.decide import Policy
+from edge.modes import ModeStore
 
 USER_AGENT = "edge-readiness"
 WORST = 10  # failing paths a report lists
@@ -124,17 +125,33 @@ class ReadinessReport:
         }
 
 
+class NewPortalPages(Protocol):
+    """Where a tenant's pages are on the new portal (edge.routing.decide.Policy is one)."""
+
+    def new_page(self, tenant: str, path: str, query: str = "") -> str:
+        """The public URL of a new-portal path."""
+        ...
+
+    def new_path(self, tenant: str, path: str) -> str:
+        """Where a legacy path maps on the new portal."""
+        ...
+
+
 class NotReady(ChangeRefused):
     """An activation refused: too few deep links resolve on the new portal, or (``parity``,
     edge.activation.parity) the shadow saw the new portal lose pages the legacy one serves."""
 
     def __init__(self, report: ReadinessReport, parity: str = "") -> None:
-        coverage = f"activating needs {report.threshold:.0%} coverage"
-        super().__init__(
-            f"{report.summary()}; {parity + '; ' if parity else ''}{coverage}. Add the missing "
-            "pages or path rules, or use --force to activate anyway"
-        )
         self.report = report
+        self.parity = parity
+        super().__init__(self.says("force"))
+
+    def says(self, force: str) -> str:
+        parity = f"{self.parity}; " if self.parity else ""
+        return (
+            f"{self.report.summary()}; {parity}activating needs {self.report.threshold:.0%} "
+            f"coverage. Add the missing pages or path rules, or use {force} to activate anyway"
+        )
 
 
 class _Pace:
@@ -153,27 +170,37 @@ class _Pace:
 
 
 class ReadinessCheck:
-    """Reads a tenant's recorded deep links from the store and probes the new portal."""
+    """Reads a tenant's recorded deep links from the store and probes the new portal.
 
-    def __init__(self, settings: Settings, store: ModeStore) -> None:
+    ``backend`` is the new portal as forwarding speaks to it (the client's Host, here the
+    public one, or the backend URL's); ``clock`` dates the reports.
+    """
+
+    def __init__(
+        self,
+        store: ModeStore,
+        pages: NewPortalPages,
+        backend: Backend,
+        policy: PolicySettings,
+        upstream: UpstreamSettings,
+        clock: Callable[[], datetime],
+    ) -> None:
         self.store = store
-        self.policy = Policy.from_settings(settings)
-        # As forwarding does: the client's Host (here the public one), or the backend URL's.
-        self.backend = Backend.from_settings(settings.new)
-        self.keep = settings.policy.deep_links
-        self.threshold = settings.policy.activation_coverage
-        self.rate = settings.policy.readiness_rate
-        self.concurrency = settings.policy.readiness_concurrency
-        self.timeout = httpx.Timeout(
-            settings.upstream.read_timeout, connect=settings.upstream.connect_timeout
-        )
+        self.pages = pages
+        self.backend = backend
+        self.keep = policy.deep_links
+        self.threshold = policy.activation_coverage
+        self.rate = policy.readiness_rate
+        self.concurrency = policy.readiness_concurrency
+        self.timeout = httpx.Timeout(upstream.read_timeout, connect=upstream.connect_timeout)
+        self.clock = clock
 
     async def report(self, tenant: str) -> ReadinessReport:
         links = await self.store.deep_links(tenant, self.keep)
         return await self.probe(tenant, links)
 
     async def guard(self, tenant: str) -> str:
-        """The store's activation guard: NotReady below the threshold, else a note."""
+        """The activation guard of the move service: NotReady below the threshold, else a note."""
         if Mode.parse(await self.store.get(tenant)) is Mode.ACTIVE:
             return ""
         report = await self.report(tenant)
@@ -183,7 +210,7 @@ class ReadinessCheck:
         return "; ".join(filter(None, (report.summary(), parity.note())))
 
     async def probe(self, tenant: str, links: Sequence[tuple[str, int]]) -> ReadinessReport:
-        public = urlsplit(self.policy.new_page(tenant, "/"))
+        public = urlsplit(self.pages.new_page(tenant, "/"))
         headers = {
             **({"host": public.netloc} if self.backend.keep_host else {}),
             "user-agent": USER_AGENT,
@@ -207,7 +234,7 @@ class ReadinessCheck:
                     return None, str(exc) or type(exc).__name__
 
         # Paths that map to the same page (say, every unmapped one to home) cost one probe.
-        targets = {path: self.policy.new_path(tenant, path) for path, _ in links}
+        targets = {path: self.pages.new_path(tenant, path) for path, _ in links}
         unique = sorted(set(targets.values()))
         async with httpx.AsyncClient(
             timeout=self.timeout,
@@ -224,4 +251,4 @@ class ReadinessCheck:
             key=lambda check: check.requests,
             reverse=True,
         )
-        return ReadinessReport(tenant, tuple(checks), self.threshold, datetime.now(UTC))
+        return ReadinessReport(tenant, tuple(checks), self.threshold, self.clock())

@@ -7,9 +7,10 @@ background task adds the counts to the store every ``[store].flush_interval`` se
 one round trip, so every instance contributes, and refreshes which tenants are watched. The
 transition insight's counts (referrers, legacy hits, shadow parity) go in the same round trip.
 
-Only tenants with a routing key are written (a tenant in the default ``legacy`` mode gets
-one with ``edge tenant set TENANT legacy``): made-up ids never create keys. The store's
-footprint is bounded per such tenant (docs/limits.md).
+Only tenants with a routing key are written (a tenant in the default ``legacy`` mode has
+none until it moves to setup or one is set by hand: ``edge tenant set TENANT legacy`` writes
+nothing for it): made-up ids never create keys. The store's footprint is bounded per such
+tenant (docs/limits.md).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
+from typing import Generic, TypeVarTuple
 
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -34,6 +36,8 @@ log = logging.getLogger("edge.traffic")
 # Distinct keys held between two flushes; beyond it new ones are dropped (and counted).
 MAX_PENDING = 10_000
 
+Key = TypeVarTuple("Key")
+
 
 def normalise(path: str) -> str | None:
     """The form a deep link is remembered in: repeated slashes folded; None to drop it."""
@@ -42,6 +46,31 @@ def normalise(path: str) -> str | None:
     while "//" in path:
         path = path.replace("//", "/")
     return path
+
+
+class _Pending(dict[tuple[*Key], int], Generic[*Key]):
+    """Counts by key between two flushes, for at most ``limit`` distinct keys; past it a new key
+    is dropped, and counted as dropped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.limit = MAX_PENDING
+        self.dropped = 0
+
+    def add(self, *key: *Key) -> None:
+        """On the request path: one dict operation (the arguments are the key)."""
+        count = self.get(key)
+        if count is not None:
+            self[key] = count + 1
+        elif len(self) < self.limit:
+            self[key] = 1
+        else:
+            self.dropped += 1
+
+    def take(self) -> dict[tuple[*Key], int]:
+        taken = dict(self)
+        self.clear()
+        return taken
 
 
 class Traffic(Collector):
@@ -65,41 +94,34 @@ class Traffic(Collector):
         self.clock = clock
         # Active tenants inside their watch window, as of the last refresh.
         self.watched: frozenset[str] = frozenset()
-        self.max_pending = MAX_PENDING
-        self.dropped = 0  # requests not counted: too many distinct keys, or a failed flush
-        self._deep_links: dict[tuple[str, str], int] = {}
-        self._responses: dict[tuple[str, str, int], int] = {}
+        self._deep_links = _Pending[str, str]()
+        self._responses = _Pending[str, str, int]()
+        self._unwritten = 0  # counted requests a failed flush dropped
+        # Bound methods, not wrappers: the router's call is the counter's, with no call between.
+        # deep_link(tenant, path): a legacy-portal GET answered 2xx.
+        self.deep_link: Callable[[str, str], None] = self._deep_links.add
+        # response(tenant, phase, status): a new-portal response in setup or active.
+        self.response: Callable[[str, str, int], None] = self._responses.add
         self._background = Background("traffic flush")
         self._failing = False
 
-    def deep_link(self, tenant: str, path: str) -> None:
-        """A legacy-portal GET answered 2xx. On the request path: one dict operation."""
-        key = (tenant, path)
-        pending = self._deep_links
-        count = pending.get(key)
-        if count is not None:
-            pending[key] = count + 1
-        elif len(pending) < self.max_pending:
-            pending[key] = 1
-        else:
-            self.dropped += 1
+    @property
+    def max_pending(self) -> int:
+        """Distinct keys held between two flushes, each of deep links and responses."""
+        return self._deep_links.limit
 
-    def response(self, tenant: str, phase: str, status: int) -> None:
-        """A new-portal response in ``phase`` (setup or active). One dict operation."""
-        key = (tenant, phase, status)
-        pending = self._responses
-        count = pending.get(key)
-        if count is not None:
-            pending[key] = count + 1
-        elif len(pending) < self.max_pending:
-            pending[key] = 1
-        else:
-            self.dropped += 1
+    @max_pending.setter
+    def max_pending(self, limit: int) -> None:
+        self._deep_links.limit = self._responses.limit = limit
+
+    @property
+    def dropped(self) -> int:
+        """Requests not counted: too many distinct keys, or a failed flush."""
+        return self._deep_links.dropped + self._responses.dropped + self._unwritten
 
     def take(self) -> TrafficCounts:
         """What was counted since the last take, aggregated for the store."""
-        deep_links, self._deep_links = self._deep_links, {}
-        responses, self._responses = self._responses, {}
+        deep_links, responses = self._deep_links.take(), self._responses.take()
         counts = TrafficCounts()
         for (tenant, raw_path), count in deep_links.items():
             path = normalise(raw_path)
@@ -132,7 +154,7 @@ class Traffic(Collector):
                 counts = TrafficCounts()  # written
             activated = await self.store.activations(self.clock() - self.window)
         except StoreUnavailable as exc:
-            self.dropped += counts.requests()
+            self._unwritten += counts.requests()
             if not self._failing:
                 log.warning("traffic counts could not be written, dropping them: %s", exc)
             self._failing = True

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 import httpx
 
+from edge.core.refusals import Relayed, UnknownSchedule
 from edge.core.tenants import Mode
-from edge.modes import Change, ChangeRefused, StoreUnavailable
-from edge.modes.base import BulkRefused, MoveProblem, MoveResult, Schedule, UnknownSchedule
+from edge.modes import Change, StoreUnavailable
+from edge.modes.base import Schedule
+from edge.moves.service import BulkMove, BulkRefused, MoveProblem, MoveResult
 
 PAGE = 1000
 # An activation probes the new portal for the tenant's deep links first: it may take a while.
@@ -18,7 +19,8 @@ PROBE_TIMEOUT = 600.0
 
 
 class AdminClient:
-    """Speaks the tenant operations of a ModeStore over a running edge's admin API."""
+    """Speaks the tenant reads of a ModeStore and the moves of the move service over a running
+    edge's admin API; its refusals are worded as the API words them (Relayed)."""
 
     def __init__(self, base_url: str, token: str, timeout: float = 30.0) -> None:
         self.base_url = base_url
@@ -54,20 +56,12 @@ class AdminClient:
         )
         return Change.from_json(body["change"])
 
-    async def move_many(
-        self,
-        moves: Sequence[tuple[str, str]],
-        *,
-        actor: str,
-        force: bool = False,
-        via: str = "bulk",
-        dry_run: bool = False,
-    ) -> list[MoveResult]:
+    async def move_many(self, bulk: BulkMove) -> list[MoveResult]:
         payload = {
-            "moves": [{"tenant": tenant, "mode": mode} for tenant, mode in moves],
-            "force": force,
-            "actor": actor,
-            "dry_run": dry_run,
+            "moves": [{"tenant": tenant, "mode": mode} for tenant, mode in bulk.moves],
+            "force": bulk.force,
+            "actor": bulk.actor,
+            "dry_run": bulk.dry_run,
         }
         body = await self._call("POST", "/api/tenants:bulk", json=payload)
         return [MoveResult.from_json(result) for result in body["results"]]
@@ -123,5 +117,5 @@ class AdminClient:
             problems = [MoveProblem.from_json(problem) for problem in body["problems"]]
             raise BulkRefused(problems, len(kwargs["json"]["moves"]))
         if response.is_error:
-            raise ChangeRefused(message or f"the admin API answered {response.status_code}")
+            raise Relayed(message or f"the admin API answered {response.status_code}")
         return body

@@ -3,7 +3,7 @@
 Log in with the admin token; every page needs the session it gives, and every form that
 changes something carries the session's CSRF token. With no token configured the pages are
 read-only and need no login (the admin API's reads need none either). A move goes through
-``store.set_mode`` like any other: forward-only unless forced, audited and published.
+``Moves.set_mode`` like any other: forward-only unless forced, audited and published.
 """
 
 from __future__ import annotations
@@ -29,9 +29,11 @@ from edge.admin.sessions import Session, Sessions
 from edge.admin.wording import describe_move, sunset_distance, what_customers_see
 from edge.config import Settings
 from edge.core.asgi import ASGIApp
+from edge.core.refusals import ChangeRefused
 from edge.core.tenants import TENANT_ID, Mode, is_tenant_id
-from edge.modes import ChangeRefused, ModeStore, StoreUnavailable
+from edge.modes import ModeStore, StoreUnavailable
 from edge.modes.counts import ModeCounter
+from edge.moves.service import Moves
 from edge.routing.decide import Policy
 from edge.routing.preview import PreviewGate
 
@@ -70,17 +72,21 @@ class Dashboard:
         self,
         settings: Settings,
         store: ModeStore,
+        moves: Moves,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         *,
+        policy: Policy,
+        preview: PreviewGate | None,
         readiness: ReadinessCheck | None = None,
         watch: WatchMonitor | None = None,
         counter: ModeCounter | None = None,
     ) -> None:
         self.store = store
+        self.moves = moves
         self.readiness = readiness
         self.watch = watch
-        self.preview = PreviewGate(settings) if settings.policy.private_preview else None
-        self.policy = Policy.from_settings(settings)
+        self.preview = preview
+        self.policy = policy
         self.prefix = settings.store.prefix
         self.sessions = Sessions(settings.admin.token) if settings.admin.token else None
         self.clock = clock
@@ -245,7 +251,7 @@ class Dashboard:
                 back,
             )
         try:
-            await self.store.set_mode(
+            await self.moves.set_mode(
                 tenant,
                 target,
                 actor=f"dashboard:{session.who}",
@@ -254,7 +260,7 @@ class Dashboard:
             )
         except ChangeRefused as refused:
             raise PageError(
-                409, "Change refused", f"{refused}. Nothing was changed.", back
+                409, "Change refused", f"{refused.says('force')}. Nothing was changed.", back
             ) from None
         self.counter.forget()
         return RedirectResponse(f"{back}?moved=1", status_code=303)

@@ -7,7 +7,8 @@ import json
 from collections.abc import Iterable
 from email.utils import formatdate
 
-from edge.core.asgi import Send
+from edge.core.asgi import Headers, Send
+from edge.core.http import PERMANENT_REDIRECTS
 from edge.core.tenants import Front
 
 _PAGE = """<!doctype html>
@@ -33,8 +34,11 @@ _TITLES = {
     400: "Bad request",
     403: "Not available yet",
     404: "Not found",
+    408: "Request timeout",
     410: "This portal has been retired",
+    414: "Address too long",
     421: "Unknown site",
+    431: "Request headers too large",
     500: "Something is misconfigured",
     502: "Bad gateway",
     503: "Temporarily unavailable",
@@ -66,7 +70,7 @@ async def send_response(
     status: int,
     body: bytes,
     content_type: bytes,
-    headers: list[tuple[bytes, bytes]],
+    headers: Headers,
     head_only: bool = False,
 ) -> int:
     """Send a whole response; returns the body bytes sent."""
@@ -93,37 +97,46 @@ async def send_refusal(
     head_only: bool = False,
     home: tuple[Front, str] | None = None,
 ) -> int:
-    """A short, clear answer that reached no backend: a page for a browser, with a link to
-    ``home`` (the portal and URL that serve this customer instead) when there is one; the
-    JSON shape ``{"error", "tenant", "mode"}`` for a client that asks for JSON."""
+    """A short, clear answer that reached no backend (see ``refusal``), with ``Cache-Control:
+    no-store`` and ``X-Edge-Mode`` when the mode is known."""
     if mode is not None:
         headers = [*headers, (b"x-edge-mode", mode.encode())]
     headers.append((b"cache-control", b"no-store"))
-    if as_json:
-        body = json.dumps({"error": message, "tenant": tenant, "mode": mode}).encode()
-        content_type = b"application/json"
-    else:
-        link = ""
-        if home is not None:
-            front, href = home
-            link = _LINK.format(href=html.escape(href), text=_HOME_LINKS[front])
-        title = _TITLES.get(status, "Not available")
-        body = _PAGE.format(title=title, message=html.escape(message), link=link).encode()
-        content_type = b"text/html; charset=utf-8"
+    body, content_type = refusal(
+        status, message, tenant=tenant, mode=mode, as_json=as_json, home=home
+    )
     return await send_response(send, status, body, content_type, headers, head_only)
 
 
-async def send_redirect(
-    send: Send,
-    location: str,
+def refusal(
     status: int,
+    message: str,
     *,
-    permanent: bool,
-    headers: list[tuple[bytes, bytes]],
-    head_only: bool = False,
+    tenant: str | None,
+    mode: str | None,
+    as_json: bool,
+    home: tuple[Front, str] | None = None,
+) -> tuple[bytes, bytes]:
+    """The body and content type of a refusal: a page for a browser, with a link to ``home``
+    (the portal and URL that serve this customer instead) when there is one; the JSON shape
+    ``{"error", "tenant", "mode"}`` for a client that asks for JSON."""
+    if as_json:
+        body = json.dumps({"error": message, "tenant": tenant, "mode": mode}).encode()
+        return body, b"application/json"
+    link = ""
+    if home is not None:
+        front, href = home
+        link = _LINK.format(href=html.escape(href), text=_HOME_LINKS[front])
+    title = _TITLES.get(status, "Not available")
+    body = _PAGE.format(title=title, message=html.escape(message), link=link).encode()
+    return body, b"text/html; charset=utf-8"
+
+
+async def send_redirect(
+    send: Send, location: str, status: int, *, headers: Headers, head_only: bool = False
 ) -> int:
     headers = [*headers, (b"location", location.encode("latin-1"))]
-    if not permanent:
+    if status not in PERMANENT_REDIRECTS:
         headers.append((b"cache-control", b"no-store"))
     body = f'<!doctype html><a href="{html.escape(location)}">Moved</a>\n'.encode()
     return await send_response(send, status, body, b"text/html; charset=utf-8", headers, head_only)

@@ -21,6 +21,7 @@ from typing import Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 from edge.config import FrontSettings
+from edge.core.asgi import Scope
 from edge.core.http import METHOD_OVERRIDE_HEADERS
 from edge.forwarding.upstream import Origin
 
@@ -306,20 +307,18 @@ BodyFraming = Literal["none", "length", "chunked"]
 
 
 def upstream_headers(
-    headers: Iterable[Header],
-    view: ClientView,
-    peer: str,
-    extra: Iterable[Header],
-    backend_host: bytes,
-    keep_host: bool = True,
+    scope: Scope, view: ClientView, extra: Iterable[Header], backend: Backend
 ) -> tuple[list[Header], BodyFraming]:
     """The request headers for the backend, raw bytes, and how its body (if any) is framed.
 
-    The client's Host goes to the backend with ``keep_host``; else, or when the client sent
-    none, ``backend_host`` does. Names with "_" stay behind (nginx's default): a backend
+    The client's Host goes to the backend with ``backend.keep_host``; else, or when the client
+    sent none, the backend URL's does. Names with "_" stay behind (nginx's default): a backend
     that reads "_" as "-" (CGI) would take X_Edge_Mode for X-Edge-Mode. The framing comes
     last and is edge's: a chunked body goes on chunked, any other with edge's Content-Length.
     """
+    client = scope.get("client")
+    peer: str = client[0] if client else ""
+    keep_host = backend.keep_host
     drop = _DROP[view.trusted, keep_host]
     prefixes = _PREFIXES_TRUSTED if view.trusted else _PREFIXES_UNTRUSTED
     out: list[Header] = []
@@ -328,7 +327,7 @@ def upstream_headers(
     forwarded: list[bytes] = []
     length: bytes | None = None
     chunked = has_host = False
-    for name, value in headers:
+    for name, value in scope["headers"]:
         if name in drop or name.startswith(prefixes) or b"_" in name:
             if name == b"content-length":
                 length = value
@@ -348,7 +347,7 @@ def upstream_headers(
     if named:
         out = [header for header in out if header[0] not in named]
     if not has_host:
-        out.append((b"host", backend_host))
+        out.append((b"host", backend.origin.host_header))
     if forwarded:
         if not forwarded_for:  # a proxy that speaks only RFC 7239: the same hops in both
             forwarded_for = _rfc7239(forwarded)[0]
@@ -401,7 +400,8 @@ def downstream_headers(
     for name, value in raw:
         lower = name.lower()
         # lower[0] == 120 ("x") first: a quarter of what startswith costs on every name.
-        if lower in _DROP_RESPONSE or (lower[0] == 120 and lower.startswith(_OWN_PREFIX)):
+        # With "_" for "-": the request side refuses such names as edge's own too.
+        if lower in _DROP_RESPONSE or (lower[0] == 120 and _own(lower)):
             if lower == b"connection":
                 named = _connection_tokens(value, named)
             continue
@@ -415,6 +415,10 @@ def downstream_headers(
         out = rewrite.apply(out)
     out.append((b"x-request-id", request_id))
     return out
+
+
+def _own(lower: bytes) -> bool:
+    return lower[:7].replace(b"_", b"-") == _OWN_PREFIX
 
 
 def _connection_tokens(value: bytes, named: set[bytes] | None) -> set[bytes] | None:

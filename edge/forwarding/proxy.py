@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import quote_from_bytes
 
 from edge.config import UpstreamSettings
-from edge.core.asgi import Receive, Scope, Send
+from edge.core.asgi import BODY_STALLED, Receive, Scope, Send
 from edge.core.responses import UPSTREAM_FAILURES, asks_for_json, send_refusal
 from edge.forwarding.headers import (
     Backend,
@@ -28,7 +28,7 @@ from edge.forwarding.upstream import (
     UpstreamPool,
     request_head,
 )
-from edge.observe.served import CLIENT_CLOSED, Outcome
+from edge.observe.served import CLIENT_CLOSED, STALLED, Outcome
 
 _GONE = "client disconnected"
 _WATCH_AFTER = 0.5  # seconds before a request still waiting for its answer watches its client
@@ -264,15 +264,7 @@ class Forwarder:
         if pool is None:
             raise RuntimeError("Forwarder.start() has not run")
         origin = backend.origin
-        client = scope.get("client")
-        headers, framing = upstream_headers(
-            scope["headers"],
-            view,
-            client[0] if client else "",
-            extra_headers,
-            origin.host_header,
-            backend.keep_host,
-        )
+        headers, framing = upstream_headers(scope, view, extra_headers, backend)
         method: str = scope["method"]
         head = request_head(method, origin.path + request_target(scope), headers)
         exchange = _Exchange(receive, framing != "none", self._watchlist)
@@ -321,7 +313,10 @@ class Forwarder:
         except (UpstreamError, _ClientGone, OSError) as exc:
             exchange.finish()
             if exchange.client_gone:
-                return Outcome(CLIENT_CLOSED, 0, perf_counter() - started, _GONE)
+                seconds = perf_counter() - started
+                if scope.get(BODY_STALLED):  # edge's protocol answered 408 unless it had begun
+                    return Outcome(status or 408, sent, seconds, STALLED)
+                return Outcome(status or CLIENT_CLOSED, sent, seconds, _GONE)
             status = _failure_status(exc)
             await send_upstream_failure(send, status, view.request_id, scope, extra_headers)
             return Outcome(status, 0, perf_counter() - started, _describe(exc))

@@ -126,15 +126,7 @@ class WebSocketRelay:
             raise RuntimeError("WebSocketRelay.start() has not run")
         started = perf_counter()  # loop.time() is uvloop's, in whole milliseconds
         origin = backend.origin
-        client = scope.get("client")
-        headers, _ = upstream_headers(
-            scope["headers"],
-            view,
-            client[0] if client else "",
-            extra_headers,
-            origin.host_header,
-            backend.keep_host,
-        )
+        headers, _ = upstream_headers(scope, view, extra_headers, backend)
         request = [
             (name.decode("latin-1"), value.decode("latin-1"))
             for name, value in headers

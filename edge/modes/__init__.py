@@ -2,7 +2,6 @@
 
 from edge.modes.base import (
     Change,
-    ChangeRefused,
     ModeEvent,
     ModeStore,
     StoreUnavailable,
@@ -17,7 +16,6 @@ __all__ = [
     "MISSING",
     "CacheStats",
     "Change",
-    "ChangeRefused",
     "MemoryStore",
     "ModeCache",
     "ModeEvent",

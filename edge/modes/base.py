@@ -2,47 +2,31 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import secrets
-import weakref
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
-from enum import IntEnum, StrEnum
+from dataclasses import dataclass
+from datetime import datetime
+from enum import IntEnum
 from typing import Any
 
-from edge.core.tenants import TENANT_ID, Mode, is_forward_move, is_tenant_id
+from edge.core.tenants import Mode, is_forward_move, is_tenant_id
 from edge.modes.traffic import ParityCounts, TrafficCounts
 
 log = logging.getLogger("edge.modes")
 
 HISTORY_LIMIT = 1000
-# Moves a bulk move makes at once: a move to active may wait seconds on a readiness check.
-BULK_CONCURRENCY = 16
 # What a missing key means.
 DEFAULT_MODE = Mode.LEGACY
 
 # Awaited once a subscription is in place; True when the store also reports every write to a
 # mode key (KeysChanged), raw edits included.
 OnSubscribed = Callable[[bool], Awaitable[None]]
-# Asked before a tenant is moved to active without force: raises ChangeRefused to refuse,
-# else returns a note for the audit entry (edge.activation.readiness.ReadinessCheck.guard).
-ActivationGuard = Callable[[str], Awaitable[str]]
 
 
 class StoreUnavailable(Exception):
     """The store cannot be reached, or did not answer in time."""
-
-
-class ChangeRefused(Exception):
-    """A mode change that is not allowed; the message says why."""
-
-
-class UnknownSchedule(ChangeRefused):
-    """No pending schedule has the given id."""
 
 
 class Outcome(IntEnum):
@@ -53,9 +37,17 @@ class Outcome(IntEnum):
     REFUSED = 2
 
 
+def _recorded_mode(value: str | None) -> Mode:
+    """The mode of a stored record; ValueError when it is not one."""
+    mode = Mode.parse(value)
+    if mode is None:
+        raise ValueError(f"{value!r} is not a mode")
+    return mode
+
+
 @dataclass(frozen=True)
 class Change:
-    """One mode change: what ``set_mode`` returns and what the audit log holds."""
+    """One mode change: what a move (edge.moves.service) returns and the audit log holds."""
 
     tenant: str
     previous: str | None
@@ -83,13 +75,10 @@ class Change:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Change:
         """An audit entry → Change; raises ValueError (or KeyError) on a malformed one."""
-        mode = Mode.parse(data["to"])
-        if mode is None:
-            raise ValueError(f"{data['to']!r} is not a mode")
         return cls(
             tenant=str(data["tenant"]),
             previous=None if data["from"] is None else str(data["from"]),
-            mode=mode,
+            mode=_recorded_mode(data["to"]),
             actor=str(data["actor"]),
             at=datetime.fromisoformat(data["at"]),
             forced=bool(data["forced"]),
@@ -125,13 +114,10 @@ class Schedule:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Schedule:
         """Raises ValueError (or KeyError) on a malformed one."""
-        mode = Mode.parse(data["mode"])
-        if mode is None:
-            raise ValueError(f"{data['mode']!r} is not a mode")
         return cls(
             id=str(data["id"]),
             tenant=str(data["tenant"]),
-            mode=mode,
+            mode=_recorded_mode(data["mode"]),
             at=datetime.fromisoformat(data["at"]),
             actor=str(data["actor"]),
             force=bool(data["force"]),
@@ -153,67 +139,6 @@ def decode_schedules(encoded: Sequence[str]) -> tuple[list[Schedule], list[str]]
             log.warning("ignoring a malformed schedule: %.200r", entry)
             malformed.append(entry)
     return sorted(schedules, key=lambda s: (s.at, s.created)), malformed
-
-
-class MoveOutcome(StrEnum):
-    MOVED = "moved"
-    UNCHANGED = "unchanged"
-    REFUSED = "refused"
-
-
-@dataclass(frozen=True)
-class MoveResult:
-    """What a bulk move did (or in a dry run would do) to one tenant."""
-
-    tenant: str
-    previous: str | None  # the raw stored value before
-    mode: Mode
-    outcome: MoveOutcome
-    reason: str = ""  # why it was refused
-
-    def to_json(self) -> dict[str, Any]:
-        result = {
-            "tenant": self.tenant,
-            "from": self.previous,
-            "to": self.mode.value,
-            "result": self.outcome.value,
-        }
-        return {**result, "reason": self.reason} if self.reason else result
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> MoveResult:
-        return cls(
-            tenant=str(data["tenant"]),
-            previous=None if data["from"] is None else str(data["from"]),
-            mode=Mode(data["to"]),
-            outcome=MoveOutcome(data["result"]),
-            reason=str(data.get("reason", "")),
-        )
-
-
-@dataclass(frozen=True)
-class MoveProblem:
-    """Why one move of a bulk request cannot be made; ``index`` is its place in the request."""
-
-    index: int
-    tenant: str
-    reason: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"index": self.index, "tenant": self.tenant, "reason": self.reason}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> MoveProblem:
-        return cls(int(data["index"]), str(data["tenant"]), str(data["reason"]))
-
-
-class BulkRefused(ChangeRefused):
-    """Some moves of a bulk request cannot be made, so none was made."""
-
-    def __init__(self, problems: Sequence[MoveProblem], total: int) -> None:
-        self.problems = sorted(problems, key=lambda problem: problem.index)
-        self.total = total
-        super().__init__(f"{len(self.problems)} of {total} moves cannot be made; nothing changed")
 
 
 @dataclass(frozen=True)
@@ -286,36 +211,8 @@ def backward_from(target: Mode) -> list[Mode]:
     return [mode for mode in Mode if not is_forward_move(mode, target)]
 
 
-def move_problem(tenant: str, mode: str) -> str | None:
-    """Why (tenant, mode) can never be a move, or None when it is well formed."""
-    if not is_tenant_id(tenant):
-        return f"{tenant!r} is not a tenant id ({TENANT_ID.pattern})"
-    if Mode.parse(mode) is None:
-        return f"{mode!r} is not a mode (one of {', '.join(m.value for m in Mode)})"
-    return None
-
-
-def checked_move(tenant: str, mode: Mode | str) -> Mode:
-    """The target of a well-formed move; ChangeRefused says what is wrong with any other."""
-    if (problem := move_problem(tenant, mode)) is not None:
-        raise ChangeRefused(problem)
-    return Mode(mode)
-
-
-def backwards(tenant: str, current: str, target: Mode) -> str:
-    return f"{tenant} is {current}; moving back to {target.value} needs --force"
-
-
 class ModeStore(ABC):
     """Where tenant modes live. Every method may raise StoreUnavailable."""
-
-    def __init__(self) -> None:
-        # Orders set_mode calls per tenant within this process, so that audit entries land
-        # in the order of their swaps (and no two swaps share a timestamp).
-        self._tenant_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
-            weakref.WeakValueDictionary()
-        )
-        self.activation_guard: ActivationGuard | None = None
 
     @abstractmethod
     async def get(self, tenant: str) -> str | None:
@@ -398,7 +295,7 @@ class ModeStore(ABC):
     async def close(self) -> None: ...
 
     @abstractmethod
-    async def _compare_and_set(
+    async def compare_and_set(
         self, tenant: str, target: Mode, force: bool
     ) -> tuple[Outcome, str | None, datetime]:
         """Atomically: refuse a backward move unless forced, else set.
@@ -407,7 +304,7 @@ class ModeStore(ABC):
         """
 
     @abstractmethod
-    async def _record(self, change: Change) -> None:
+    async def record(self, change: Change) -> None:
         """Append the audit entry and announce the change."""
 
     @abstractmethod
@@ -427,151 +324,8 @@ class ModeStore(ABC):
         """Remove a schedule (applied or cancelled); False when it was not pending."""
 
     @abstractmethod
-    async def _add_schedule(self, schedule: Schedule) -> None: ...
-
-    async def set_mode(
-        self, tenant: str, mode: Mode | str, *, actor: str, force: bool = False, via: str = "cli"
-    ) -> Change:
-        """Move a tenant to ``mode``: forward only unless forced, audited and announced."""
-        target = checked_move(tenant, mode)
-        note = ""
-        if target is Mode.ACTIVE and self.activation_guard is not None:
-            note = "forced: readiness not checked" if force else await self.activation_guard(tenant)
-        lock = self._tenant_locks.get(tenant)
-        if lock is None:
-            lock = self._tenant_locks[tenant] = asyncio.Lock()
-        async with lock:
-            outcome, previous, at = await self._compare_and_set(tenant, target, force)
-            if outcome is Outcome.REFUSED:
-                raise ChangeRefused(backwards(tenant, previous or DEFAULT_MODE.value, target))
-            change = Change(
-                tenant=tenant,
-                previous=previous,
-                mode=target,
-                actor=actor,
-                at=at,
-                forced=Mode.parse(previous) in backward_from(target),
-                via=via,
-                changed=outcome is Outcome.CHANGED,
-                note=note,
-            )
-            if change.changed:
-                # Logged here, by the one process that made it; the others apply its event.
-                log.info("mode changed", extra=change.to_json())
-                await self._record(change)
-        return change
-
-    async def move_many(
-        self,
-        moves: Sequence[tuple[str, str]],
-        *,
-        actor: str,
-        force: bool = False,
-        via: str = "bulk",
-        dry_run: bool = False,
-    ) -> list[MoveResult]:
-        """Move many (tenant, mode) pairs, all or nothing.
-
-        Every move is checked before any is made (a tenant id, a mode, each tenant once,
-        forward unless forced); BulkRefused names every problem and nothing changes. Then
-        each goes through set_mode, which checks it again atomically. A dry run stops
-        before the first change and says what each move would do.
-        """
-        problems: list[MoveProblem] = []
-        listed: set[str] = set()
-        wellformed: list[tuple[int, str, Mode]] = []
-        for index, (tenant, mode) in enumerate(moves):
-            problem = move_problem(tenant, mode)
-            if problem is None and tenant in listed:
-                problem = f"{tenant} is listed more than once"
-            listed.add(tenant)
-            if problem is None:
-                wellformed.append((index, tenant, Mode(mode)))
-            else:
-                problems.append(MoveProblem(index, tenant, problem))
-        stored = await self.get_many([tenant for _, tenant, _ in wellformed])
-        planned: list[MoveResult] = []
-        for (index, tenant, target), raw in zip(wellformed, stored, strict=True):
-            current = Mode.parse(raw)
-            if not force and not is_forward_move(current, target):
-                problems.append(MoveProblem(index, tenant, backwards(tenant, str(current), target)))
-            outcome = MoveOutcome.UNCHANGED if current is target else MoveOutcome.MOVED
-            planned.append(MoveResult(tenant, raw, target, outcome))
-        if problems:
-            raise BulkRefused(problems, len(moves))
-        if dry_run:
-            return planned
-        results: list[MoveResult] = list(planned)
-        todo = iter(enumerate(planned))
-        failed: list[StoreUnavailable] = []
-
-        async def mover() -> None:
-            # Never cancelled halfway: after an outage each mover finishes its current move,
-            # so that no move is made without its audit entry.
-            for index, plan in todo:
-                if failed:
-                    return
-                try:
-                    change = await self.set_mode(
-                        plan.tenant, plan.mode, actor=actor, force=force, via=via
-                    )
-                except ChangeRefused as exc:  # moved on by someone else since the check
-                    results[index] = replace(plan, outcome=MoveOutcome.REFUSED, reason=str(exc))
-                except StoreUnavailable as exc:
-                    failed.append(exc)
-                else:
-                    outcome = MoveOutcome.MOVED if change.changed else MoveOutcome.UNCHANGED
-                    results[index] = MoveResult(plan.tenant, change.previous, change.mode, outcome)
-
-        await asyncio.gather(*(mover() for _ in range(BULK_CONCURRENCY)))
-        if failed:
-            raise failed[0]
-        return results
-
-    async def schedule_move(
-        self, tenant: str, mode: Mode | str, at: datetime, *, actor: str, force: bool = False
-    ) -> Schedule:
-        """Plan a move for the instant ``at``; a scheduler applies it through set_mode then.
-
-        Refused when ``at`` is not in the future, or when the move would go backwards
-        without force, judged against the mode the tenant will have by then (its current
-        mode, or the target of its last schedule due before ``at``).
-        """
-        target = checked_move(tenant, mode)
-        if at.tzinfo is None:
-            raise ChangeRefused(f"{at.isoformat()} needs a UTC offset, such as +01:00 or Z")
-        now = datetime.now(UTC)
-        if at <= now:
-            raise ChangeRefused(f"{at.isoformat()} is in the past (it is now {now.isoformat()})")
-        earlier = [s for s in await self.schedules() if s.tenant == tenant and s.at <= at]
-        if earlier:
-            then: Mode | None = earlier[-1].mode
-            state = f"will be {then} by then (schedule {earlier[-1].id})"
-        else:
-            then = Mode.parse(await self.get(tenant))
-            state = f"is {then}" if then else "has an invalid stored mode"
-        if then is target:
-            raise ChangeRefused(f"{tenant} {state} already")
-        if not force and not is_forward_move(then, target):
-            raise ChangeRefused(f"{tenant} {state}; moving back to {target} needs --force")
-        schedule = Schedule(
-            id=secrets.token_hex(6),
-            tenant=tenant,
-            mode=target,
-            at=at.astimezone(UTC),
-            actor=actor,
-            force=force,
-            created=now,
-        )
-        await self._add_schedule(schedule)
-        return schedule
-
-    async def cancel_schedule(self, schedule_id: str) -> Schedule:
-        """Remove a pending schedule; UnknownSchedule when none has that id."""
-        for schedule in await self.schedules():
-            if schedule.id == schedule_id and await self.finish_schedule(schedule):
-                return schedule
-        raise UnknownSchedule(f"no pending schedule has the id {schedule_id!r}")
+    async def add_schedule(self, schedule: Schedule) -> None:
+        """Store a pending schedule, due at ``schedule.at``."""
 
     async def count_modes(self) -> dict[str, int]:
         """How many tenants have each stored value: legacy, setup, active and invalid.

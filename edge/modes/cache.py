@@ -26,12 +26,12 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from itertools import islice
 
 from edge.core.background import Background
 from edge.core.tenants import Mode
 from edge.modes.base import ModeEvent, ModeStore, StoreNotice, StoreUnavailable
+from edge.modes.cache_report import CacheLog, CacheStats, ResyncTotals
 from edge.modes.entries import MISSING, Entries, Missing
 
 log = logging.getLogger("edge.modes")
@@ -44,9 +44,6 @@ PASS_PAUSE = 0.01
 # Missed tenants read together: at most this many a read, this many reads at a time.
 READ_BATCH = 500
 READERS = 4
-# Changes found in the store logged one by one, at most this many a resync or pass; and
-# writes Redis reported remembered for that, at most this many between two resyncs.
-_LOGGED_MAX = 1_000
 # Tenants noticed while reads were in flight, remembered up to this many; past it every read
 # in flight is treated as older than its tenant's last notice.
 _NOTICED_MAX = 100_000
@@ -58,39 +55,6 @@ def _retrieved(loading: asyncio.Future[Mode | None]) -> None:
     """Marks a read's failure as seen even when every caller has gone."""
     if not loading.cancelled():
         loading.exception()
-
-
-@dataclass(slots=True)
-class ResyncTotals:
-    runs: int = 0
-    seconds: float = 0.0
-    keys: int = 0
-
-
-@dataclass(slots=True)  # hits += 1 on every request
-class CacheStats:
-    hits: int = 0
-    misses: int = 0
-    store_errors: int = 0
-    reconnects: int = 0
-    invalid_values: int = 0
-    events: int = 0  # edge's change events received
-    invalidations: int = 0  # tenants named in Redis's invalidation messages (a flush: one)
-    resync_changes: int = 0  # changes a resync found: writes no notice reported
-    last_resync: float | None = None  # time.monotonic() of the last successful resync
-    resyncs: dict[str, ResyncTotals] = field(
-        default_factory=lambda: {"periodic": ResyncTotals(), "reconnect": ResyncTotals()}
-    )
-
-    def age(self) -> float | None:
-        """Seconds since the last successful resync, None before the first."""
-        return None if self.last_resync is None else time.monotonic() - self.last_resync
-
-    def resynced(self, kind: str, started: float, keys: int) -> None:
-        totals = self.resyncs[kind]
-        totals.runs += 1
-        totals.seconds += time.monotonic() - started
-        totals.keys += keys
 
 
 class ModeCache:
@@ -120,7 +84,8 @@ class ModeCache:
         self._unverified: dict[str, Mode | None] = {}
         self._unverified_absent: set[str] = set()
         self._verify_wanted = asyncio.Event()
-        self._invalid: dict[str, str] = {}  # tenant → the invalid value last warned about
+        self._log = CacheLog()
+        self._invalid = self._log.invalid  # tenant → the invalid value last warned about
         self._loading: dict[str, asyncio.Future[Mode | None]] = {}
         self._wanted: dict[str, None] = {}  # missed tenants not read yet, oldest first
         self._readers = 0
@@ -131,13 +96,6 @@ class ModeCache:
         self._stale_before = 0  # reads that started before this epoch are all stale
         self._noticed: dict[str, int] = {}
         self._reads = 0
-        # Cached tenants Redis reported written, with their mode then, since the last resync
-        # and before it. A change made through edge is logged by the instance that made it,
-        # and its event follows at once; one that no event followed by the next resync was
-        # made behind edge's back, and each instance that had the tenant logs it then.
-        self._written: dict[str, Mode | None] = {}
-        self._written_before: dict[str, Mode | None] = {}
-        self._change_logs_left, self._changes_not_logged = _LOGGED_MAX, 0
         self._rotation: list[str] = []  # the periodic resync's turn through the cache
         self._rotation_at = 0
         self._background = Background("mode cache")
@@ -239,46 +197,9 @@ class ModeCache:
         for tenant in self._entries.expire(time.monotonic()):
             self._invalid.pop(tenant, None)
         self._forget_invalid_evicted()
-        await self._log_raw_edits()
-        self._log_changes_left_out()
+        await self._log.log_raw_edits(self.store, self.stats)
+        self._log.log_left_out()
         return True
-
-    async def _log_raw_edits(self) -> None:
-        """Log the writes Redis reported before the last resync that no event followed:
-        edits behind edge's back, which have no maker to log them."""
-        judged, self._written_before, self._written = self._written_before, self._written, {}
-        if not judged:
-            return
-        try:
-            values = await self.store.get_many(list(judged))
-        except StoreUnavailable:
-            self.stats.store_errors += 1
-            return
-        for (tenant, before), raw in zip(judged.items(), values, strict=True):
-            self._log_change(tenant, before, raw)
-
-    def _log_change(self, tenant: str, before: Mode | None, raw: str | None) -> None:
-        """Log a change found in the store, if it is one: a raw edit (redis-cli SET) or an
-        event this process missed. A few hundred a pass at most, then a count."""
-        after = Mode.parse(raw)
-        if after is before and (after is not None or self._invalid.get(tenant) == raw):
-            return
-        if self._change_logs_left:
-            self._change_logs_left -= 1
-            log.info(
-                "mode changed in the store, found by resync",
-                extra={"tenant": tenant, "from": before, "to": after, "via": "resync"},
-            )
-        else:
-            self._changes_not_logged += 1
-
-    def _log_changes_left_out(self) -> None:
-        if self._changes_not_logged:
-            log.info(
-                "%d more modes changed in the store, not logged one by one",
-                self._changes_not_logged,
-            )
-        self._change_logs_left, self._changes_not_logged = _LOGGED_MAX, 0
 
     async def start(self) -> None:
         self._background.start(self._listen, self._resync_loop, self._verify_loop)
@@ -362,7 +283,7 @@ class ModeCache:
             return Mode.LEGACY
         mode = Mode.parse(raw)
         if mode is None:
-            self._note_invalid(tenant, raw)
+            self._log.invalid_value(tenant, raw, self.stats)
         else:
             self._invalid.pop(tenant, None)
         self._entries.put(tenant, mode)
@@ -379,7 +300,7 @@ class ModeCache:
             changed = self._entries.is_absent(tenant) or Mode.parse(raw) is not before
             changed = changed or (before is None and self._invalid.get(tenant) != raw)
         if changed:
-            self._log_change(tenant, before, raw)
+            self._log.log(tenant, before, raw)
             self._put(tenant, raw)
             self.stats.resync_changes += 1
 
@@ -395,13 +316,6 @@ class ModeCache:
         self._rotation_at = end
         return [tenant for tenant in turn if self._entries.peek(tenant) is not MISSING]
 
-    def _note_invalid(self, tenant: str, raw: str) -> None:
-        if self._invalid.get(tenant) == raw:
-            return
-        self._invalid[tenant] = raw
-        self.stats.invalid_values += 1
-        log.warning("%s: the stored mode %r is not a mode; refusing its requests", tenant, raw)
-
     def _forget_invalid_evicted(self) -> None:
         for tenant in [t for t in self._invalid if self._entries.peek(t) is MISSING]:
             del self._invalid[tenant]
@@ -412,8 +326,7 @@ class ModeCache:
         if isinstance(notice, ModeEvent):
             self.stats.events += 1
             tenants: tuple[str, ...] = (notice.tenant,)
-            self._written.pop(notice.tenant, None)  # made through edge: its maker logged it
-            self._written_before.pop(notice.tenant, None)
+            self._log.made_through_edge(notice.tenant)
             log.debug("mode event applied", extra={"tenant": notice.tenant, "mode": notice.mode})
         elif notice.tenants is None:
             self.stats.invalidations += 1
@@ -425,8 +338,8 @@ class ModeCache:
             tenants = notice.tenants
             for tenant in tenants:
                 before = self._entries.peek(tenant)
-                if before is not MISSING and len(self._written) < _LOGGED_MAX:
-                    self._written.setdefault(tenant, before)
+                if before is not MISSING:
+                    self._log.written(tenant, before)
         self._epoch += 1
         for tenant in tenants:
             if self._reads:
@@ -521,17 +434,18 @@ class ModeCache:
                         return False
                     self.ready = True
                     for tenant, raw in zip(chunk, values, strict=True):
-                        before = self._unverified.pop(tenant, MISSING)
-                        if before is MISSING:
+                        if tenant not in self._unverified:
                             continue  # read by a request, or noticed, meanwhile
-                        if self._fresh(tenant, epoch):
-                            self._log_change(tenant, before, raw)
-                            if raw is not None:
-                                self._put(tenant, raw)
+                        if not self._fresh(tenant, epoch):
+                            continue  # older than a reconnect since: read in a later round
+                        before = self._unverified.pop(tenant)
+                        self._log.log(tenant, before, raw)
+                        if raw is not None:
+                            self._put(tenant, raw)
                 keys += len(chunk)
                 await asyncio.sleep(PASS_PAUSE)
         self._unverified_absent.clear()
-        self._log_changes_left_out()
+        self._log.log_left_out()
         if keys:
             self.stats.resynced("reconnect", started, keys)
         return True

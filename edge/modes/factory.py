@@ -11,7 +11,8 @@ from redis.asyncio.sentinel import Sentinel
 from edge.config import RedisNodes, StoreSettings, redis_nodes
 from edge.modes.base import ModeStore
 from edge.modes.memory import MemoryStore
-from edge.modes.redis import RedisClusterStore, RedisStore, client_options
+from edge.modes.redis import RedisStore, client_options
+from edge.modes.redis_cluster import RedisClusterStore
 
 
 def open_store(settings: StoreSettings) -> ModeStore:

@@ -174,7 +174,7 @@ class MemoryStore(ModeStore):
         for queue in self._subscribers:
             queue.put_nowait(None)
 
-    async def _compare_and_set(
+    async def compare_and_set(
         self, tenant: str, target: Mode, force: bool
     ) -> tuple[Outcome, str | None, datetime]:
         # No await between the read and the write: atomic within the event loop.
@@ -189,7 +189,7 @@ class MemoryStore(ModeStore):
         self._announce(KeysChanged((tenant,)))
         return Outcome.CHANGED, previous, now
 
-    async def _record(self, change: Change) -> None:
+    async def record(self, change: Change) -> None:
         self._history.setdefault(change.tenant, deque(maxlen=HISTORY_LIMIT)).appendleft(change)
         self._activated.pop(change.tenant, None)
         if change.mode is Mode.ACTIVE:  # a fresh watch
@@ -213,5 +213,5 @@ class MemoryStore(ModeStore):
     async def finish_schedule(self, schedule: Schedule) -> bool:
         return self._schedules.pop(schedule.id, None) is not None
 
-    async def _add_schedule(self, schedule: Schedule) -> None:
+    async def add_schedule(self, schedule: Schedule) -> None:
         self._schedules[schedule.id] = (schedule.at.timestamp(), schedule)

@@ -1,22 +1,22 @@
 """The Redis store: plain string keys, one atomic Lua compare-and-set, PUBLISH for events.
 
 One server and Sentinel share RedisStore (a Sentinel-managed client finds the master itself);
-RedisClusterStore adds what a Cluster needs: keys spread over slots, subscriptions on any node.
+RedisClusterStore (redis_cluster.py) adds what a Cluster needs: keys spread over slots,
+subscriptions on any node. The Lua scripts are in redis_scripts.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Self
 
 from redis.asyncio import Redis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -40,16 +40,10 @@ from edge.modes.base import (
     decode_schedules,
     encode_event,
 )
-from edge.modes.subscription import Subscription, merged, resp2
-from edge.modes.traffic import (
-    DISAGREEMENTS_KEPT,
-    KEEP_SLACK,
-    REFERRERS_KEPT,
-    RETENTION_SECONDS,
-    Disagreement,
-    ParityCounts,
-    TrafficCounts,
-)
+from edge.modes.redis_insight import Insight
+from edge.modes.redis_scripts import CLAIM_DUE, COMPARE_AND_SET
+from edge.modes.subscription import Subscription, resp2
+from edge.modes.traffic import KEEP_SLACK, RETENTION_SECONDS, ParityCounts, TrafficCounts
 
 CHUNK = 500
 NODE_CURSORS = 2**64  # a SCAN cursor is below this
@@ -58,54 +52,7 @@ NODE_CURSORS = 2**64  # a SCAN cursor is below this
 # no single call holds Redis up for more than a few milliseconds.
 PAGE_SCANS = 64
 SCAN_COUNT_MAX = 2_000
-# Seconds between two looks at a Cluster's primaries, and while one of them cannot be reached.
-NODES_CHECK = 5.0
-NODES_RECHECK = 1.0
 
-# KEYS[1]: the mode key. ARGV[1]: the target mode; ARGV[2]: "1" to force; ARGV[3]: what a
-# missing key means; ARGV[4..]: the modes from which the target is a backward move.
-# Replies {outcome, raw previous value or nil, seconds, microseconds}: the outcome numbers
-# are base.Outcome, the time is Redis's own at the swap, so that audit entries written by
-# different instances order by it. Single-key on purpose, so that it runs on Redis Cluster.
-# A key of another type is an invalid value, as not_a_string() names it: a move replaces it.
-COMPARE_AND_SET = """
-local now = redis.call('TIME')
-local kind = redis.call('TYPE', KEYS[1])['ok']
-local previous = false
-if kind == 'string' then
-  previous = redis.call('GET', KEYS[1])
-elseif kind ~= 'none' then
-  previous = '<a Redis ' .. kind .. '>'
-end
-local current = previous or ARGV[3]
-if current == ARGV[1] then
-  return {0, previous, now[1], now[2]}
-end
-if ARGV[2] ~= '1' then
-  for i = 4, #ARGV do
-    if current == ARGV[i] then
-      return {2, previous, now[1], now[2]}
-    end
-  end
-end
-redis.call('SET', KEYS[1], ARGV[1])
-return {1, previous, now[1], now[2]}
-"""
-
-# KEYS[1]: the schedules, a sorted set scored by when each is next due. ARGV[1]: the lease in
-# seconds; ARGV[2]: at most this many. Pushes each due schedule past the lease, in one script,
-# so that exactly one caller gets it. Redis's clock judges "due" for every instance alike.
-CLAIM_DUE = """
-local now = redis.call('TIME')
-local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', t, 'LIMIT', 0, tonumber(ARGV[2]))
-for _, schedule in ipairs(due) do
-  redis.call('ZADD', KEYS[1], 'XX', t + tonumber(ARGV[1]), schedule)
-end
-return due
-"""
-
-log = logging.getLogger("edge.modes")
 
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
@@ -180,10 +127,6 @@ class RedisStore(ModeStore):
 
     def _responses_key(self, tenant: str, phase: str) -> str:
         return f"{self._prefix}responses:{tenant}:{phase}"
-
-    def _insight_key(self, kind: str, tenant: str) -> str:
-        """referrers, referrers-seen, parity, parity-diff; legacy-hits:{tenant}:{day}."""
-        return f"{self._prefix}{kind}:{tenant}"
 
     @contextmanager
     def _errors(self, what: str) -> Iterator[None]:
@@ -262,133 +205,27 @@ class RedisStore(ModeStore):
                 for status_class, count in classes.items():
                     pipe.hincrby(key, status_class, count)
                 pipe.expire(key, RETENTION_SECONDS)
-        grown, fixed = self._add_insight(pipe, counts)
+        insight = Insight(self._client, self._prefix)
+        queued = insight.queue(pipe, counts)
         replies = await self._call("traffic counts", pipe.execute())
-        # A referrer trimmed from the counts leaves its last-seen time behind: those are
-        # dropped once a tenant's times outnumber the kept referrers, so a flood of made-up
-        # referrers grows neither key. And the disagreements of paths found fixed go. Both in
-        # a second round trip, only when there is something to drop.
-        kept = REFERRERS_KEPT * KEEP_SLACK
-        crowded = [tenant for tenant, at in grown if replies[at] > kept]
-        if crowded:
-            await self._call("referrer trim", self._trim_seen(crowded))
-        pipe = self._client.pipeline(transaction=False)
-        for tenant, at in fixed:
-            mended = counts.parity[tenant].fixed
-            gone = [member for member in replies[at] if json.loads(member)[0] in mended]
-            if gone:
-                pipe.zrem(self._insight_key("parity-diff", tenant), *gone)
-        if len(pipe):
-            await self._call("parity fixes", pipe.execute())
-
-    def _add_insight(
-        self, pipe: Any, counts: TrafficCounts
-    ) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
-        """Queue the transition insight's counts; returns each referred tenant with the
-        index of its HLEN reply among the pipeline's, and each tenant with paths found fixed
-        with the index of its disagreements as they were before this flush's."""
-        grown, fixed = [], []
-        seen_at = counts.at.timestamp()
-        for tenant, pages in counts.referrers.items():
-            key, seen = (
-                self._insight_key("referrers", tenant),
-                self._insight_key("referrers-seen", tenant),
-            )
-            for page, count in pages.items():
-                pipe.zincrby(key, count, page)
-            pipe.hset(seen, mapping=dict.fromkeys(pages, seen_at))
-            pipe.zremrangebyrank(key, 0, -REFERRERS_KEPT * KEEP_SLACK - 1)
-            pipe.expire(key, RETENTION_SECONDS)
-            pipe.expire(seen, RETENTION_SECONDS)
-            pipe.hlen(seen)
-            grown.append((tenant, len(pipe) - 1))
-        for tenant, count in counts.legacy_hits.items():
-            key = self._insight_key("legacy-hits", f"{tenant}:{counts.day}")
-            pipe.incrby(key, count)
-            pipe.expire(key, RETENTION_SECONDS)
-        for tenant, parity in counts.parity.items():
-            key = self._insight_key("parity", tenant)
-            pipe.hincrby(key, "mirrored", parity.mirrored)
-            pipe.hincrby(key, "agreeing", parity.agreeing)
-            for portal, buckets in parity.latency.items():
-                for index, count in buckets.items():
-                    pipe.hincrby(key, f"{portal}:{index}", count)
-            pipe.expire(key, RETENTION_SECONDS)
-            diff = self._insight_key("parity-diff", tenant)
-            if parity.fixed:
-                pipe.zrange(diff, 0, -1)
-                fixed.append((tenant, len(pipe) - 1))
-            if parity.disagreeing:
-                for disagreement, count in parity.disagreeing.items():
-                    member = json.dumps(
-                        [
-                            disagreement.path,
-                            disagreement.new_path,
-                            disagreement.legacy_status,
-                            disagreement.new_status,
-                        ]
-                    )
-                    pipe.zincrby(diff, count, member)
-                pipe.zremrangebyrank(diff, 0, -DISAGREEMENTS_KEPT * KEEP_SLACK - 1)
-                pipe.expire(diff, RETENTION_SECONDS)
-        return grown, fixed
-
-    async def _trim_seen(self, tenants: list[str]) -> None:
-        pipe = self._client.pipeline(transaction=False)
-        for tenant in tenants:
-            pipe.zrange(self._insight_key("referrers", tenant), 0, -1)
-            pipe.hkeys(self._insight_key("referrers-seen", tenant))
-        replies = await pipe.execute()
-        pipe = self._client.pipeline(transaction=False)
-        for index, tenant in enumerate(tenants):
-            counted, timed = replies[2 * index], replies[2 * index + 1]
-            gone = set(timed) - set(counted)
-            if gone:
-                pipe.hdel(self._insight_key("referrers-seen", tenant), *gone)
-        await pipe.execute()
+        await self._call("traffic counts", insight.settle(counts, queued, replies))
 
     async def referrers(self, tenant: str, limit: int) -> list[tuple[str, int, datetime]]:
-        pages = await self._call(
-            "ZREVRANGE",
-            self._client.zrevrange(
-                self._insight_key("referrers", tenant), 0, limit - 1, withscores=True
-            ),
+        found: list[tuple[str, int, datetime]] = await self._call(
+            "referrers", Insight(self._client, self._prefix).referrers(tenant, limit)
         )
-        if not pages:
-            return []
-        seen = await self._call(
-            "HMGET",
-            self._client.hmget(
-                self._insight_key("referrers-seen", tenant), [page for page, _ in pages]
-            ),
-        )
-        return [
-            # A time trimmed by another instance between its two writes: shown as now's.
-            (page, int(count), datetime.fromtimestamp(float(at), UTC) if at else datetime.now(UTC))
-            for (page, count), at in zip(pages, seen, strict=True)
-        ]
+        return found
 
     async def legacy_hits(self, tenant: str, days: Sequence[str]) -> list[int]:
-        if not days:
-            return []
-        keys = [self._insight_key("legacy-hits", f"{tenant}:{day}") for day in days]
-        values = await self._call("MGET", self._mget(keys))
-        return [int(value) if value else 0 for value in values]
+        hits: list[int] = await self._call(
+            "legacy hits", Insight(self._client, self._prefix).legacy_hits(tenant, days)
+        )
+        return hits
 
     async def parity(self, tenant: str) -> ParityCounts:
-        pipe = self._client.pipeline(transaction=False)
-        pipe.hgetall(self._insight_key("parity", tenant))
-        pipe.zrevrange(
-            self._insight_key("parity-diff", tenant), 0, DISAGREEMENTS_KEPT - 1, withscores=True
+        counts: ParityCounts = await self._call(
+            "parity", Insight(self._client, self._prefix).parity(tenant)
         )
-        totals, diffs = await self._call("parity", pipe.execute())
-        counts = ParityCounts(int(totals.pop("mirrored", 0)), int(totals.pop("agreeing", 0)))
-        for name, count in totals.items():
-            portal, _, index = name.partition(":")
-            counts.latency.setdefault(portal, {})[int(index)] = int(count)
-        for member, count in diffs:
-            path, new_path, legacy_status, new_status = json.loads(member)
-            counts.disagreeing[Disagreement(path, new_path, legacy_status, new_status)] = int(count)
         return counts
 
     async def deep_links(self, tenant: str, limit: int) -> list[tuple[str, int]]:
@@ -531,7 +368,7 @@ class RedisStore(ModeStore):
             await subscription.close()
         await self._client.aclose()
 
-    async def _compare_and_set(
+    async def compare_and_set(
         self, tenant: str, target: Mode, force: bool
     ) -> tuple[Outcome, str | None, datetime]:
         key = self._mode_key(tenant)
@@ -561,7 +398,7 @@ class RedisStore(ModeStore):
         """Command options that send a keyless command to the node holding ``key``."""
         return {}
 
-    async def _record(self, change: Change) -> None:
+    async def record(self, change: Change) -> None:
         history_key = self._history_key(change.tenant)
         pipe = self._client.pipeline(transaction=False)
         pipe.lpush(history_key, json.dumps(change.to_json()))
@@ -602,117 +439,6 @@ class RedisStore(ModeStore):
         )
         return bool(removed)
 
-    async def _add_schedule(self, schedule: Schedule) -> None:
+    async def add_schedule(self, schedule: Schedule) -> None:
         mapping = {schedule.encode(): schedule.at.timestamp()}
         await self._call("ZADD", self._client.zadd(self._schedules_key, mapping))
-
-
-class RedisClusterStore(RedisStore):
-    """The same keys on a Redis Cluster: a tenant's mode and history keys hash to different
-    slots, so multi-key reads are split per slot and every primary is scanned.
-
-    Each primary reports the writes to its own keys only, so every primary gets a subscription
-    of its own; a classic PUBLISH reaches every node over the cluster bus, so each also hears
-    edge's events (once per primary: forgetting a tenant twice does no harm). A primary that
-    cannot be reached is left out until it answers again or the primaries change (a replica
-    promoted), which is checked every few seconds: then the subscriptions are all made anew,
-    and the cache reads again what it holds.
-    """
-
-    _client: RedisCluster
-
-    async def events(self, on_subscribed: OnSubscribed | None = None) -> AsyncIterator[StoreNotice]:
-        primaries = await self._primaries(refresh=True)
-        opened = await asyncio.gather(
-            *(self._subscribe(self._node_connection(node)) for node in primaries),
-            return_exceptions=True,
-        )
-        subscriptions = [s for s in opened if isinstance(s, Subscription)]
-        missing = [
-            node for node, s in zip(primaries, opened, strict=True) if s not in subscriptions
-        ]
-        try:
-            for failure in opened:
-                if isinstance(failure, BaseException) and not isinstance(failure, Exception):
-                    raise failure  # cancelled
-            if not subscriptions:
-                raise next(f for f in opened if isinstance(f, StoreUnavailable))
-            for node in missing:
-                log.warning("mode notices: Redis node %s cannot be reached for now", node.name)
-            if on_subscribed is not None:
-                await on_subscribed(all(s.tracked for s in subscriptions))
-            watch = self._nodes_changed({node.name for node in primaries}, missing)
-            notices = merged([s.notices() for s in subscriptions], watch)
-            async for notice in self._until_closed(notices):
-                yield notice
-        finally:
-            for subscription in subscriptions:
-                await self._unsubscribe(subscription)
-
-    def _node_connection(self, node: ClusterNode) -> AbstractConnection:
-        return resp2(node.connection_class, node.connection_kwargs)
-
-    async def _nodes_changed(self, names: set[str], missing: list[ClusterNode]) -> None:
-        """Returns once the primaries are others than ``names``, or a missing one answers."""
-        while True:
-            await asyncio.sleep(NODES_RECHECK if missing else NODES_CHECK)
-            with suppress(StoreUnavailable):  # a cluster that is down fails the subscriptions
-                primaries = await self._primaries(refresh=True)
-                if {node.name for node in primaries} != names:
-                    return
-                for node in missing:
-                    if await self._answers(node):
-                        return
-
-    async def _answers(self, node: ClusterNode) -> bool:
-        connection = self._node_connection(node)
-        try:
-            async with asyncio.timeout(self._timeout):
-                await connection.connect()  # type: ignore[no-untyped-call]
-                await connection.send_command("PING")
-                await connection.read_response()
-            return True
-        except (RedisError, OSError, TimeoutError):
-            return False
-        finally:
-            with suppress(RedisError, OSError):
-                await connection.disconnect(nowait=True)
-
-    async def _mget(self, keys: list[str]) -> list[str | None]:
-        values: list[str | None] = await self._client.mget_nonatomic(keys)
-        return values
-
-    async def _scan_once(self, position: int, pattern: str, count: int) -> tuple[int, list[str]]:
-        # A position is the primary's place in name order and that primary's own cursor.
-        primaries = await self._primaries()
-        index, cursor = divmod(position, NODE_CURSORS)
-        if index >= len(primaries):
-            raise ValueError(f"{position} is not a cursor of this store")
-        node = primaries[index]
-        cursors, keys = await self._call(
-            "SCAN", self._client.scan(cursor, match=pattern, count=count, target_nodes=node)
-        )
-        index, cursor = (index, cursors[node.name]) if cursors[node.name] else (index + 1, 0)
-        return (0 if index == len(primaries) else index * NODE_CURSORS + cursor), keys
-
-    def _cursor_bound(self) -> int:
-        return NODE_CURSORS * 1000  # Redis Cluster's ceiling: 1000 nodes
-
-    async def _primaries(self, *, refresh: bool = False) -> list[ClusterNode]:
-        """The primaries, by name; ``refresh`` asks the cluster rather than the client's map."""
-        initialize = self._client.nodes_manager.initialize if refresh else self._client.initialize
-        await self._call("CLUSTER SLOTS", initialize())
-        return sorted(self._client.get_primaries(), key=lambda node: node.name)
-
-    def _node_of(self, key: str) -> dict[str, Any]:
-        return {"target_nodes": self._key_node(key)}
-
-    def _key_node(self, key: str) -> ClusterNode:
-        node = self._client.get_node_from_key(key)
-        if node is None:
-            raise StoreUnavailable(f"no Redis Cluster node holds the slot of {key}")
-        return node
-
-    async def _publish(self, payload: str, tenant: str) -> None:
-        node = self._key_node(self._mode_key(tenant))
-        await self._client.publish(self._channel, payload, target_nodes=node)

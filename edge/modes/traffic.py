@@ -34,10 +34,11 @@ PORTALS = ("legacy", "new")
 
 
 def status_class(status: int) -> str | None:
-    """The class a response is counted in; None for one not to count (the client left)."""
+    """The class a response is counted in; None for one not to count: the client left (499)
+    or stalled (edge's 408; a portal's own 408 goes uncounted with it)."""
     if status == 404:
         return "404"
-    if status == 499 or not 200 <= status < 600:
+    if status in (408, 499) or not 200 <= status < 600:
         return None
     return f"{status // 100}xx"
 

@@ -1,10 +1,10 @@
 """`edge tenant import FILE.csv`: many moves from a file, every row checked before any move.
 
 The file has two columns, tenant and mode, one move a row; a first row reading
-``tenant,mode`` is a header and skipped, as are blank rows. The rows go through the store's
-(or the admin API's) bulk move: a dry run first, which checks every row against the store and
-changes nothing, then the moves in chunks, each chunk checked again, with a progress bar when
-the terminal can show one.
+``tenant,mode`` is a header and skipped, as are blank rows. The rows go through the move
+service's (or the admin API's) bulk move: a dry run first, which checks every row against the
+store and changes nothing, then the moves in chunks, each chunk checked again, with a progress
+bar when the terminal can show one.
 """
 
 from __future__ import annotations
@@ -18,23 +18,18 @@ from typing import Protocol, TextIO
 
 from tqdm import tqdm
 
+from edge.core.refusals import FORCE_FLAG
 from edge.modes import StoreUnavailable
-from edge.modes.base import BulkRefused, MoveOutcome, MoveResult
+from edge.moves.service import BulkMove, BulkRefused, MoveOutcome, MoveResult
 
 CHUNK = 200
 HEADER = ["tenant", "mode"]
 
 
 class BulkMover(Protocol):
-    async def move_many(
-        self,
-        moves: Sequence[tuple[str, str]],
-        *,
-        actor: str,
-        force: bool = False,
-        via: str = "bulk",
-        dry_run: bool = False,
-    ) -> list[MoveResult]: ...
+    """The move service, or the admin API of the edge that holds the store."""
+
+    async def move_many(self, bulk: BulkMove) -> list[MoveResult]: ...
 
 
 @dataclass(frozen=True)
@@ -98,9 +93,9 @@ async def import_rows(
     moves = [(row.tenant, row.mode) for row in rows]
     problems = list(bad)
     try:
-        planned = await ops.move_many(moves, actor=actor, force=force, dry_run=True)
+        planned = await ops.move_many(BulkMove(moves, actor=actor, force=force, dry_run=True))
     except BulkRefused as exc:
-        problems += [BadRow(rows[p.index].line, p.reason) for p in exc.problems]
+        problems += [BadRow(rows[p.index].line, p.refusal.says(FORCE_FLAG)) for p in exc.problems]
     if problems:
         for problem in sorted(problems, key=lambda problem: problem.line):
             print(f"{source}:{problem.line}: {problem.reason}", file=err)
@@ -138,10 +133,13 @@ async def _move(
         for start in range(0, len(rows), CHUNK):
             chunk = [(row.tenant, row.mode) for row in rows[start : start + CHUNK]]
             try:
-                results += await ops.move_many(chunk, actor=actor, force=force, via="import")
+                results += await ops.move_many(
+                    BulkMove(chunk, actor=actor, force=force, via="import")
+                )
             except BulkRefused as exc:  # a tenant moved on since the check
                 for problem in exc.problems:
-                    print(f"{source}:{lines[problem.tenant]}: {problem.reason}", file=err)
+                    reason = problem.refusal.says(FORCE_FLAG)
+                    print(f"{source}:{lines[problem.tenant]}: {reason}", file=err)
                 stopped = "stopped: tenants changed since the check"
                 break
             except StoreUnavailable as exc:
@@ -149,8 +147,8 @@ async def _move(
                 break
             bar.update(len(chunk))
     for result in results:
-        if result.outcome is MoveOutcome.REFUSED:
-            print(f"{source}:{lines[result.tenant]}: {result.reason}", file=err)
+        if result.refusal is not None:
+            print(f"{source}:{lines[result.tenant]}: {result.refusal.says(FORCE_FLAG)}", file=err)
     print(summary(results), file=out)
     if stopped:
         print(

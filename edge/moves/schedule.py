@@ -1,7 +1,7 @@
 """The scheduler: applies scheduled moves when they fall due, once across every instance.
 
 Every instance (every worker) runs one. Each due schedule is claimed by exactly one of them
-for a lease; the claimant moves the tenant through set_mode, which checks the move again
+for a lease; the claimant moves the tenant through the move service, which checks it again
 atomically, then removes the schedule. A claimant that dies leaves the schedule to be
 claimed again once the lease runs out; the audit log tells whether it already made the move.
 """
@@ -14,8 +14,10 @@ import logging
 from datetime import datetime
 
 from edge.core.background import Background
-from edge.modes import Change, ChangeRefused, ModeStore, StoreUnavailable
+from edge.core.refusals import ChangeRefused
+from edge.modes import Change, ModeStore, StoreUnavailable
 from edge.modes.base import Schedule
+from edge.moves.service import Moves
 
 log = logging.getLogger("edge.schedule")
 
@@ -44,9 +46,15 @@ def via(schedule: Schedule) -> str:
 
 class Scheduler:
     def __init__(
-        self, store: ModeStore, *, interval: float = POLL_INTERVAL, lease: float = LEASE
+        self,
+        store: ModeStore,
+        moves: Moves,
+        *,
+        interval: float = POLL_INTERVAL,
+        lease: float = LEASE,
     ) -> None:
         self.store = store
+        self.moves = moves
         self.interval = interval
         self.lease = lease
         self._background = Background("scheduler")
@@ -89,7 +97,7 @@ class Scheduler:
         return change
 
     async def _move(self, schedule: Schedule) -> Change:
-        change = await self.store.set_mode(
+        change = await self.moves.set_mode(
             schedule.tenant,
             schedule.mode,
             actor=schedule.actor,

@@ -10,6 +10,7 @@ FORWARD = "forward"
 REDIRECT = "redirect"
 REFUSE = "refuse"
 CLIENT_CLOSED = 499  # nginx's status for "the client went away before the answer"
+STALLED = "request body stalled past body_idle_timeout"  # the error of such an Outcome
 # Why a forwarded request did not end normally: edge answered 502 or 504 itself.
 _FAILURES = {502: "upstream_unreachable", 504: "upstream_timeout"}
 
@@ -51,5 +52,7 @@ class Served:
         self.error = outcome.error
         if aborted:
             self.reason = "upstream_aborted"
+        elif outcome.error == STALLED:
+            self.reason = "body_timeout"
         elif outcome.error is not None:
             self.reason = _FAILURES.get(outcome.status, "client_closed")

@@ -8,7 +8,7 @@ from datetime import datetime
 from enum import StrEnum
 from urllib.parse import quote, unquote_plus
 
-from edge.config import Settings
+from edge.config import PathRule, Settings
 from edge.core.http import METHOD_OVERRIDE_HEADERS, SAFE_METHODS
 from edge.core.tenants import Front, Mode
 
@@ -20,8 +20,13 @@ _OVERRIDE_PARAMETERS = frozenset(
 # How a WebSocket handshake is judged: a channel that carries writes. An allow-list entry for
 # WEBSOCKET (or GET, which the handshake is on the wire) names the paths where one may open.
 WEBSOCKET = "WEBSOCKET"
-_PATH_SAFE = "/-._~!$&'()*+,;=:@"
-_QUERY_SAFE = "/-._~!$&'()*+,;=:@?%"
+
+
+class Reason(StrEnum):
+    RETIRED = "retired"
+    BLOCKED = "blocked"
+    NOT_ENABLED = "not_enabled"
+    MISCONFIGURED = "misconfigured"
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,17 +38,6 @@ class Forward:
 class Redirect:
     location: str
     status: int
-
-    @property
-    def permanent(self) -> bool:
-        return self.status in (301, 308)
-
-
-class Reason(StrEnum):
-    RETIRED = "retired"
-    BLOCKED = "blocked"
-    NOT_ENABLED = "not_enabled"
-    MISCONFIGURED = "misconfigured"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +55,6 @@ FORWARD_NEW = Forward(Front.NEW)
 # times a global's on Python 3.11.
 _LEGACY_FRONT = Front.LEGACY
 _LEGACY, _SETUP, _ACTIVE = Mode.LEGACY, Mode.SETUP, Mode.ACTIVE
-
-
-@dataclass(frozen=True, slots=True)
-class PathRule:
-    legacy: str
-    new: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +93,7 @@ class Policy:
                 AllowRule(WEBSOCKET if r.method == "GET" else r.method, r.path)
                 for r in policy.setup_allow
             ),
-            path_rules=tuple(PathRule(r.legacy, r.new) for r in policy.path_rules),
+            path_rules=policy.path_rules,
             new_url=settings.new.public_url,
             new_home=settings.new.home_template,
             legacy_url=settings.legacy.public_url,
@@ -164,9 +152,10 @@ def judged_method(
 def query_overrides(query: bytes) -> tuple[str, ...]:
     """The values of query parameters that a backend framework may take for the method.
 
-    Names are read as PHP reads them (decoded, leading spaces dropped, " " and "." as "_",
-    "[...]" an array of the same name), in any case, "-" or "_"; ";" separates parameters as
-    "&" does for some parsers. An empty value overrides nothing.
+    Names are read as PHP reads them (decoded, ended by a NUL as a C string is, leading
+    spaces dropped, " " and "." as "_", "[...]" an array of the same name), in any case,
+    "-" or "_"; ";" separates parameters as "&" does for some parsers. An empty value
+    overrides nothing.
     """
     found: list[str] = []
     for parameter in query.decode("latin-1").replace(";", "&").split("&"):
@@ -177,7 +166,7 @@ def query_overrides(query: bytes) -> tuple[str, ...]:
 
 
 def _override_parameter(name: str) -> bool:
-    spelt = unquote_plus(name).lstrip(" ").partition("[")[0].lower()
+    spelt = unquote_plus(name).partition("\x00")[0].lstrip(" ").partition("[")[0].lower()
     return spelt.translate(_AS_UNDERSCORE) in _OVERRIDE_PARAMETERS
 
 
@@ -259,6 +248,11 @@ def _map_path(rules: tuple[PathRule, ...], tenant: str, path: str) -> str | None
         if path == prefix or path.startswith(prefix + "/") or (not prefix and path == "/"):
             return _fill(rule.new, tenant).rstrip("/") + path[len(prefix) :] or "/"
     return None
+
+
+# What stays unescaped in a path and a query built from configuration and the request.
+_PATH_SAFE = "/-._~!$&'()*+,;=:@"
+_QUERY_SAFE = "/-._~!$&'()*+,;=:@?%"
 
 
 def _with_query(location: str, query: str | bytes) -> str:

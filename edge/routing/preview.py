@@ -42,7 +42,7 @@ class PreviewLink:
 class PreviewGate:
     """Signs preview links and tells preview holders from everyone else."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, policy: Policy) -> None:
         secret = settings.admin.preview_secret or settings.admin.token
         if not secret:
             raise ValueError("admin.preview_secret: a secret is needed to sign preview links")
@@ -50,7 +50,7 @@ class PreviewGate:
         self._signer = Signer(
             secret, salt=_SALT, key_derivation="hmac", digest_method=hashlib.sha256
         )
-        self._policy = Policy.from_settings(settings)
+        self._policy = policy
         self._path_scoped = settings.new.tenant == "path"
         secure = urlsplit(settings.new.public_url).scheme == "https"
         self._attributes = "; HttpOnly; SameSite=Lax" + ("; Secure" if secure else "")

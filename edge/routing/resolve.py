@@ -144,6 +144,15 @@ class Resolver:
 
 
 def _without_port(host: str) -> str:
+    """The name in a Host value; "" when what follows it is not a port. A backend that builds
+    links from Host would make "portal.test:@evil.test" a link to evil.test."""
     if host.startswith("["):
-        return host.partition("]")[0] + "]"
-    return host.rpartition(":")[0] if ":" in host else host
+        name, _, rest = host.partition("]")
+        name, port = name + "]", rest.removeprefix(":")
+        if rest[:1] not in ("", ":"):
+            return ""
+    elif ":" in host:
+        name, _, port = host.rpartition(":")
+    else:
+        return host
+    return name if port.isascii() and (port.isdigit() or not port) else ""

@@ -74,13 +74,15 @@ class Router:
         forwarder: Forwarder,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         *,
+        policy: Policy,
+        preview: PreviewGate | None,
         metrics: Metrics | None = None,
         access_log: AccessLog | None = None,
         traffic: Traffic | None = None,
         websockets: WebSocketRelay,
     ) -> None:
         self.resolver = Resolver(settings)
-        self.policy = Policy.from_settings(settings)
+        self.policy = policy
         self.cache = cache
         self.forwarder = forwarder
         self.websockets = websockets
@@ -91,7 +93,7 @@ class Router:
         self.traffic = traffic or Traffic(cache.store, settings, keyed=cache.keyed)
         self.referrers = self.traffic.referrers
         self.shadow = self.traffic.shadow  # None when off: nothing to do per request
-        self.preview = PreviewGate(settings) if settings.policy.private_preview else None
+        self.preview = preview
         self.backends = {
             Front.LEGACY: Backend.from_settings(settings.legacy),
             Front.NEW: Backend.from_settings(settings.new),
@@ -304,7 +306,6 @@ class Router:
                 send,
                 decision.location,
                 decision.status,
-                permanent=decision.permanent,
                 headers=[
                     (b"x-request-id", served.request_id.encode()),
                     mode_header,

@@ -12,7 +12,6 @@ import logging
 from collections.abc import Mapping
 
 from edge import config
-from edge.activation.readiness import ReadinessCheck
 from edge.activation.shadow import Shadow
 from edge.activation.traffic import Traffic
 from edge.activation.watch import WatchMonitor
@@ -22,13 +21,15 @@ from edge.config import Settings
 from edge.core.asgi import ASGIApp, Receive, Scope, Send
 from edge.forwarding.proxy import Forwarder
 from edge.forwarding.websocket import WebSocketRelay
-from edge.modes import ModeCache, ModeStore, open_store
+from edge.modes import ModeCache, ModeStore
 from edge.modes.counts import ModeCounter
 from edge.moves.schedule import Scheduler
+from edge.moves.service import Clock, utc_now
 from edge.observe import logs
 from edge.observe.metrics import Metrics
 from edge.routing.router import Router
 from edge.serving import clients
+from edge.serving.compose import Parts
 
 log = logging.getLogger("edge")
 
@@ -39,9 +40,11 @@ class EdgeApp:
         settings: Settings,
         store: ModeStore | None = None,
         side_apps: Mapping[int, ASGIApp] | None = None,
+        clock: Clock = utc_now,
     ) -> None:
         self.settings = settings
-        self.store = store or open_store(settings.store)
+        parts = Parts(settings, store, clock)
+        self.store = parts.store
         self.cache = ModeCache(
             self.store,
             resync_interval=settings.store.resync_interval,
@@ -51,13 +54,11 @@ class EdgeApp:
             resync_keys=settings.store.resync_keys,
         )
         self.forwarder = Forwarder(settings.upstream, settings.server.trusted_proxies)
-        self.scheduler = Scheduler(self.store)
+        self.scheduler = Scheduler(self.store, parts.moves)
         self.access_log = logs.AccessLog() if logs.access_log_enabled(settings.server) else None
         self.metrics = Metrics(self.cache, self.access_log)
         self.websockets = WebSocketRelay(settings.websocket, settings.upstream)
-        # Safe activation: every unforced move to active is checked for readiness first.
-        self.readiness = ReadinessCheck(settings, self.store)
-        self.store.activation_guard = self.readiness.guard
+        self.readiness = parts.readiness
         shadow = Shadow(settings, self.forwarder) if settings.shadow.sample_rate > 0 else None
         self.traffic = Traffic(self.store, settings, keyed=self.cache.keyed, shadow=shadow)
         if shadow is not None:
@@ -70,6 +71,8 @@ class EdgeApp:
             settings,
             self.cache,
             self.forwarder,
+            policy=parts.policy,
+            preview=parts.preview,
             metrics=self.metrics,
             access_log=self.access_log,
             traffic=self.traffic,
@@ -79,6 +82,7 @@ class EdgeApp:
         counter = ModeCounter(self.store)
         self.admin = AdminApi(
             self.store,
+            parts.moves,
             self.cache,
             settings.admin.token,
             self.metrics,
@@ -87,7 +91,14 @@ class EdgeApp:
             counter=counter,
         ).app()
         self.admin = Dashboard(
-            settings, self.store, readiness=self.readiness, watch=self.watch, counter=counter
+            settings,
+            self.store,
+            parts.moves,
+            policy=parts.policy,
+            preview=parts.preview,
+            readiness=self.readiness,
+            watch=self.watch,
+            counter=counter,
         ).around(self.admin)
         self.by_port: dict[int, ASGIApp] = {**(side_apps or {})}
         self.by_port[settings.admin.port] = self.admin

@@ -3,6 +3,8 @@
 Size: neither llhttp nor uvicorn limits a request line or a header section: both are buffered
 until they end, however long that takes. Here a request target over the limit gets 414, a
 header section over it gets 431, and the connection is closed before the app sees the request.
+A target over the limit is dropped, not kept, and its head read on (bounded as any head) so
+that the 414 can follow the request's Accept as edge's other refusals do (edge.core.responses).
 
 Time and count (docs/limits.md): a head must arrive whole within ``header_timeout``, a body may
 not stall longer than ``body_idle_timeout``, a client may leave its response unread no longer
@@ -19,11 +21,19 @@ from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from edge.core.asgi import BODY_STALLED, Scope
+from edge.core.responses import asks_for_json, refusal
 from edge.serving.clients import STATS, ClientConnections, ClientLimits, of_server
 
 # Reads are at most this long (uvloop and asyncio both read 256 KiB at a time). A head still
 # open is measured in whole reads, so the first may also hold the end of the request before.
 _READ_MAX = 256 * 1024
+# Requests parsed ahead of their answers, waiting on a connection: each holds its scope and
+# cycle (some 2.3 KiB). Beyond it, what the client sent waits unparsed, and reading pauses,
+# until one is answered. A read is parsed a slice at a time so that one read (of thousands
+# of tiny requests) adds at most a slice's worth beyond it.
+PIPELINE_MAX = 16
+_SLICE = 1024
 # A connection turned away stays open this long (at most this many at once) to read what the
 # client sends, so that closing it with that unread does not reset the 503 away.
 _LINGER = 2.0
@@ -38,6 +48,10 @@ def protocol(limits: ClientLimits) -> type[asyncio.Protocol]:
 
 class _HeadTooLarge(Exception):
     pass
+
+
+class _Ambiguous(Exception):
+    """A head that could be read two ways: refused (400) before the app sees it."""
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -55,11 +69,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.head_seen = 0  # bytes of the reads that hold the current head: an upper bound
         self.last_read = 0
         self.refusal = 0  # the status edge answered before closing (414, 431, 408, 503)
+        self.target_too_long = False  # the head being read gets 414 once it is in
         self.clients: ClientConnections | None = None  # None: turned away, or a WebSocket now
         self.head_due = False  # the head has a deadline in self.clients
         self.in_body = False  # from a head to the end of its body
         self.body_due = False  # the body has a deadline in self.clients
         self.linger: asyncio.TimerHandle | None = None
+        self.stopped = False  # no more HTTP is read (an Upgrade): what came is answered, then close
+        self.held = b""  # read but not parsed while PIPELINE_MAX requests wait
+        self.trailing = False  # after a chunk header, until its data shows it was not the last
+        self.trailer_seen = 0  # bytes of the reads since then: an upper bound, as head_seen
+        self.trailers = 0  # fields of the trailer section, as the head's are counted
+        self.trailer_bytes = 0
 
     # -- the connection ------------------------------------------------------------------------
 
@@ -101,17 +122,28 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             transport.close()
 
     def data_received(self, data: bytes) -> None:
-        if self.refusal:
+        if self.refusal or self.stopped:
+            return
+        if self.held:
+            self.held += data  # reading is paused: this was already on its way
             return
         self.last_read = len(data)
         if self.reading_head:
             self.head_seen += len(data)
-        super().data_received(data)
+        elif self.trailing:
+            self.trailer_seen += len(data)
+        self.parse(data)
+
+    def parse(self, data: bytes) -> None:
+        """Parse ``data``, counted toward the limits already, and see where the request is."""
+        self.feed(data)
         if self.refusal or self.clients is None:
             return
-        if self.reading_head:
+        if self.trailing and self.trailer_seen > self.head_budget:
+            self.refuse(431)  # a trailer line without end: llhttp would buffer it all
+        elif self.reading_head:
             if self.head_seen > self.head_budget:
-                self.refuse(431)
+                self.refuse(414 if self.target_too_long else 431)
             elif not self.head_due:
                 self.head_due = True  # from the first read of a head after the first
                 self.clients.head_started(self)
@@ -119,11 +151,33 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.body_due = True
             self.clients.body_moved(self)
 
+    def feed(self, data: bytes) -> None:
+        if len(data) <= _SLICE:
+            super().data_received(data)
+            return
+        for start in range(0, len(data), _SLICE):
+            if self.refusal or self.stopped or self.transport.is_closing():
+                return
+            if len(self.pipeline) >= PIPELINE_MAX:
+                self.held = data[start:]
+                self.flow.pause_reading()
+                return
+            super().data_received(data[start : start + _SLICE])
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # starts the next request waiting, and resumes reading
+        if self.held and not self.transport.is_closing():
+            held, self.held = self.held, b""
+            self.parse(held)
+            if self.held:
+                self.flow.pause_reading()
+
     def handle_websocket_upgrade(self) -> None:
         if self.clients is not None:  # a WebSocket has its own pings and no HTTP deadlines
             self.clients.forget(self)
             self.clients = None
         self.in_body = False
+        self.stopped = True  # the connection is the WebSocket's now
         super().handle_websocket_upgrade()
 
     # -- llhttp's callbacks ------------------------------------------------------------------
@@ -131,19 +185,50 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.reading_head = True
+        self.target_too_long = False
         self.head_seen = self.last_read
+        self.trailers = self.trailer_bytes = 0
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.reading_head:
+            HttpToolsProtocol.on_header(self, name, value)  # every header: no super() object
+            return
+        # A trailer: never a header of the request edge judged (RFC 9110 6.5.1), and bounded as
+        # the head is, for uvicorn would add it to the request's headers whatever its size.
+        self.trailers += 1
+        self.trailer_bytes += len(name) + len(value)
+        if self.trailers > self.limits.headers or self.trailer_bytes > self.limits.header_bytes:
+            self.refusal = 431
+            raise _HeadTooLarge
+
+    def on_chunk_header(self) -> None:
+        # Its data follows, or, after the last chunk, the trailer section.
+        self.trailing = True
+        self.trailer_seen = self.last_read
+
+    def on_body(self, body: bytes) -> None:
+        self.trailing = False
+        super().on_body(body)
+
+    def on_chunk_complete(self) -> None:
+        self.trailing = False
 
     def on_url(self, url: bytes) -> None:
+        if self.target_too_long:
+            return
         self.url += url
         if len(self.url) > self.limits.url_bytes:
-            self.refusal = 414
-            raise _HeadTooLarge
+            self.target_too_long = True
+            self.url = b""
 
     def on_headers_complete(self) -> None:
         self.reading_head = False
         if self.head_due:
             self.head_due = False
             cast(ClientConnections, self.clients).head_done(self)
+        if self.target_too_long:
+            self.refusal = 414
+            raise _HeadTooLarge
         limits = self.limits
         headers = self.headers
         if len(headers) > limits.headers or (
@@ -152,8 +237,22 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         ):
             self.refusal = 431
             raise _HeadTooLarge
-        self.in_body = True
+        if self.url[:1] != b"/" and _names_another_host(self.url, headers):
+            self.refusal = 400
+            raise _Ambiguous
+        if self.parser.should_upgrade() and not self._should_upgrade():
+            # llhttp hands the connection to the protocol named in Upgrade after this head,
+            # and uvicorn does not switch to it: a body would be read as the next request (a
+            # proxy in front reads it as this one's body), and the rest of this read is lost.
+            if _has_body(headers):
+                self.refusal = 400
+                raise _Ambiguous
+            super().on_headers_complete()
+            self.cycle.keep_alive = False  # what follows it is not read as HTTP: close after it
+            self.stopped = True
+            return
         super().on_headers_complete()
+        self.in_body = True  # after: a head uvicorn refuses (its URL) has no body of its own
 
     def on_message_complete(self) -> None:
         self.in_body = False
@@ -187,12 +286,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         STATS.body_timeouts += 1
         # The app's receive() now says the client is gone, and its sends go nowhere: the
         # forwarder drops the portal's connection instead of finishing the exchange on it.
+        cast(Scope, cycle.scope)[BODY_STALLED] = True
         cycle.disconnected = True
         cycle.message_event.set()
-        if cycle.response_started:
-            self.transport.close()
-        else:
-            self.refuse(408)
+        self.refuse(408)
 
     def send_overdue(self) -> None:
         STATS.send_timeouts += 1
@@ -217,30 +314,56 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         # uvicorn's answer to any parser error, ours included: a callback raised to stop llhttp.
-        if self.refusal:
-            self.refuse(self.refusal)
+        if self.refusal or self.in_body:
+            self.refuse(self.refusal or 400)
         else:
             super().send_400_response(msg)
 
     def refuse(self, status: int) -> None:
         self.refusal = status
-        self.transport.write(_answer(status))
+        if not (self.in_body and self.cycle.response_started):
+            # The headers of the head read so far (all of them but for a head cut off unfinished).
+            self.transport.write(_answer(status, as_json=asks_for_json(self.headers or ())))
+        # else an answer has begun (the portal answered before the body's end): it is cut short
         self.transport.close()
 
 
-def _answer(status: int, headers: tuple[tuple[bytes, bytes], ...] = ()) -> bytes:
-    body = _MESSAGES[status]
+def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(
+        name == b"transfer-encoding" or (name == b"content-length" and value.strip(b"0"))
+        for name, value in headers
+    )
+
+
+def _names_another_host(target: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether an absolute-form target ("http://host/path", RFC 9112 3.2.2: its host wins
+    over Host) names another host than the Host header edge routes by. The default port
+    may be written or not; userinfo is never part of an http(s) authority."""
+    scheme, _, rest = target.partition(b"://")
+    default = {b"http": b":80", b"https": b":443"}.get(scheme.lower())
+    authority = rest.partition(b"/")[0].partition(b"?")[0].lower()
+    hosts = [value.strip(b" \t").lower() for name, value in headers if name == b"host"]
+    if default is None or len(hosts) != 1:
+        return True
+    return authority.removesuffix(default) != hosts[0].removesuffix(default)
+
+
+def _answer(
+    status: int, headers: tuple[tuple[bytes, bytes], ...] = (), *, as_json: bool = False
+) -> bytes:
+    """edge's refusal page (JSON on request), before any tenant is known; then close."""
+    body, content_type = refusal(status, _MESSAGES[status], tenant=None, mode=None, as_json=as_json)
     extra = b"".join(b"%s: %s\r\n" % header for header in headers)
     return (
-        b"%scontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n%b"
-        b"connection: close\r\n\r\n%s" % (STATUS_LINE[status], len(body), extra, body)
+        b"%scontent-type: %s\r\ncontent-length: %d\r\ncache-control: no-store\r\n%b"
+        b"connection: close\r\n\r\n%s" % (STATUS_LINE[status], content_type, len(body), extra, body)
     )
 
 
 _MESSAGES = {
-    408: b"Request Timeout: the request did not arrive in time.\n",
-    414: b"URI Too Long: the request target is longer than this server accepts.\n",
-    431: b"Request Header Fields Too Large: the request headers are larger than this server "
-    b"accepts.\n",
-    503: b"Service Unavailable: this server has all the connections it can take; please retry.\n",
+    400: "The request could be read more than one way.",
+    408: "The request did not arrive in time.",
+    414: "The address (URL) is longer than this server accepts.",
+    431: "The request headers are larger than this server accepts.",
+    503: "This server has all the connections it can take. Please try again in a moment.",
 }

@@ -1,31 +1,16 @@
-"""TOML file + environment → validated, immutable settings.
+"""The config's schema: each section's keys, their defaults and what makes a value wrong.
 
-Every problem names where it is: ``edge.toml: policy.legacy_sunset: ...`` for a key of the
-file, ``EDGE_SERVER__PORT: ...`` for an environment variable. A bad config lists every
-problem at once, one a line.
-
-Environment variables override file values: ``EDGE_<SECTION>__<KEY>`` (for example
-``EDGE_STORE__URL``), plus ``EDGE_ADMIN_TOKEN``. A value is read as the key it sets: a string
-key takes the value as it is, a number or a switch is converted (``8080``, ``true``), a list
-is a JSON array or comma-separated (``a.example.com,b.example.com``), a list of tables is
-JSON, and an empty value unsets an optional key.
+A validator that judges keys across a section raises ``KeyedError``, naming each key it is about.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import json
-import os
 import re
 import ssl
-import tomllib
-import types
-from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
-from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -34,34 +19,18 @@ from pydantic import (
     ConfigDict,
     Field,
     FilePath,
-    ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
-ENV_PREFIX = "EDGE_"
-ENV_CONFIG = "EDGE_CONFIG"
-ENV_ADMIN_TOKEN = "EDGE_ADMIN_TOKEN"  # noqa: S105 (a variable name)
-DEMO_CONFIG = Path(__file__).parent / "demo" / "demo.toml"  # `edge demo`'s, and only its
-NO_CONFIG = (
-    "no config file given: pass --config PATH or set EDGE_CONFIG=PATH "
-    "(config/edge.toml is a commented example), or run `edge demo` to try edge on its "
-    "built-in demo config"
-)
+from edge.config.store_urls import STORE_SCHEMES, redacted_url, redis_nodes
 
 _HOST_RE = re.compile(
     r"^(\*\.)?[a-z0-9]([a-z0-9-]{0,62})(\.[a-z0-9]([a-z0-9-]{0,62}))*(:\d{1,5})?$"
 )
 _DOMAIN_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,62})(\.[a-z0-9]([a-z0-9-]{0,62}))*")
 _TENANT_PLACEHOLDER = "{tenant}"
-
-
-class ConfigError(ValueError):
-    """A config that cannot be used: every problem found, each naming its key or variable."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
 
 
 class _Section(BaseModel):
@@ -71,7 +40,7 @@ class _Section(BaseModel):
 def _http_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        raise ValueError(f"must be an http:// or https:// URL, got {redacted_url(value)!r}")
     if parts.query or parts.fragment:
         raise ValueError("must not have a query or fragment")
     if "@" in parts.netloc:
@@ -206,83 +175,6 @@ class StoreSettings(_Section):
     @property
     def tls(self) -> bool:
         return urlsplit(self.url).scheme.startswith("rediss")
-
-
-STORE_SCHEMES = (
-    "memory",
-    "redis",
-    "rediss",
-    "unix",
-    "redis+sentinel",
-    "rediss+sentinel",
-    "redis+cluster",
-    "rediss+cluster",
-)
-_SENTINEL_URL = "redis+sentinel://[[user]:password@]host:port[,host:port...]/master-name[/db]"
-_CLUSTER_URL = "redis+cluster://[[user]:password@]host:port[,host:port...]"
-
-
-@dataclass(frozen=True)
-class RedisNodes:
-    """A Sentinel or Cluster store URL, parsed.
-
-    ``hosts`` are the sentinels (Sentinel) or the seed nodes (Cluster). The user and password
-    are the data nodes'; ``?sentinel_password=`` authenticates with the sentinels.
-    """
-
-    kind: Literal["sentinel", "cluster"]
-    tls: bool
-    hosts: tuple[tuple[str, int], ...]
-    master_name: str  # Sentinel only
-    db: int
-    username: str | None
-    password: str | None
-    sentinel_password: str | None
-
-
-def redis_nodes(url: str) -> RedisNodes | None:
-    """Parse a Sentinel or Cluster URL (None for any other); ValueError says what is wrong."""
-    parts = urlsplit(url)
-    base, plus, kind = parts.scheme.partition("+")
-    if not plus:
-        return None
-    if kind not in ("sentinel", "cluster"):
-        raise ValueError(f"unsupported scheme {parts.scheme!r}")
-    shape = _SENTINEL_URL if kind == "sentinel" else _CLUSTER_URL
-    userinfo, _, hostlist = parts.netloc.rpartition("@")
-    username, _, password = userinfo.partition(":")
-    hosts = tuple(_host_port(item, shape) for item in hostlist.split(",") if item)
-    query = parse_qs(parts.query, keep_blank_values=True)
-    path = parts.path.strip("/")
-    if kind == "sentinel":
-        master_name, _, db = path.partition("/")
-        allowed = {"sentinel_password"}
-    else:
-        master_name, db = "", path
-        allowed = set()
-        if db not in ("", "0"):
-            raise ValueError("a Redis Cluster has only database 0")
-    if not hosts or (kind == "sentinel" and not master_name) or not (db or "0").isdigit():
-        raise ValueError(f"must look like {shape}")
-    if unknown := sorted(set(query) - allowed):
-        raise ValueError(f"unknown option {unknown[0]!r} in the url")
-    return RedisNodes(
-        kind="sentinel" if kind == "sentinel" else "cluster",
-        tls=base == "rediss",
-        hosts=hosts,
-        master_name=unquote(master_name),
-        db=int(db or 0),
-        username=unquote(username) or None,
-        password=unquote(password) or None,
-        sentinel_password=query.get("sentinel_password", [None])[0],
-    )
-
-
-def _host_port(item: str, shape: str) -> tuple[str, int]:
-    host, _, port = item.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{item!r} is not host:port; must look like {shape}")
-    return host.strip("[]"), int(port)
 
 
 TenantRule = Literal["path", "subdomain", "header"]
@@ -467,18 +359,12 @@ class AdminSettings(_Section):
     token: str = ""
     preview_secret: str = ""  # signs private preview links; the token when empty
 
-    @field_validator("token")
+    @field_validator("token", "preview_secret")
     @classmethod
-    def _token(cls, value: str) -> str:
+    def _secret(cls, value: str, info: ValidationInfo) -> str:
         if value and len(value) < 16:
-            raise ValueError("must be at least 16 characters (or empty to allow no changes)")
-        return value
-
-    @field_validator("preview_secret")
-    @classmethod
-    def _preview_secret(cls, value: str) -> str:
-        if value and len(value) < 16:
-            raise ValueError("must be at least 16 characters")
+            empty = " (or empty to allow no changes)" if info.field_name == "token" else ""
+            raise ValueError(f"must be at least 16 characters{empty}")
         return value
 
 
@@ -514,7 +400,7 @@ class Settings(_Section):
         problems += _portal_tls_problems("legacy", self.legacy)
         problems += _portal_tls_problems("new", self.new)
         if problems:
-            raise _KeyedError(problems)
+            raise KeyedError(problems)
         return self
 
 
@@ -534,7 +420,7 @@ def _portal_tls_problems(name: str, front: FrontSettings) -> list[tuple[str, str
     return problems
 
 
-class _KeyedError(ValueError):
+class KeyedError(ValueError):
     """Problems a validator found across keys, each with the key it is about."""
 
     def __init__(self, problems: list[tuple[str, str]]) -> None:
@@ -542,178 +428,5 @@ class _KeyedError(ValueError):
         self.problems = problems
 
 
-def _keyed(key: str, problem: str) -> _KeyedError:
-    return _KeyedError([(key, problem)])
-
-
-def config_path(path: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path:
-    """The config file given, by argument or EDGE_CONFIG; ConfigError when neither is."""
-    given = path or env.get(ENV_CONFIG)
-    if not given:
-        raise ConfigError([NO_CONFIG])
-    return Path(given)
-
-
-def load(
-    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
-) -> Settings:
-    """Read, merge and validate; raise ConfigError listing every problem."""
-    env = os.environ if env is None else env
-    source = config_path(path, env)
-    try:
-        raw = tomllib.loads(source.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError([f"{source}: no such config file"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{source}: cannot be read: {exc}"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{source}: not valid TOML: {exc}"]) from None
-    overrides = EnvOverrides.read(env)
-    return from_mapping(overrides.applied_to(raw), source=str(source), overrides=overrides)
-
-
-def from_mapping(
-    raw: Mapping[str, Any], source: str = "config", overrides: EnvOverrides | None = None
-) -> Settings:
-    """Validate; every problem is named by its environment variable or by ``source: key``."""
-    overrides = overrides or EnvOverrides()
-    try:
-        settings = Settings.model_validate(raw)
-    except ValidationError as exc:
-        problems = [overrides.name(key, problem, source) for key, problem in _problems(exc)]
-        raise ConfigError(overrides.problems + problems) from None
-    if overrides.problems:
-        raise ConfigError(overrides.problems)
-    return settings
-
-
-def _problems(exc: ValidationError) -> list[tuple[tuple[str, ...], str]]:
-    """Each problem pydantic found: the key's path, and what is wrong."""
-    found: list[tuple[tuple[str, ...], str]] = []
-    for error in exc.errors(include_url=False):
-        context_error = (error.get("ctx") or {}).get("error")
-        if isinstance(context_error, _KeyedError):
-            found.extend(
-                (tuple(key.split(".")), problem) for key, problem in context_error.problems
-            )
-            continue
-        path = tuple(str(part) for part in error["loc"] if not str(part).startswith("function-"))
-        message = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "extra_forbidden":
-            message = "unknown key"
-        elif error["type"] == "missing":
-            message = "is required"
-        found.append((path, message))
-    return found
-
-
-class EnvOverrides:
-    """The ``EDGE_<SECTION>__<KEY>`` variables, each read as the type of the key it sets."""
-
-    def __init__(self) -> None:
-        self.values: dict[tuple[str, str], Any] = {}
-        self.variables: dict[tuple[str, str], str] = {}  # (section, key) → variable name
-        self.problems: list[str] = []  # variables that set no key, or cannot be read
-
-    @classmethod
-    def read(cls, env: Mapping[str, str]) -> EnvOverrides:
-        overrides = cls()
-        for name, value in sorted(env.items()):
-            if name.startswith(ENV_PREFIX) and "__" in name:
-                section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
-                overrides.add(name, section, key, value)
-        token = env.get(ENV_ADMIN_TOKEN)
-        if token is not None:
-            if overrides.values.get(("admin", "token"), token) != token:
-                variable = overrides.variables[("admin", "token")]
-                overrides.problems.append(
-                    f"{ENV_ADMIN_TOKEN}: {variable} is set too, to another value: set one"
-                )
-            else:
-                overrides.add(ENV_ADMIN_TOKEN, "admin", "token", token)
-        return overrides
-
-    def add(self, variable: str, section: str, key: str, text: str) -> None:
-        field = _section_field(section, key)
-        if field is None:
-            self.problems.append(f"{variable}: sets no config key ([{section}] {key})")
-            return
-        try:
-            self.values[(section, key)] = _typed(field, text)
-        except ValueError as exc:
-            self.problems.append(f"{variable}: {exc}")
-            return
-        self.variables[(section, key)] = variable
-
-    def applied_to(self, raw: Mapping[str, Any]) -> dict[str, Any]:
-        merged: dict[str, Any] = {
-            name: dict(section) if isinstance(section, Mapping) else section
-            for name, section in raw.items()
-        }
-        for (section, key), value in self.values.items():
-            target = merged.setdefault(section, {})
-            if isinstance(target, dict):
-                target[key] = value
-        return merged
-
-    def name(self, path: tuple[str, ...], problem: str, source: str) -> str:
-        """A problem as ops read it: by its variable when one set the key, else by the key."""
-        variable = self.variables.get((path[0], path[1])) if len(path) >= 2 else None
-        if variable is None:
-            return f"{source}: {'.'.join(path) or 'config'}: {problem}"
-        within = ".".join(path[2:])
-        return f"{variable}: {within + ': ' if within else ''}{problem}"
-
-
-def _section_field(section: str, key: str) -> Any:
-    """The type of ``[section] key`` in the schema, or None when there is no such key."""
-    field = Settings.model_fields.get(section)
-    model = field.annotation if field is not None else None
-    if not (isinstance(model, type) and issubclass(model, BaseModel)):
-        return None
-    key_field = model.model_fields.get(key)
-    return key_field.annotation if key_field is not None else None
-
-
-def _typed(annotation: Any, text: str) -> Any:
-    """An environment value as the type of its key; pydantic validates it after."""
-    members = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else ()
-    optional = type(None) in members
-    if optional:
-        (annotation,) = (member for member in members if member is not type(None))
-        if not text.strip():
-            return None
-    origin = get_origin(annotation)
-    if origin in (tuple, list):
-        return _sequence(get_args(annotation)[0], text)
-    if origin is Literal and all(isinstance(v, int) for v in get_args(annotation)):
-        return int(text) if text.strip().isdigit() else text
-    return text  # strings as they are; pydantic converts numbers, switches and instants
-
-
-def _sequence(item: Any, text: str) -> Any:
-    """A list: a JSON array, or (of strings) comma-separated values."""
-    if text.lstrip().startswith("["):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"not a JSON array: {exc}") from None
-    if item is str:
-        return [part.strip() for part in text.split(",") if part.strip()]
-    raise ValueError("must be a JSON array, such as [{...}, {...}]")
-
-
-def redacted_url(url: str) -> str:
-    """The URL without its passwords (in the user part and in the query), for showing."""
-    parts = urlsplit(url)
-    userinfo, at, hosts = parts.netloc.rpartition("@")
-    netloc = parts.netloc
-    if at and ":" in userinfo:
-        netloc = f"{userinfo.partition(':')[0]}:***@{hosts}"
-    query = "&".join(
-        f"{name}=***" if "password" in unquote(name).lower() else f"{name}{equals}{value}"
-        for name, equals, value in (item.partition("=") for item in parts.query.split("&"))
-    )
-    if (netloc, query) == (parts.netloc, parts.query):
-        return url
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
+def _keyed(key: str, problem: str) -> KeyedError:
+    return KeyedError([(key, problem)])
