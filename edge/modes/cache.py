@@ -131,8 +131,7 @@ class ModeCache:
         return mode
 
     def keyed(self, tenant: str) -> bool:
-        """Whether the tenant, cached, has a key in the store. No I/O, a set look-up."""
-        return not self._entries.is_absent(tenant)
+        return not self._entries.is_absent(tenant)  # as cached, with a key: a set look-up
 
     def _recall(self, tenant: str) -> Mode | Missing | None:
         mode = self._entries.recall(tenant)
