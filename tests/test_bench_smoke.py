@@ -111,3 +111,12 @@ def test_the_mode_cache_bench_counts_idle_traffic_and_a_flood() -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "seen       200 tenants" in done.stdout
     assert "keys in Redis 200 → 200" in done.stdout  # the flood created none
+
+
+def test_the_shadow_latency_bench_runs() -> None:
+    done = bench("bench.shadow", "--seconds", "1", "--rounds", "1", "--rates", "0,1", timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split() for line in done.stdout.splitlines()[2:]]
+    assert [row[0] for row in rows] == ["0", "1"]
+    assert float(rows[0][4].replace(",", "")) == 0  # off: nothing mirrored
+    assert float(rows[1][4].replace(",", "")) > 0  # the control: every read mirrored

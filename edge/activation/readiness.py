@@ -7,8 +7,9 @@ second. Coverage is the share of recorded requests whose page answers 2xx or 3xx
 
 Activation (a move to active without force, by any path: CLI, admin API, dashboard, schedule,
 bulk) goes through ``ReadinessCheck.guard``, which the move service (edge.moves.service) calls
-before the store's atomic set: it
-refuses below ``[policy].activation_coverage``. A tenant with no recorded traffic has no
+before the store's atomic set: it refuses below ``[policy].activation_coverage``, and while
+shadow parity (edge.activation.parity) has paths the new portal loses. A tenant with no
+recorded traffic has no
 coverage to judge: it is allowed, and the audit note says the coverage was unknown.
 """
 
@@ -23,6 +24,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from edge.activation.parity import parity_report
 from edge.config import PolicySettings, UpstreamSettings
 from edge.core.refusals import ChangeRefused
 from edge.core.tenants import Mode
@@ -136,16 +138,19 @@ class NewPortalPages(Protocol):
 
 
 class NotReady(ChangeRefused):
-    """An activation refused because too few deep links resolve on the new portal."""
+    """An activation refused: too few deep links resolve on the new portal, or (``parity``,
+    edge.activation.parity) the shadow saw the new portal lose pages the legacy one serves."""
 
-    def __init__(self, report: ReadinessReport) -> None:
+    def __init__(self, report: ReadinessReport, parity: str = "") -> None:
         self.report = report
+        self.parity = parity
         super().__init__(self.says("force"))
 
     def says(self, force: str) -> str:
+        parity = f"{self.parity}; " if self.parity else ""
         return (
-            f"{self.report.summary()}; activating needs {self.report.threshold:.0%}. Add the "
-            f"missing pages or path rules, or use {force} to activate anyway"
+            f"{self.report.summary()}; {parity}activating needs {self.report.threshold:.0%} "
+            f"coverage. Add the missing pages or path rules, or use {force} to activate anyway"
         )
 
 
@@ -199,9 +204,10 @@ class ReadinessCheck:
         if Mode.parse(await self.store.get(tenant)) is Mode.ACTIVE:
             return ""
         report = await self.report(tenant)
-        if not report.ready:
-            raise NotReady(report)
-        return report.summary()
+        parity = await parity_report(self.store, tenant)
+        if not report.ready or parity.blocking:
+            raise NotReady(report, parity.refusal())
+        return "; ".join(filter(None, (report.summary(), parity.note())))
 
     async def probe(self, tenant: str, links: Sequence[tuple[str, int]]) -> ReadinessReport:
         public = urlsplit(self.pages.new_page(tenant, "/"))

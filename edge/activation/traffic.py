@@ -4,7 +4,8 @@ The router only bumps an in-memory counter: the legacy paths that legacy and set
 customers request (deep links), and the new portal's responses to setup tenants (the
 preview, the watch's baseline) and to tenants in their watch window after activation. A
 background task adds the counts to the store every ``[store].flush_interval`` seconds in
-one round trip, so every instance contributes, and refreshes which tenants are watched.
+one round trip, so every instance contributes, and refreshes which tenants are watched. The
+transition insight's counts (referrers, legacy hits, shadow parity) go in the same round trip.
 
 Only tenants with a routing key are written (a tenant in the default ``legacy`` mode has
 none until it moves to setup or one is set by hand: ``edge tenant set TENANT legacy`` writes
@@ -23,17 +24,17 @@ from typing import Generic, TypeVarTuple
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from edge.activation.referrers import Referrers
+from edge.activation.shadow import Shadow
 from edge.config import Settings
 from edge.core.background import Background
 from edge.modes import ModeStore, StoreUnavailable
-from edge.modes.traffic import TrafficCounts, status_class
+from edge.modes.traffic import MAX_PATH, TrafficCounts, status_class
 
 log = logging.getLogger("edge.traffic")
 
 # Distinct keys held between two flushes; beyond it new ones are dropped (and counted).
 MAX_PENDING = 10_000
-# A recorded path longer than this is not a bookmark anyone typed: it is dropped.
-MAX_PATH = 1024
 
 Key = TypeVarTuple("Key")
 
@@ -78,8 +79,15 @@ class Traffic(Collector):
         store: ModeStore,
         settings: Settings,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        *,
+        keyed: Callable[[str], bool] = lambda tenant: True,
+        shadow: Shadow | None = None,
     ) -> None:
+        """``keyed``: whether a tenant has a routing key, as far as is known without I/O (the
+        mode cache's); the flush asks the store in any case. ``shadow``: None when off."""
         self.store = store
+        self.referrers = Referrers(settings, keyed)
+        self.shadow = shadow
         self.keep = settings.policy.deep_links
         self.interval = settings.store.flush_interval
         self.window = timedelta(seconds=settings.policy.watch_window)
@@ -125,6 +133,10 @@ class Traffic(Collector):
             if name is not None:
                 classes = counts.responses.setdefault(tenant, {}).setdefault(phase, {})
                 classes[name] = classes.get(name, 0) + count
+        counts.referrers, counts.legacy_hits = self.referrers.take()
+        if self.shadow is not None:
+            counts.parity = self.shadow.take()
+        counts.at = self.clock()
         return counts
 
     async def flush(self) -> None:
@@ -166,12 +178,22 @@ class Traffic(Collector):
             "between two flushes, or the store unreachable at a flush.",
             value=self.dropped,
         )
+        yield CounterMetricFamily(
+            "edge_referrers_uncounted",
+            "Legacy-front requests whose Referer was left out: too many distinct outside pages "
+            "between two flushes.",
+            value=self.referrers.dropped,
+        )
 
     async def start(self) -> None:
+        if self.shadow is not None:
+            await self.shadow.start()
         self._background.start(self._run)
 
     async def stop(self) -> None:
         """Stop the task and write what is left."""
+        if self.shadow is not None:
+            await self.shadow.stop()
         await self._background.stop()
         await self.flush()
 

@@ -23,7 +23,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 
+from edge.activation.insight import REPORTS
 from edge.activation.readiness import NotReady
+from edge.admin import insight_models as im
 from edge.admin import models as m
 from edge.admin.models import PATH_PARAMS
 from edge.admin.openapi import Endpoint, document
@@ -106,6 +108,8 @@ class AdminApi:
             Endpoint("GET", f"{t}/history", self.history, m.History, query=m.HistoryQuery),
             Endpoint("GET", f"{t}/readiness", self.ready, m.Readiness) if self.readiness else None,
             Endpoint("GET", f"{t}/watch", self.watched, m.Watch) if self.watch else None,
+            Endpoint("GET", f"{t}/referrers", self.referrers, im.Referrers),
+            Endpoint("GET", f"{t}/parity", self.parity, im.Parity),
             Endpoint("POST", f"{t}/schedule", self.schedule, m.Scheduled, refused, status=201,
                      body=m.ScheduleMove, refusal=m.TenantRefused, auth=True),
             Endpoint("GET", "/api/schedules", self.list_schedules, m.Schedules,
@@ -244,6 +248,23 @@ class AdminApi:
         """The watch after activation: 5xx and 404 shares against the preview's"""
         assert self.watch is not None
         return m.Watch.model_validate((await self.watch.report(tenant)).to_json())
+
+    async def referrers(self, request: Request, tenant: str) -> im.Referrers:
+        """The outside pages that still send customers to the legacy portal
+
+        From the Referer of legacy-front requests, forwarded or redirected, of tenants with a
+        routing key; query and fragment removed, the portals' own hosts left out, bounded per
+        tenant (docs/activation.md).
+        """
+        return im.Referrers.model_validate(await REPORTS["referrers"].of(self.store, tenant))
+
+    async def parity(self, request: Request, tenant: str) -> im.Parity:
+        """How the new portal answered the legacy reads the shadow mirrored
+
+        With [shadow] sample_rate above 0. An unforced move to active is refused (409) while a
+        path blocks activation: legacy 2xx, new 404, 5xx or no answer (docs/activation.md).
+        """
+        return im.Parity.model_validate(await REPORTS["parity"].of(self.store, tenant))
 
     async def bulk(self, request: Request, body: m.BulkMoves) -> m.BulkDone:
         """Move many tenants, all or nothing

@@ -87,6 +87,9 @@ class AdminClient:
     async def watch(self, tenant: str) -> dict[str, Any]:
         return await self._call("GET", f"/api/tenants/{tenant}/watch")
 
+    async def insight(self, report: str, tenant: str) -> dict[str, Any]:
+        return await self._call("GET", f"/api/tenants/{tenant}/{report}")
+
     async def close(self) -> None:
         await self.http.aclose()
 

@@ -22,6 +22,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.templating import Jinja2Templates
 
+from edge.activation.insight import dashboard_insight
 from edge.activation.readiness import ReadinessCheck
 from edge.activation.watch import WatchMonitor
 from edge.admin.sessions import Session, Sessions
@@ -194,6 +195,7 @@ class Dashboard:
             "watch": (
                 await self.watch.report(tenant) if self.watch and mode is Mode.ACTIVE else None
             ),
+            "insight": await dashboard_insight(self.store, tenant, mode, self.clock().date()),
         }
         return self._render(request, session, "tenant.html", context)
 

@@ -12,11 +12,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edge import config
+from edge.activation.insight import REPORTS
 from edge.cli.commands import EXIT_CONFIG, cmd_check_config, cmd_demo, cmd_serve
 from edge.cli.tenant import (
     cmd_tenant_get,
     cmd_tenant_history,
     cmd_tenant_import,
+    cmd_tenant_insight,
     cmd_tenant_list,
     cmd_tenant_preview_link,
     cmd_tenant_readiness,
@@ -112,6 +114,10 @@ def parser() -> argparse.ArgumentParser:
     watch = command("watch", "the 5xx and 404 shares since activation, against the preview", tenant)
     watch.add_argument("tenant")
     watch.set_defaults(run=cmd_tenant_watch)
+    for name, report in REPORTS.items():
+        insight = command(name, report.help, tenant)
+        insight.add_argument("tenant")
+        insight.set_defaults(run=cmd_tenant_insight, report=name)
     schedule = command("schedule", "schedule a move for a later instant", tenant)
     _move_arguments(schedule, "allow a move backwards")
     schedule.add_argument(

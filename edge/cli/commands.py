@@ -41,6 +41,12 @@ def cmd_check_config(args: argparse.Namespace, settings: Settings) -> int:
     store = config.redacted_url(settings.store.url)
     print(f"  store        {store} (prefix {settings.store.prefix!r})")
     print(f"  sunset       {sunset.isoformat() if sunset else 'none'}")
+    shadow = settings.shadow
+    if shadow.sample_rate:
+        print(
+            f"  shadow       {shadow.sample_rate * 100:g}% of setup tenants' legacy reads mirrored "
+            f"(queue {shadow.queue}, {shadow.concurrency} at a time)"
+        )
     print(
         f"  listening    {settings.server.host}:{settings.server.port}, "
         f"admin {settings.admin.host}:{settings.admin.port}"

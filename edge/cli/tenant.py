@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
+from edge.activation.insight import REPORTS
 from edge.activation.watch import watch_report
 from edge.cli.commands import EXIT_REFUSED
 from edge.config import Settings
@@ -308,6 +309,22 @@ def cmd_tenant_watch(args: argparse.Namespace, settings: Settings) -> int:
             watch = await cast("AdminClient", ops.reads).watch(args.tenant)
         print("\n".join(watch["summary"]))
         return EXIT_REFUSED if watch["alerts"] else 0
+
+    return run_tenant_command(settings, action)
+
+
+def cmd_tenant_insight(args: argparse.Namespace, settings: Settings) -> int:
+    if (problem := _bad_tenant(args.tenant)) is not None:
+        return problem
+    report = REPORTS[args.report]
+
+    async def action(ops: TenantOps) -> int:
+        if ops.local is not None:
+            found = await report.of(ops.local.store, args.tenant)
+        else:
+            found = await cast("AdminClient", ops.reads).insight(args.report, args.tenant)
+        print("\n".join(report.lines(found)))
+        return 0 if report.fine(found) else EXIT_REFUSED
 
     return run_tenant_command(settings, action)
 

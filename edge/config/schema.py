@@ -346,6 +346,15 @@ class WebSocketSettings(_Section):
     max_connections: int = Field(4096, ge=1)  # per process, apart from the HTTP pool
 
 
+class ShadowSettings(_Section):
+    """Shadow parity (docs/activation.md): setup reads mirrored to the new portal."""
+
+    sample_rate: float = Field(0.0, ge=0, le=1)  # share of eligible reads mirrored; 0: off
+    queue: int = Field(100, ge=1, le=100_000)  # mirrors waiting, per process; beyond, dropped
+    concurrency: int = Field(4, ge=1, le=256)  # mirrors in flight, per process
+    timeout: Seconds = Field(10.0, le=300)  # for the new portal's whole answer
+
+
 class AdminSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(9090, ge=0, le=65535)
@@ -369,6 +378,7 @@ class Settings(_Section):
     policy: PolicySettings = PolicySettings()
     upstream: UpstreamSettings = UpstreamSettings()
     websocket: WebSocketSettings = WebSocketSettings()
+    shadow: ShadowSettings = ShadowSettings()
     admin: AdminSettings = AdminSettings()
 
     @model_validator(mode="after")

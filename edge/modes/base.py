@@ -12,7 +12,7 @@ from enum import IntEnum
 from typing import Any
 
 from edge.core.tenants import Mode, is_forward_move, is_tenant_id
-from edge.modes.traffic import TrafficCounts
+from edge.modes.traffic import ParityCounts, TrafficCounts
 
 log = logging.getLogger("edge.modes")
 
@@ -255,6 +255,19 @@ class ModeStore(ABC):
     @abstractmethod
     async def responses(self, tenant: str) -> dict[str, dict[str, int]]:
         """A tenant's new-portal responses: phase (setup, active) → status class → count."""
+
+    @abstractmethod
+    async def referrers(self, tenant: str, limit: int) -> list[tuple[str, int, datetime]]:
+        """The ``limit`` outside pages that sent most customers to the tenant's legacy portal:
+        (page, requests, last seen), most first."""
+
+    @abstractmethod
+    async def legacy_hits(self, tenant: str, days: Sequence[str]) -> list[int]:
+        """An active tenant's legacy-portal requests on each of ``days`` (ISO dates)."""
+
+    @abstractmethod
+    async def parity(self, tenant: str) -> ParityCounts:
+        """The shadow's comparisons for a tenant, every process's added up."""
 
     @abstractmethod
     async def activations(self, since: datetime) -> dict[str, datetime]:

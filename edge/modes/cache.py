@@ -130,6 +130,9 @@ class ModeCache:
         self.stats.hits += 1
         return mode
 
+    def keyed(self, tenant: str) -> bool:
+        return not self._entries.is_absent(tenant)  # as cached, with a key: a set look-up
+
     def _recall(self, tenant: str) -> Mode | Missing | None:
         mode = self._entries.recall(tenant)
         if mode is MISSING:

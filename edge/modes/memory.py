@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from edge.core.tenants import Mode, is_tenant_id
 from edge.modes.base import (
@@ -22,7 +22,14 @@ from edge.modes.base import (
     TenantPage,
     backward_from,
 )
-from edge.modes.traffic import KEEP_SLACK, TrafficCounts
+from edge.modes.traffic import (
+    DISAGREEMENTS_KEPT,
+    KEEP_SLACK,
+    REFERRERS_KEPT,
+    RETENTION_SECONDS,
+    ParityCounts,
+    TrafficCounts,
+)
 
 
 class MemoryStore(ModeStore):
@@ -34,6 +41,9 @@ class MemoryStore(ModeStore):
         self._deep_links: dict[str, dict[str, int]] = {}
         self._responses: dict[str, dict[str, dict[str, int]]] = {}  # tenant → phase → counts
         self._activated: dict[str, datetime] = {}
+        self._referrers: dict[str, dict[str, tuple[int, datetime]]] = {}
+        self._legacy_hits: dict[tuple[str, str], int] = {}  # (tenant, day) → requests
+        self._parity: dict[str, ParityCounts] = {}
         # id → (when it is next due, the schedule); a claim pushes the first past its lease.
         self._schedules: dict[str, tuple[float, Schedule]] = {}
 
@@ -101,6 +111,48 @@ class MemoryStore(ModeStore):
                 totals = self._responses.setdefault(tenant, {}).setdefault(phase, {})
                 for status_class, count in classes.items():
                     totals[status_class] = totals.get(status_class, 0) + count
+
+        self._add_insight(counts)
+
+    def _add_insight(self, counts: TrafficCounts) -> None:
+        for tenant, pages in counts.referrers.items():
+            known = self._referrers.setdefault(tenant, {})
+            for page, count in pages.items():
+                known[page] = (known.get(page, (0, counts.at))[0] + count, counts.at)
+            if len(known) > REFERRERS_KEPT * KEEP_SLACK:
+                ranked = sorted(known.items(), key=lambda item: (item[1][0], item[0]))
+                self._referrers[tenant] = dict(ranked[-REFERRERS_KEPT * KEEP_SLACK :])
+        if counts.legacy_hits and all(day != counts.day for _, day in self._legacy_hits):
+            # A new day: those past the retention go, as Redis's keys expire.
+            oldest = (counts.at - timedelta(seconds=RETENTION_SECONDS)).date().isoformat()
+            self._legacy_hits = {key: n for key, n in self._legacy_hits.items() if key[1] >= oldest}
+        for tenant, count in counts.legacy_hits.items():
+            key = (tenant, counts.day)
+            self._legacy_hits[key] = self._legacy_hits.get(key, 0) + count
+        for tenant, parity in counts.parity.items():
+            totals = self._parity.setdefault(tenant, ParityCounts())
+            totals.add(parity)
+            if len(totals.disagreeing) > DISAGREEMENTS_KEPT * KEEP_SLACK:
+                most = sorted(totals.disagreeing.items(), key=lambda item: (item[1], item[0]))
+                totals.disagreeing = dict(most[-DISAGREEMENTS_KEPT * KEEP_SLACK :])
+
+    async def referrers(self, tenant: str, limit: int) -> list[tuple[str, int, datetime]]:
+        pages = self._referrers.get(tenant, {})
+        ranked = sorted(pages.items(), key=lambda item: (item[1][0], item[0]), reverse=True)
+        return [(page, count, at) for page, (count, at) in ranked[:limit]]
+
+    async def legacy_hits(self, tenant: str, days: Sequence[str]) -> list[int]:
+        return [self._legacy_hits.get((tenant, day), 0) for day in days]
+
+    async def parity(self, tenant: str) -> ParityCounts:
+        counts = ParityCounts()
+        counts.add(self._parity.get(tenant, ParityCounts()))
+        counts.disagreeing = dict(
+            sorted(counts.disagreeing.items(), key=lambda item: (item[1], item[0]), reverse=True)[
+                :DISAGREEMENTS_KEPT
+            ]
+        )
+        return counts
 
     async def deep_links(self, tenant: str, limit: int) -> list[tuple[str, int]]:
         links = self._deep_links.get(tenant, {})

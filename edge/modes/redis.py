@@ -40,9 +40,10 @@ from edge.modes.base import (
     decode_schedules,
     encode_event,
 )
+from edge.modes.redis_insight import Insight
 from edge.modes.redis_scripts import CLAIM_DUE, COMPARE_AND_SET
 from edge.modes.subscription import Subscription, resp2
-from edge.modes.traffic import KEEP_SLACK, RETENTION_SECONDS, TrafficCounts
+from edge.modes.traffic import KEEP_SLACK, RETENTION_SECONDS, ParityCounts, TrafficCounts
 
 CHUNK = 500
 NODE_CURSORS = 2**64  # a SCAN cursor is below this
@@ -204,7 +205,28 @@ class RedisStore(ModeStore):
                 for status_class, count in classes.items():
                     pipe.hincrby(key, status_class, count)
                 pipe.expire(key, RETENTION_SECONDS)
-        await self._call("traffic counts", pipe.execute())
+        insight = Insight(self._client, self._prefix)
+        queued = insight.queue(pipe, counts)
+        replies = await self._call("traffic counts", pipe.execute())
+        await self._call("traffic counts", insight.settle(counts, queued, replies))
+
+    async def referrers(self, tenant: str, limit: int) -> list[tuple[str, int, datetime]]:
+        found: list[tuple[str, int, datetime]] = await self._call(
+            "referrers", Insight(self._client, self._prefix).referrers(tenant, limit)
+        )
+        return found
+
+    async def legacy_hits(self, tenant: str, days: Sequence[str]) -> list[int]:
+        hits: list[int] = await self._call(
+            "legacy hits", Insight(self._client, self._prefix).legacy_hits(tenant, days)
+        )
+        return hits
+
+    async def parity(self, tenant: str) -> ParityCounts:
+        counts: ParityCounts = await self._call(
+            "parity", Insight(self._client, self._prefix).parity(tenant)
+        )
+        return counts
 
     async def deep_links(self, tenant: str, limit: int) -> list[tuple[str, int]]:
         links = await self._call(

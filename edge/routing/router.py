@@ -40,9 +40,10 @@ log = logging.getLogger("edge.router")
 
 # What the one pass over a request's headers looks for, by name: one dict look-up a header,
 # however many names are screened.
-_HOST, _ENCODING, _LENGTH, _CONNECTION, _OVERRIDE, _TENANT = range(6)
+_HOST, _ENCODING, _LENGTH, _CONNECTION, _OVERRIDE, _REFERER, _TENANT = range(7)
 _SCREENED = {
     b"host": _HOST,
+    b"referer": _REFERER,
     b"transfer-encoding": _ENCODING,
     b"content-length": _LENGTH,
     b"connection": _CONNECTION,
@@ -89,7 +90,9 @@ class Router:
         self.metrics = metrics or Metrics(cache)
         self.access_log = access_log
         # Counts for safe activation; unflushed (and so bounded, then dropped) unless started.
-        self.traffic = traffic or Traffic(cache.store, settings)
+        self.traffic = traffic or Traffic(cache.store, settings, keyed=cache.keyed)
+        self.referrers = self.traffic.referrers
+        self.shadow = self.traffic.shadow  # None when off: nothing to do per request
         self.preview = preview
         self.backends = {
             Front.LEGACY: Backend.from_settings(settings.legacy),
@@ -121,6 +124,9 @@ class Router:
             if not served.status:
                 served.status, served.reason = 500, "error"
             raise
+        else:
+            if self.shadow is not None:  # the customer has the whole answer by now
+                self.shadow.offer(scope, served)
         finally:
             metrics.in_flight -= 1
             served.duration = perf_counter() - started
@@ -136,6 +142,7 @@ class Router:
         overrides: tuple[str, ...] = ()
         encodings = 0  # Transfer-Encoding headers; 2 for one that is not exactly "chunked"
         body = nominated = False
+        referer = b""
         underscored = 0  # headers not forwarded for the "_" in their name
         tenant_headers: list[tuple[bytes, bytes]] | None = None
         screened = self.screened
@@ -158,6 +165,8 @@ class Router:
                 nominated = nominated or nominates(value, self.unnameable)
             elif kind == _OVERRIDE:
                 overrides += (value.decode("latin-1"),)
+            elif kind == _REFERER:
+                referer = value
             else:
                 tenant_headers = tenant_headers or []
                 tenant_headers.append((name, value))
@@ -291,7 +300,10 @@ class Router:
             if decision is FORWARD_NEW:
                 if mode is _SETUP or tenant in self.traffic.watched:
                     self.traffic.response(tenant, mode_label, outcome.status)
-            elif method == "GET" and 200 <= outcome.status < 300 and scope["type"] == "http":
+                return
+            if referer:
+                self.referrers.seen(tenant, referer)
+            if method == "GET" and 200 <= outcome.status < 300 and scope["type"] == "http":
                 self.traffic.deep_link(tenant, path)
         elif isinstance(decision, Redirect):
             served.decision, served.status = REDIRECT, decision.status
@@ -306,6 +318,10 @@ class Router:
                 ],
                 head_only=scope["method"] == "HEAD",
             )
+            if front.front is not _NEW:  # an active tenant's legacy URL: an old link
+                self.referrers.legacy_hit(tenant)
+                if referer:
+                    self.referrers.seen(tenant, referer)
         else:
             await _refuse(
                 scope,

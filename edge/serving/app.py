@@ -12,6 +12,7 @@ import logging
 from collections.abc import Mapping
 
 from edge import config
+from edge.activation.shadow import Shadow
 from edge.activation.traffic import Traffic
 from edge.activation.watch import WatchMonitor
 from edge.admin.api import AdminApi
@@ -58,7 +59,10 @@ class EdgeApp:
         self.metrics = Metrics(self.cache, self.access_log)
         self.websockets = WebSocketRelay(settings.websocket, settings.upstream)
         self.readiness = parts.readiness
-        self.traffic = Traffic(self.store, settings)
+        shadow = Shadow(settings, self.forwarder) if settings.shadow.sample_rate > 0 else None
+        self.traffic = Traffic(self.store, settings, keyed=self.cache.keyed, shadow=shadow)
+        if shadow is not None:
+            self.metrics.registry.register(shadow)
         self.watch = WatchMonitor(self.store, self.traffic, settings)
         self.metrics.registry.register(self.traffic)
         self.metrics.registry.register(clients.STATS)

@@ -1,4 +1,5 @@
-"""The old Parent Portal: classes, enrolment (in memory), account, settings."""
+"""The old Parent Portal: classes, enrolment (in memory), account, settings, and a photo gallery
+the new portal lacks (the demo's shadow parity finds it)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from edge.demo.portals.site import Markup, h, join
 _LEGACY = site.Brand(
     portal="Parent Portal",
     style="--brand:#1f3a5f;--nav:#2d5282;--bg:#f4efe6;--radius:2px;--font:Georgia,serif",
-    hints=("classes", "classes/101", "account", "settings"),
+    hints=("classes", "classes/101", "account", "settings", "gallery"),
 )
 
 
@@ -98,6 +99,11 @@ def legacy_portal() -> Starlette:
         )
         return page(request, tenant, "Settings", body)
 
+    async def gallery(request: Request) -> Response:
+        tenant = site.path_tenant(request)
+        body = h('<div class="card"><p>Photos of the term at {}.</p></div>', site.business(tenant))
+        return page(request, tenant, "Photo gallery", body)
+
     return site.portal_app(
         _LEGACY,
         [
@@ -107,5 +113,6 @@ def legacy_portal() -> Starlette:
             Route("/{tenant}/classes/{id}/enroll", enroll, methods=["POST"]),
             Route("/{tenant}/account", account),
             Route("/{tenant}/settings", settings),
+            Route("/{tenant}/gallery", gallery),
         ],
     )
