@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from edge.activation.readiness import NewPortalPages
 from edge.config import Settings
 from edge.core.asgi import Message, Scope
 from edge.core.background import Background
@@ -49,7 +50,6 @@ from edge.modes.traffic import (
     status_class,
 )
 from edge.observe.served import FORWARD, Served
-from edge.routing.decide import Policy
 
 log = logging.getLogger("edge.shadow")
 
@@ -93,6 +93,7 @@ class Shadow(Collector):
         self,
         settings: Settings,
         forwarder: Forwarder,
+        pages: NewPortalPages,
         sample: Callable[[], float] = random.random,
     ) -> None:
         shadow = settings.shadow
@@ -100,7 +101,7 @@ class Shadow(Collector):
         self.concurrency = shadow.concurrency
         self.timeout = shadow.timeout
         self.forwarder = forwarder
-        self.policy = Policy.from_settings(settings)
+        self.pages = pages
         self.backend = Backend.from_settings(settings.new)
         self.sample = sample
         self.queue: asyncio.Queue[Mirror] = asyncio.Queue(maxsize=shadow.queue)
@@ -156,8 +157,8 @@ class Shadow(Collector):
                 log.exception("%s: the shadow request failed", mirror.request_id)
 
     async def mirror(self, mirror: Mirror) -> None:
-        new_path = self.policy.new_path(mirror.tenant, mirror.path)
-        public = urlsplit(self.policy.new_page(mirror.tenant, "/"))
+        new_path = self.pages.new_path(mirror.tenant, mirror.path)
+        public = urlsplit(self.pages.new_page(mirror.tenant, "/"))
         host = ((b"host", public.netloc.encode()),) if self.backend.keep_host else ()
         scope: Scope = {
             "type": "http",

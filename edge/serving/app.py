@@ -59,7 +59,11 @@ class EdgeApp:
         self.metrics = Metrics(self.cache, self.access_log)
         self.websockets = WebSocketRelay(settings.websocket, settings.upstream)
         self.readiness = parts.readiness
-        shadow = Shadow(settings, self.forwarder) if settings.shadow.sample_rate > 0 else None
+        shadow = (
+            Shadow(settings, self.forwarder, parts.policy)
+            if settings.shadow.sample_rate > 0
+            else None
+        )
         self.traffic = Traffic(self.store, settings, keyed=self.cache.keyed, shadow=shadow)
         if shadow is not None:
             self.metrics.registry.register(shadow)
