@@ -21,6 +21,7 @@ import httpx
 import redis
 
 from edge.admin.api import AdminApi
+from edge.admin.parts import AdminParts
 from edge.modes import ModeCache, RedisStore
 from edge.moves.service import BulkMove, Moves
 from tests.support import RedisServer
@@ -65,7 +66,8 @@ async def listing(server: RedisServer) -> None:
         pipe.set(f"edge:mode:tenant-{n:06}", modes[n % 3])
     pipe.execute()
     store = RedisStore.from_url(server.url, timeout=5)
-    api = AdminApi(store, Moves(store), ModeCache(store), "bench-token-0123456789").app()
+    parts = AdminParts.of(store, Moves(store))
+    api = AdminApi(parts, ModeCache(store), "bench-token-0123456789").app()
     transport = httpx.ASGITransport(app=api)
     async with httpx.AsyncClient(transport=transport, base_url="http://admin") as client:
         await timed_get(client, "/api/tenants", 20, limit="100")

@@ -19,6 +19,7 @@ from edge import config
 from edge.activation.traffic import Traffic
 from edge.activation.watch import WatchMonitor
 from edge.admin.api import AdminApi
+from edge.admin.parts import AdminParts
 from edge.core.tenants import TENANT_ID, Mode
 from edge.modes import MemoryStore, ModeCache
 from edge.observe.metrics import Metrics
@@ -36,15 +37,8 @@ def _full_api() -> AdminApi:
     settings = config.from_mapping(settings_for("http://l", "http://n", "memory://", "edge:"))
     watch = WatchMonitor(store, Traffic(store, settings), settings)
     parts = Parts(settings, store)
-    return AdminApi(
-        store,
-        parts.moves,
-        cache,
-        ADMIN_TOKEN,
-        Metrics(cache),
-        readiness=parts.readiness,
-        watch=watch,
-    )
+    admin = AdminParts.of(store, parts.moves, parts.readiness, watch)
+    return AdminApi(admin, cache, ADMIN_TOKEN, Metrics(cache))
 
 
 OPENAPI = _full_api().document
@@ -144,7 +138,8 @@ def test_the_openapi_document_is_valid_and_names_every_route() -> None:
 def test_an_app_without_the_optional_parts_documents_only_what_it_serves() -> None:
     store = MemoryStore()
     settings = config.from_mapping(settings_for("http://l", "http://n", "memory://", "edge:"))
-    bare = AdminApi(store, Parts(settings, store).moves, ModeCache(store), ADMIN_TOKEN)
+    admin = AdminParts.of(store, Parts(settings, store).moves)
+    bare = AdminApi(admin, ModeCache(store), ADMIN_TOKEN)
     validate(bare.document)
     served, documented = _routes(bare)
     assert served == documented

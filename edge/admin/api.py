@@ -29,15 +29,13 @@ from edge.admin import insight_models as im
 from edge.admin import models as m
 from edge.admin.models import PATH_PARAMS
 from edge.admin.openapi import Endpoint, document
+from edge.admin.parts import AdminParts
 from edge.core.refusals import FORCE_FIELD, ChangeRefused, UnknownSchedule
 from edge.core.tenants import Mode
-from edge.modes import ModeCache, ModeStore, StoreUnavailable
-from edge.modes.counts import ModeCounter
-from edge.moves.service import BulkMove, BulkRefused, MoveOutcome, Moves
+from edge.modes import ModeCache, StoreUnavailable
+from edge.moves.service import BulkMove, BulkRefused, MoveOutcome
 
 if TYPE_CHECKING:
-    from edge.activation.readiness import ReadinessCheck
-    from edge.activation.watch import WatchMonitor
     from edge.observe.metrics import Metrics
 
 DESCRIPTION = (
@@ -67,25 +65,13 @@ def error(
 
 class AdminApi:
     def __init__(
-        self,
-        store: ModeStore,
-        moves: Moves,
-        cache: ModeCache,
-        token: str,
-        metrics: Metrics | None = None,
-        *,
-        readiness: ReadinessCheck | None = None,
-        watch: WatchMonitor | None = None,
-        counter: ModeCounter | None = None,
+        self, parts: AdminParts, cache: ModeCache, token: str, metrics: Metrics | None = None
     ) -> None:
-        self.store = store
-        self.moves = moves
+        self.store, self.moves, self.counter = parts.store, parts.moves, parts.counter
+        self.readiness, self.watch = parts.readiness, parts.watch
         self.cache = cache
         self.token = token.encode()
         self.metrics = metrics
-        self.counter = counter or ModeCounter(store)
-        self.readiness = readiness
-        self.watch = watch
         self.document = document(self.endpoints(), DESCRIPTION)
 
     def endpoints(self) -> list[Endpoint]:

@@ -23,17 +23,14 @@ from starlette.routing import Mount, Route
 from starlette.templating import Jinja2Templates
 
 from edge.activation.insight import dashboard_insight
-from edge.activation.readiness import ReadinessCheck
-from edge.activation.watch import WatchMonitor
+from edge.admin.parts import AdminParts
 from edge.admin.sessions import Session, Sessions
 from edge.admin.wording import describe_move, sunset_distance, what_customers_see
 from edge.config import Settings
 from edge.core.asgi import ASGIApp
 from edge.core.refusals import ChangeRefused
 from edge.core.tenants import TENANT_ID, Mode, is_tenant_id
-from edge.modes import ModeStore, StoreUnavailable
-from edge.modes.counts import ModeCounter
-from edge.moves.service import Moves
+from edge.modes import StoreUnavailable
 from edge.routing.decide import Policy
 from edge.routing.preview import PreviewGate
 
@@ -71,20 +68,14 @@ class Dashboard:
     def __init__(
         self,
         settings: Settings,
-        store: ModeStore,
-        moves: Moves,
+        parts: AdminParts,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         *,
         policy: Policy,
         preview: PreviewGate | None,
-        readiness: ReadinessCheck | None = None,
-        watch: WatchMonitor | None = None,
-        counter: ModeCounter | None = None,
     ) -> None:
-        self.store = store
-        self.moves = moves
-        self.readiness = readiness
-        self.watch = watch
+        self.store, self.moves, self.counter = parts.store, parts.moves, parts.counter
+        self.readiness, self.watch = parts.readiness, parts.watch
         self.preview = preview
         self.policy = policy
         self.prefix = settings.store.prefix
@@ -96,7 +87,6 @@ class Dashboard:
         env.filters["when"] = _when
         env.filters["mode_name"] = _mode_name
         self.templates = Jinja2Templates(env=env)
-        self.counter = counter or ModeCounter(store)
 
     def around(self, api: ASGIApp) -> Starlette:
         """The admin app: the dashboard's pages, and every other path to ``api``."""

@@ -17,12 +17,12 @@ from edge.activation.traffic import Traffic
 from edge.activation.watch import WatchMonitor
 from edge.admin.api import AdminApi
 from edge.admin.dashboard import Dashboard
+from edge.admin.parts import AdminParts
 from edge.config import Settings
 from edge.core.asgi import ASGIApp, Receive, Scope, Send
 from edge.forwarding.proxy import Forwarder
 from edge.forwarding.websocket import WebSocketRelay
 from edge.modes import ModeCache, ModeStore
-from edge.modes.counts import ModeCounter
 from edge.moves.schedule import Scheduler
 from edge.moves.service import Clock, utc_now
 from edge.observe import logs
@@ -82,28 +82,11 @@ class EdgeApp:
             traffic=self.traffic,
             websockets=self.websockets,
         )
-        # One count of tenants per mode, shared, so a change through either drops it.
-        counter = ModeCounter(self.store)
-        self.admin = AdminApi(
-            self.store,
-            parts.moves,
-            self.cache,
-            settings.admin.token,
-            self.metrics,
-            readiness=self.readiness,
-            watch=self.watch,
-            counter=counter,
-        ).app()
-        self.admin = Dashboard(
-            settings,
-            self.store,
-            parts.moves,
-            policy=parts.policy,
-            preview=parts.preview,
-            readiness=self.readiness,
-            watch=self.watch,
-            counter=counter,
-        ).around(self.admin)
+        admin = AdminParts.of(self.store, parts.moves, self.readiness, self.watch)
+        self.admin = AdminApi(admin, self.cache, settings.admin.token, self.metrics).app()
+        self.admin = Dashboard(settings, admin, policy=parts.policy, preview=parts.preview).around(
+            self.admin
+        )
         self.by_port: dict[int, ASGIApp] = {**(side_apps or {})}
         self.by_port[settings.admin.port] = self.admin
         self.by_port[settings.server.port] = self.router
