@@ -456,6 +456,20 @@ def test_a_status_outside_100_to_599_is_a_502(edge: Edge, status: bytes) -> None
     edge.victim_is_served()
 
 
+@pytest.mark.parametrize(("fields", "status"), [(100, 200), (101, 502)])
+def test_a_head_with_more_fields_than_max_headers_is_a_502(
+    edge: Edge, fields: int, status: int
+) -> None:
+    # Short fields, so the head stays far under max_header_bytes: the count alone decides.
+    # 100 (the default max_headers, Content-Length included) is the control that passes.
+    head = b"".join(b"X-F%d: v\r\n" % n for n in range(fields - 1))
+    data = b"HTTP/1.1 200 OK\r\n%bContent-Length: 2\r\n\r\nok" % head
+    assert len(data) < HEAD_LIMIT
+    reply = call(edge.process.port, LEGACY, raw_answer(f"fields-{fields}", data), "fields")
+    assert reply.status == status
+    edge.victim_is_served()
+
+
 BAD_FRAMINGS = {
     "length-and-chunked": b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
     "two-lengths": b"Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",

@@ -136,7 +136,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def parse(self, data: bytes) -> None:
         """Parse ``data``, counted toward the limits already, and see where the request is."""
-        self.feed(data)
+        if len(data) <= _SLICE:  # most reads: no slicing, and one call fewer
+            HttpToolsProtocol.data_received(self, data)
+        else:
+            self.feed(data)
         if self.refusal or self.clients is None:
             return
         if self.trailing and self.trailer_seen > self.head_budget:
@@ -152,9 +155,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.clients.body_moved(self)
 
     def feed(self, data: bytes) -> None:
-        if len(data) <= _SLICE:
-            super().data_received(data)
-            return
+        """Parse a read longer than a slice, a slice at a time (PIPELINE_MAX)."""
         for start in range(0, len(data), _SLICE):
             if self.refusal or self.stopped or self.transport.is_closing():
                 return
@@ -162,10 +163,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self.held = data[start:]
                 self.flow.pause_reading()
                 return
-            super().data_received(data[start : start + _SLICE])
+            HttpToolsProtocol.data_received(self, data[start : start + _SLICE])
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()  # starts the next request waiting, and resumes reading
+        # It starts the next request waiting and resumes reading. (Every request: no super().)
+        HttpToolsProtocol.on_response_complete(self)
         if self.held and not self.transport.is_closing():
             held, self.held = self.held, b""
             self.parse(held)
@@ -183,7 +185,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     # -- llhttp's callbacks ------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        HttpToolsProtocol.on_message_begin(self)
         self.reading_head = True
         self.target_too_long = False
         self.head_seen = self.last_read
@@ -208,7 +210,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_body(self, body: bytes) -> None:
         self.trailing = False
-        super().on_body(body)
+        HttpToolsProtocol.on_body(self, body)
 
     def on_chunk_complete(self) -> None:
         self.trailing = False
@@ -251,7 +253,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.cycle.keep_alive = False  # what follows it is not read as HTTP: close after it
             self.stopped = True
             return
-        super().on_headers_complete()
+        HttpToolsProtocol.on_headers_complete(self)
         self.in_body = True  # after: a head uvicorn refuses (its URL) has no body of its own
 
     def on_message_complete(self) -> None:

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Iterable
-from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 Header = tuple[bytes, bytes]
 
 
-@dataclass(frozen=True, slots=True)
-class Origin:
+class Origin(NamedTuple):
     """Where a portal URL's requests go: host, port, TLS, its Host header and path prefix.
 
     Connections are pooled per origin: two fronts with the same URL but other TLS settings (a
-    client certificate of their own) never share one.
+    client certificate of their own) never share one. A tuple, so that the pool's two look-ups
+    a request hash it in C.
     """
 
     host: str
