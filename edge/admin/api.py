@@ -30,7 +30,7 @@ from edge.admin import models as m
 from edge.admin.models import PATH_PARAMS
 from edge.admin.openapi import Endpoint, document
 from edge.admin.parts import AdminParts
-from edge.core.refusals import FORCE_FIELD, ChangeRefused, UnknownSchedule
+from edge.core.refusals import FORCE_FIELD, ChangeRefused, UnknownSchedule, quoted
 from edge.core.tenants import Mode
 from edge.modes import ModeCache, StoreUnavailable
 from edge.moves.service import BulkMove, BulkRefused, MoveOutcome
@@ -379,7 +379,7 @@ def _problem(error: ErrorDetails, name: str) -> str:
         if error["type"] == "extra_forbidden":
             message = "no such field"
         elif field and error["type"] != "missing":
-            message += f"; got {error['input']!r}"
+            message += f"; got {quoted(error['input'])}"
     return f"{field}: {message}" if field else message
 
 

@@ -28,7 +28,7 @@ from edge.admin.sessions import Session, Sessions
 from edge.admin.wording import describe_move, sunset_distance, what_customers_see
 from edge.config import Settings
 from edge.core.asgi import ASGIApp
-from edge.core.refusals import ChangeRefused
+from edge.core.refusals import ChangeRefused, quoted
 from edge.core.tenants import TENANT_ID, Mode, is_tenant_id
 from edge.modes import StoreUnavailable
 from edge.routing.decide import Policy
@@ -318,14 +318,15 @@ class Dashboard:
         tenant: str = request.path_params["tenant"]
         if not is_tenant_id(tenant):
             raise PageError(
-                404, "No such tenant", f"{tenant!r} is not a tenant id ({TENANT_ID.pattern})."
+                404, "No such tenant", f"{quoted(tenant)} is not a tenant id ({TENANT_ID.pattern})."
             )
         return tenant
 
     def _target(self, value: str, tenant: str) -> Mode:
         target = Mode.parse(value) if value else None
         if target is None:
-            raise PageError(400, "Unknown mode", f"{value!r} is not a mode.", f"/tenants/{tenant}")
+            problem = f"{quoted(value)} is not a mode."
+            raise PageError(400, "Unknown mode", problem, f"/tenants/{tenant}")
         return target
 
     def _render(

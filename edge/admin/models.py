@@ -29,6 +29,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
 from edge.activation.watch import KINDS
+from edge.core.refusals import quoted
 from edge.core.tenants import TENANT_ID, Mode, is_tenant_id
 from edge.moves.schedule import parse_instant
 from edge.moves.service import MoveOutcome
@@ -42,14 +43,14 @@ TENANT_PATTERN = f"^{TENANT_ID.pattern}$"
 
 def _tenant_id(value: str) -> str:
     if not is_tenant_id(value):
-        raise ValueError(f"{value!r} is not a tenant id ({TENANT_PATTERN})")
+        raise ValueError(f"{quoted(value)} is not a tenant id ({TENANT_PATTERN})")
     return value
 
 
 def _id_fragment(value: str) -> str:
     fragment = value.strip().lower()
     if len(fragment) > 63 or not all(c.isascii() and (c.isalnum() or c == "-") for c in fragment):
-        raise ValueError(f"{value!r} can never be part of a tenant id")
+        raise ValueError(f"{quoted(value)} can never be part of a tenant id")
     return fragment
 
 

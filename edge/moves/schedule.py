@@ -14,7 +14,7 @@ import logging
 from datetime import datetime
 
 from edge.core.background import Background
-from edge.core.refusals import ChangeRefused
+from edge.core.refusals import ChangeRefused, quoted
 from edge.modes import Change, ModeStore, StoreUnavailable
 from edge.modes.base import Schedule
 from edge.moves.service import Moves
@@ -34,7 +34,8 @@ def parse_instant(text: str) -> datetime:
         at = None
     if at is None or at.utcoffset() is None:
         raise ValueError(
-            f"{text!r} is not an ISO-8601 instant with a UTC offset, such as 2027-03-01T06:00Z"
+            f"{quoted(text)} is not an ISO-8601 instant with a UTC offset, "
+            "such as 2027-03-01T06:00Z"
         )
     return at
 

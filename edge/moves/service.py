@@ -18,7 +18,14 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from edge.core.refusals import FORCE_FIELD, ChangeRefused, NeedsForce, Relayed, UnknownSchedule
+from edge.core.refusals import (
+    FORCE_FIELD,
+    ChangeRefused,
+    NeedsForce,
+    Relayed,
+    UnknownSchedule,
+    quoted,
+)
 from edge.core.tenants import TENANT_ID, Mode, is_forward_move, is_tenant_id
 from edge.modes import Change, ModeStore, StoreUnavailable
 from edge.modes.base import DEFAULT_MODE, Outcome, Schedule, backward_from
@@ -119,9 +126,9 @@ class BulkMove:
 def move_problem(tenant: str, mode: str) -> str | None:
     """Why (tenant, mode) can never be a move, or None when it is well formed."""
     if not is_tenant_id(tenant):
-        return f"{tenant!r} is not a tenant id ({TENANT_ID.pattern})"
+        return f"{quoted(tenant)} is not a tenant id ({TENANT_ID.pattern})"
     if Mode.parse(mode) is None:
-        return f"{mode!r} is not a mode (one of {', '.join(m.value for m in Mode)})"
+        return f"{quoted(mode)} is not a mode (one of {', '.join(m.value for m in Mode)})"
     return None
 
 
@@ -288,4 +295,4 @@ class Moves:
         for schedule in await self.store.schedules():
             if schedule.id == schedule_id and await self.store.finish_schedule(schedule):
                 return schedule
-        raise UnknownSchedule(f"no pending schedule has the id {schedule_id!r}")
+        raise UnknownSchedule(f"no pending schedule has the id {quoted(schedule_id)}")
