@@ -49,6 +49,27 @@ def _mode_of(admin: httpx.Client, tenant: str) -> str:
     return mode
 
 
+# Paths
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/tenants/"),
+        ("GET", "/healthz/"),
+        ("GET", "/api/tenants/acme/"),
+        ("PUT", "/api/tenants/acme/"),
+        ("GET", "/api/openapi.json/"),
+    ],
+)
+def test_a_trailing_slash_is_the_json_404_not_a_redirect(
+    admin: httpx.Client, method: str, path: str
+) -> None:
+    response = admin.request(method, path, json={"mode": "setup"}, headers=AUTH)
+    assert _is_error(response, 404) == f"there is nothing at {path}"
+    assert "location" not in response.headers
+
+
 # What errors quote
 
 

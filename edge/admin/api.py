@@ -107,7 +107,7 @@ class AdminApi:
         return [endpoint for endpoint in rows if endpoint]
 
     def app(self) -> Starlette:
-        return Starlette(
+        app = Starlette(
             routes=[Route(e.path, self._serve(e), methods=[e.method]) for e in self.endpoints()],
             exception_handlers={
                 ApiError: self._api_error,
@@ -116,6 +116,10 @@ class AdminApi:
                 Exception: self._internal_error,
             },
         )
+        # Not a 307 to the path without its trailing slash: /api/tenants/ is no path of the
+        # API, so it is the JSON 404 any unknown path gets.
+        app.router.redirect_slashes = False
+        return app
 
     def _serve(self, endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
         """The route's handler, given its validated inputs; its answer model dumped as JSON."""

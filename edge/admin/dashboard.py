@@ -89,8 +89,9 @@ class Dashboard:
         self.templates = Jinja2Templates(env=env)
 
     def around(self, api: ASGIApp) -> Starlette:
-        """The admin app: the dashboard's pages, and every other path to ``api``."""
-        return Starlette(
+        """The admin app: the dashboard's pages, and every other path to ``api`` (a trailing
+        slash too, not redirected: the API answers it with its JSON 404)."""
+        app = Starlette(
             routes=[
                 Route("/", self.tenants, methods=["GET"]),
                 Route("/login", self.login_form, methods=["GET"]),
@@ -108,6 +109,8 @@ class Dashboard:
                 StoreUnavailable: self._store_unavailable,
             },
         )
+        app.router.redirect_slashes = False
+        return app
 
     # Pages
 
