@@ -7,12 +7,15 @@ the embedded store); the bulk move's guard on an admin app of its own.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
+from edge.admin.body import BODY_MAX, DEPTH_MAX
 from edge.core.refusals import QUOTED_MAX
+from tests.rawhttp import exchange, request
 from tests.stack import ADMIN_TOKEN, Stack, stack
 from tests.support import unique_prefix
 
@@ -68,6 +71,99 @@ def test_a_trailing_slash_is_the_json_404_not_a_redirect(
     response = admin.request(method, path, json={"mode": "setup"}, headers=AUTH)
     assert _is_error(response, 404) == f"there is nothing at {path}"
     assert "location" not in response.headers
+
+
+# Bodies
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 100_000,
+        b'{"a": ' * 100_000,
+        b'{"mode": "setup", "actor": ' + b"[" * 900 + b"]" * 900 + b"}",
+        b'{"moves": ' + b"[" * (DEPTH_MAX + 1) + b"]" * (DEPTH_MAX + 1) + b"}",
+    ],
+)
+def test_json_nested_too_deep_is_a_400(admin: httpx.Client, body: bytes) -> None:
+    response = admin.put("/api/tenants/nested", content=body, headers=AUTH)
+    assert _is_error(response, 400) == f"the body nests deeper than {DEPTH_MAX} levels"
+    bulk = admin.post("/api/tenants:bulk", content=body, headers=AUTH)
+    assert _is_error(bulk, 400) == f"the body nests deeper than {DEPTH_MAX} levels"
+    assert _mode_of(admin, "nested") == "legacy"
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (b'{"mode": "active", "mode": "setup"}', "the body gives the field 'mode' more than once"),
+        (b'{"mode": "setup", "force": false, "force": true}', "'force' more than once"),
+        (b'{"mode": "setup", "force": NaN}', "the body must be JSON"),
+        (b'{"mode": "setup", "force": Infinity}', "the body must be JSON"),
+        (b'{"mode": "setup", "force": 1e999}', "force: input should be a valid boolean"),
+        (b'{"mode": "setup", "force": ' + b"9" * 4000 + b"}", "force: input should be a valid"),
+        (b'{"mode": "setup", "force": ' + b"9" * 5000 + b"}", "the body must be JSON"),
+    ],
+)
+def test_json_read_two_ways_or_not_json_is_a_400(
+    admin: httpx.Client, body: bytes, says: str
+) -> None:
+    response = admin.put("/api/tenants/twice", content=body, headers=AUTH)
+    assert says in _is_error(response, 400)
+    assert _mode_of(admin, "twice") == "legacy"
+
+
+def test_a_body_over_the_limit_is_a_413_before_it_is_read(edge: Stack) -> None:
+    # Only the head is sent: the answer comes without edge waiting for the body it announces.
+    headers = b"authorization: Bearer %s\r\ncontent-length: %d\r\n%s" % (
+        ADMIN_TOKEN.encode(),
+        2 * BODY_MAX,
+        b"content-type: application/x-www-form-urlencoded\r\n",
+    )
+    for target in (b"/api/tenants/big", b"/api/tenants:bulk", b"/login"):
+        method = b"PUT" if target.endswith(b"big") else b"POST"
+        head = request(method, target, b"admin", headers).replace(b"content-length: 0\r\n", b"")
+        reply = exchange(_port(edge.admin_url), head)
+        assert reply.status == 413
+        assert reply.header(b"content-type") == b"application/json"
+        assert json.loads(reply.responses[0].body) == {
+            "error": f"the body is larger than the admin listener accepts ({BODY_MAX} bytes)"
+        }
+        assert reply.closed
+
+
+def test_the_document_names_the_413_of_every_route_with_a_body(admin: httpx.Client) -> None:
+    paths = admin.get("/api/openapi.json").json()["paths"]
+    operations = [op for item in paths.values() for op in item.values() if "responses" in op]
+    with_body = [op for op in operations if "requestBody" in op]
+    assert len(with_body) == 3
+    assert all("413" in op["responses"] for op in with_body)
+    assert not any("413" in op["responses"] for op in operations if op not in with_body)
+
+
+def test_a_chunked_body_is_refused_once_it_passes_the_limit(
+    admin: httpx.Client,
+) -> None:
+    def chunks() -> Iterator[bytes]:
+        for _ in range(BODY_MAX // 4096 + 1):
+            yield b" " * 4096
+        yield b'{"mode": "setup"}'
+
+    response = admin.put("/api/tenants/chunked", content=chunks(), headers=AUTH)
+    assert "larger than the admin listener accepts" in _is_error(response, 413)
+    login = admin.post(
+        "/login", content=chunks(), headers={"content-type": "application/x-www-form-urlencoded"}
+    )
+    _is_error(login, 413)
+    assert _mode_of(admin, "chunked") == "legacy"
+
+
+def test_a_body_within_the_limit_is_read(admin: httpx.Client) -> None:
+    body = b'{"mode": "setup"}'
+    padded = b" " * (BODY_MAX - len(body)) + body
+    response = admin.put("/api/tenants/padded", content=padded, headers=AUTH)
+    assert response.status_code == 200
+    assert _mode_of(admin, "padded") == "setup"
 
 
 # What errors quote

@@ -27,6 +27,7 @@ from edge.activation.insight import REPORTS
 from edge.activation.readiness import NotReady
 from edge.admin import insight_models as im
 from edge.admin import models as m
+from edge.admin.body import BodyRefused, parse_json
 from edge.admin.models import PATH_PARAMS
 from edge.admin.openapi import Endpoint, document
 from edge.admin.parts import AdminParts
@@ -111,7 +112,7 @@ class AdminApi:
             routes=[Route(e.path, self._serve(e), methods=[e.method]) for e in self.endpoints()],
             exception_handlers={
                 ApiError: self._api_error,
-                HTTPException: self._http_error,
+                HTTPException: http_error,
                 StoreUnavailable: self._store_unavailable,
                 Exception: self._internal_error,
             },
@@ -335,27 +336,28 @@ class AdminApi:
         assert isinstance(exc, ApiError)
         return error(exc.status, exc.message, exc.headers, **exc.extra)
 
-    async def _http_error(self, request: Request, exc: Exception) -> Response:
-        """Starlette's own refusals (404, 405, ...) in the same JSON shape as ours."""
-        assert isinstance(exc, HTTPException)
-        path, method = request.url.path, request.method
-        if exc.status_code == 404:
-            return error(404, f"there is nothing at {path}", path=path)
-        if exc.status_code == 405:
-            allowed = _methods_at(request)
-            return error(
-                405,
-                f"{method} is not allowed on {path}; use {', '.join(allowed)}",
-                {"Allow": ", ".join(allowed)},
-                path=path,
-            )
-        return error(exc.status_code, exc.detail, exc.headers)
-
     async def _store_unavailable(self, request: Request, exc: Exception) -> Response:
         return error(503, "the mode store cannot be reached", {"Retry-After": "1"}, detail=str(exc))
 
     async def _internal_error(self, request: Request, exc: Exception) -> Response:
         return error(500, "internal error: see the edge log")
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (404, 405, a body too large, ...) in the admin's JSON shape."""
+    assert isinstance(exc, HTTPException)
+    path, method = request.url.path, request.method
+    if exc.status_code == 404:
+        return error(404, f"there is nothing at {path}", path=path)
+    if exc.status_code == 405:
+        allowed = _methods_at(request)
+        return error(
+            405,
+            f"{method} is not allowed on {path}; use {', '.join(allowed)}",
+            {"Allow": ", ".join(allowed)},
+            path=path,
+        )
+    return error(exc.status_code, exc.detail, exc.headers)
 
 
 # Reading a request: anything that does not fit is a 400 (ApiError) naming the field.
@@ -390,7 +392,9 @@ def _problem(error: ErrorDetails, name: str) -> str:
 async def _json_object(request: Request, model: type[m.Body]) -> Any:
     example = json.dumps(model.example)
     try:
-        body = json.loads(await request.body())
+        body = parse_json(await request.body())
+    except BodyRefused as exc:
+        raise ApiError(400, str(exc)) from None
     except ValueError:
         raise ApiError(400, f"the body must be JSON, such as {example}") from None
     if not isinstance(body, dict):

@@ -17,12 +17,16 @@ from urllib.parse import urlencode
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from starlette.applications import Starlette
 from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.templating import Jinja2Templates
 
 from edge.activation.insight import dashboard_insight
+from edge.admin.api import http_error
+from edge.admin.body import BodyLimit
 from edge.admin.parts import AdminParts
 from edge.admin.sessions import Session, Sessions
 from edge.admin.wording import describe_move, sunset_distance, what_customers_see
@@ -107,7 +111,10 @@ class Dashboard:
                 LoginNeeded: self._login_needed,
                 PageError: self._page_error,
                 StoreUnavailable: self._store_unavailable,
+                # A form too large to read (edge.admin.body) or not a form: the admin error.
+                HTTPException: http_error,
             },
+            middleware=[Middleware(BodyLimit)],
         )
         app.router.redirect_slashes = False
         return app
