@@ -193,3 +193,47 @@ def test_values_quoted_in_errors_are_cut(admin: httpx.Client) -> None:
     [problem] = bulk.json()["problems"]
     assert "…" in problem["reason"] and len(problem["reason"]) < QUOTED_MAX + 60
     assert _mode_of(admin, "quoted") == "legacy"
+
+
+# What ends up in the audit log
+
+
+@pytest.mark.parametrize(
+    "actor",
+    [
+        "alice\nbob: acme-gym active → legacy",
+        "alice\rbob",
+        "ali\x00ce",
+        "alice\x1b[2K",
+        "alice\u2028bob",
+        "\u202ealice",
+        "alice\x85bob",
+    ],
+)
+def test_an_actor_with_control_characters_is_refused(admin: httpx.Client, actor: str) -> None:
+    for response in (
+        admin.put("/api/tenants/forged", json={"mode": "setup", "actor": actor}, headers=AUTH),
+        admin.post(
+            "/api/tenants:bulk",
+            json={"tenants": ["forged"], "mode": "setup", "actor": actor},
+            headers=AUTH,
+        ),
+        admin.post(
+            "/api/tenants/forged/schedule",
+            json={"mode": "setup", "at": "2099-01-01T00:00:00Z", "actor": actor},
+            headers=AUTH,
+        ),
+    ):
+        assert "actor: " in _is_error(response, 400)
+        assert "has a control character" in response.json()["error"]
+    assert _mode_of(admin, "forged") == "legacy"
+    assert admin.get("/api/tenants/forged/history").json()["history"] == []
+    assert admin.get("/api/schedules", params={"tenant": "forged"}).json()["schedules"] == []
+
+
+def test_an_actor_in_plain_text_is_recorded(admin: httpx.Client) -> None:
+    actor = "Zoë O'Brien (ops)"
+    moved = admin.put("/api/tenants/plain", json={"mode": "setup", "actor": actor}, headers=AUTH)
+    assert moved.status_code == 200
+    [entry] = admin.get("/api/tenants/plain/history").json()["history"]
+    assert entry["actor"] == actor

@@ -54,6 +54,14 @@ def _id_fragment(value: str) -> str:
     return fragment
 
 
+def _printable(value: str) -> str:
+    # CR, LF, NUL, ESC and kin (and Unicode's line separators and direction marks) in an
+    # actor would let a client forge lines of the audit history or of a terminal showing it.
+    if not value.isprintable():
+        raise ValueError(f"{quoted(value)} has a control character; give a name in plain text")
+    return value
+
+
 def _instant(value: object) -> datetime:
     return parse_instant(value if isinstance(value, str) else repr(value))
 
@@ -68,7 +76,8 @@ Limit = Annotated[int, Field(ge=1, le=LIMIT_MAX)]
 Actor = Annotated[
     StrictStr,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=ACTOR_MAX),
-    Field(description="who makes the change, for the audit log"),
+    AfterValidator(_printable),
+    Field(description="who makes the change, for the audit log: printable, no line breaks"),
 ]
 Force = Annotated[StrictBool, Field(description="move backwards too")]
 
