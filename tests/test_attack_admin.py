@@ -16,7 +16,7 @@ import pytest
 from edge.admin.body import BODY_MAX, DEPTH_MAX
 from edge.core.refusals import QUOTED_MAX
 from tests.rawhttp import exchange, request
-from tests.stack import ADMIN_TOKEN, Stack, stack
+from tests.stack import ADMIN_TOKEN, LEGACY_HOST, Stack, stack
 from tests.support import unique_prefix
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -237,3 +237,39 @@ def test_an_actor_in_plain_text_is_recorded(admin: httpx.Client) -> None:
     assert moved.status_code == 200
     [entry] = admin.get("/api/tenants/plain/history").json()["history"]
     assert entry["actor"] == actor
+
+
+# Refusals before the app: edge's HTTP protocol
+
+
+_UNREADABLE = {
+    "request line": (b"GARBAGE\r\n\r\n", 400),
+    "header line": (b"GET /healthz HTTP/1.1\r\nhost: a\r\nno colon here\r\n\r\n", 400),
+    "target too long": (b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nhost: a\r\n\r\n", 414),
+    "head too large": (b"GET / HTTP/1.1\r\nhost: a\r\nx-big: " + b"b" * 80_000 + b"\r\n\r\n", 431),
+    "absolute target": (b"GET http://elsewhere/healthz HTTP/1.1\r\nhost: a\r\n\r\n", 400),
+}
+
+
+_PAGE = b"text/html; charset=utf-8"
+
+
+@pytest.mark.parametrize("name", list(_UNREADABLE))
+def test_refusals_before_the_app_are_the_json_error_on_the_admin_listener(
+    edge: Stack, name: str
+) -> None:
+    data, status = _UNREADABLE[name]
+    admin = exchange(_port(edge.admin_url), data)
+    assert admin.status == status and admin.closed
+    assert admin.header(b"content-type") == b"application/json"
+    assert set(json.loads(admin.responses[0].body)) == {"error"}
+    # The public listener keeps its own: uvicorn's words for what llhttp cannot read, else
+    # edge's refusal page.
+    public = exchange(
+        _port(edge.public_url), data.replace(b"host: a", b"host: " + LEGACY_HOST.encode())
+    )
+    assert public.status == status
+    assert public.header(b"content-type") in (
+        b"text/plain; charset=utf-8",
+        b"text/html; charset=utf-8",
+    )
