@@ -13,11 +13,15 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from edge.admin.api import AdminApi
 from edge.admin.body import BODY_MAX, DEPTH_MAX
-from edge.core.refusals import QUOTED_MAX
+from edge.admin.parts import AdminParts
+from edge.core.refusals import QUOTED_MAX, ChangeRefused
+from edge.modes import MemoryStore, ModeCache
+from edge.moves.service import Moves
 from tests.rawhttp import exchange, request
 from tests.stack import ADMIN_TOKEN, LEGACY_HOST, Stack, stack
-from tests.support import unique_prefix
+from tests.support import ServerThread, unique_prefix
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -273,3 +277,27 @@ def test_refusals_before_the_app_are_the_json_error_on_the_admin_listener(
         b"text/plain; charset=utf-8",
         b"text/html; charset=utf-8",
     )
+
+
+# Bulk moves are checked whole, then made one by one
+
+
+def test_a_bulk_activation_the_guard_refuses_for_one_tenant_moves_the_others() -> None:
+    async def guard(tenant: str) -> str:
+        if tenant == "not-ready":
+            raise ChangeRefused(f"{tenant}: too few deep links resolve")
+        return "ready"
+
+    store = MemoryStore()
+    parts = AdminParts.of(store, Moves(store, guard=guard))
+    app = AdminApi(parts, ModeCache(store), ADMIN_TOKEN).app()
+    moves = {"tenants": ["ready-one", "not-ready", "ready-two"], "mode": "active"}
+    with ServerThread(app) as server, httpx.Client(base_url=server.url) as admin:
+        response = admin.post("/api/tenants:bulk", json=moves, headers=AUTH)
+        assert response.status_code == 200
+        body = response.json()
+        assert body["summary"] == {"moved": 2, "unchanged": 0, "refused": 1}
+        results = {result["tenant"]: result for result in body["results"]}
+        assert results["not-ready"]["result"] == "refused"
+        assert "too few deep links" in results["not-ready"]["reason"]
+        assert [_mode_of(admin, t) for t in moves["tenants"]] == ["active", "legacy", "active"]

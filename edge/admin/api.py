@@ -258,12 +258,16 @@ class AdminApi:
         return im.Parity.model_validate(await REPORTS["parity"].of(self.store, tenant))
 
     async def bulk(self, request: Request, body: m.BulkMoves) -> m.BulkDone:
-        """Move many tenants, all or nothing
+        """Move many tenants: checked whole first, then made one by one
 
         Every move is checked first (tenant ids, modes, each tenant once, forward unless
         force): any problem refuses the whole request with 409 and a list of problems, and
-        nothing changes. Then each move is made atomically and audited; dry_run stops before
-        the first change.
+        nothing changes; dry_run stops there. Then each move is made on its own, atomically
+        and audited. An unforced activation the readiness or parity guard refuses, or a
+        tenant moved past its target by someone else meanwhile, is that tenant's result
+        "refused" with its reason while the other moves are made. A store outage stops the
+        moves not yet made (503) and those made stay made: sending the request again is safe,
+        they come out unchanged.
         """
         moves, force, actor, dry_run = body.pairs(), body.force, body.actor, body.dry_run
         try:

@@ -114,7 +114,8 @@ class BulkRefused(ChangeRefused):
 
 @dataclass(frozen=True)
 class BulkMove:
-    """Many (tenant, mode) moves, made all or nothing; a dry run only says what each would do."""
+    """Many (tenant, mode) moves, checked whole, then made one by one (``Moves.move_many``); a
+    dry run only says what each would do."""
 
     moves: Sequence[tuple[str, str]]
     actor: str
@@ -187,12 +188,15 @@ class Moves:
         return change
 
     async def move_many(self, bulk: BulkMove) -> list[MoveResult]:
-        """Move many (tenant, mode) pairs, all or nothing.
+        """Move many (tenant, mode) pairs: checked whole, then made one by one.
 
         Every move is checked before any is made (a tenant id, a mode, each tenant once,
-        forward unless forced); BulkRefused names every problem and nothing changes. Then
-        each goes through set_mode, which checks it again atomically. A dry run stops
-        before the first change and says what each move would do.
+        forward unless forced); BulkRefused names every problem and nothing changes. A dry
+        run stops there and says what each move would do. Then each goes through set_mode,
+        which checks it again atomically and asks the activation guard: a move refused there
+        (not ready, or moved by someone else meanwhile) is that tenant's REFUSED result, and
+        the others are still made. Not all or nothing: a StoreUnavailable stops the moves not
+        yet begun, and those made stay made.
         """
         planned = await self._plan(bulk)
         if bulk.dry_run:
