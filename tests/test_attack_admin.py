@@ -77,6 +77,50 @@ def test_a_trailing_slash_is_the_json_404_not_a_redirect(
     assert "location" not in response.headers
 
 
+@pytest.mark.parametrize(
+    "target", [b"//api/tenants/spell", b"/API/tenants/spell", b"/api/tenants/./spell"]
+)
+def test_another_spelling_of_a_path_is_a_404_and_changes_nothing(
+    edge: Stack, admin: httpx.Client, target: bytes
+) -> None:
+    body = b'{"mode": "setup"}'
+    reply = exchange(_port(edge.admin_url), request(b"PUT", target, b"admin", body=body))
+    assert reply.status == 404
+    assert json.loads(reply.responses[0].body)["error"]
+    assert _mode_of(admin, "spell") == "legacy"
+
+
+def test_an_encoded_slash_reaches_the_route_and_still_needs_the_token(
+    edge: Stack, admin: httpx.Client
+) -> None:
+    body = b'{"mode": "setup"}'
+    target = b"/api%2Ftenants%2Fencoded"
+    reply = exchange(_port(edge.admin_url), request(b"PUT", target, b"admin", body=body))
+    assert reply.status == 401
+    assert _mode_of(admin, "encoded") == "legacy"
+
+
+def test_options_and_head_are_answered_as_the_routes_allow(admin: httpx.Client) -> None:
+    options = admin.options("/api/tenants/acme")
+    assert "OPTIONS is not allowed" in _is_error(options, 405)
+    assert options.headers["allow"] == "GET, HEAD, PUT"
+    head = admin.head("/api/tenants/acme")
+    assert head.status_code == 200 and head.content == b""
+    assert admin.head("/api/tenants:bulk").status_code == 405
+
+
+@pytest.mark.parametrize(
+    "tenant", ["\uff41cme", "ACME", "acme%0A", "acme%20", "%C3%A1cme", "acme."]
+)
+def test_a_tenant_id_is_never_normalised_into_another(admin: httpx.Client, tenant: str) -> None:
+    for response in (
+        admin.get(f"/api/tenants/{tenant}"),
+        admin.put(f"/api/tenants/{tenant}", json={"mode": "setup"}, headers=AUTH),
+    ):
+        assert "is not a tenant id" in _is_error(response, 400)
+    assert _mode_of(admin, "acme") == "legacy"
+
+
 # Bodies
 
 
