@@ -323,6 +323,22 @@ def test_refusals_before_the_app_are_the_json_error_on_the_admin_listener(
     )
 
 
+@pytest.mark.parametrize("target", [b"/api/tenants", b"/", b"/nothing"])
+def test_a_websocket_handshake_gets_the_json_error(edge: Stack, target: bytes) -> None:
+    upgrade = (
+        b"upgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-version: 13\r\n"
+        b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    )
+    reply = exchange(_port(edge.admin_url), request(b"GET", target, b"admin", upgrade, close=False))
+    assert reply.status == 404
+    assert reply.header(b"content-type") == b"application/json"
+    path = target.decode()
+    assert json.loads(reply.responses[0].body) == {
+        "error": f"there is no WebSocket at {path}",
+        "path": path,
+    }
+
+
 # Bulk moves are checked whole, then made one by one
 
 

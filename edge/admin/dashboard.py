@@ -21,11 +21,12 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.templating import Jinja2Templates
+from starlette.websockets import WebSocket
 
 from edge.activation.insight import dashboard_insight
-from edge.admin.api import http_error
+from edge.admin.api import error, http_error
 from edge.admin.body import BodyLimit
 from edge.admin.parts import AdminParts
 from edge.admin.sessions import Session, Sessions
@@ -94,7 +95,7 @@ class Dashboard:
 
     def around(self, api: ASGIApp) -> Starlette:
         """The admin app: the dashboard's pages, and every other path to ``api`` (a trailing
-        slash too, not redirected: the API answers it with its JSON 404)."""
+        slash too, not redirected: the API answers it with its JSON 404); no WebSocket."""
         app = Starlette(
             routes=[
                 Route("/", self.tenants, methods=["GET"]),
@@ -105,6 +106,7 @@ class Dashboard:
                 Route("/tenants/{tenant}/move", self.confirm, methods=["GET"]),
                 Route("/tenants/{tenant}/move", self.move, methods=["POST"]),
                 Route("/tenants/{tenant}/readiness", self.readiness_page, methods=["GET"]),
+                WebSocketRoute("/{path:path}", _no_websocket),
                 Mount("", app=api),
             ],
             exception_handlers={
@@ -382,6 +384,12 @@ class Dashboard:
             "back": request.url.path,
         }
         return self._render(request, session, "message.html", context, 503)
+
+
+async def _no_websocket(websocket: WebSocket) -> None:
+    """The admin listener serves no WebSocket: a handshake gets the admin JSON error."""
+    path = websocket.url.path
+    await websocket.send_denial_response(error(404, f"there is no WebSocket at {path}", path=path))
 
 
 def _field(form: FormData, name: str) -> str:
