@@ -287,6 +287,15 @@ def test_an_actor_in_plain_text_is_recorded(admin: httpx.Client) -> None:
     assert entry["actor"] == actor
 
 
+@pytest.mark.parametrize("at", ["9999-12-31T23:59:59-14:00", "9999-12-31T23:00:00-01:00"])
+def test_a_schedule_past_the_last_instant_is_a_400_not_a_500(admin: httpx.Client, at: str) -> None:
+    response = admin.post(
+        "/api/tenants/far/schedule", json={"mode": "setup", "at": at}, headers=AUTH
+    )
+    assert _is_error(response, 400) == f"at: '{at}' is after 9999-12-31T23:59:59Z, the last instant"
+    assert admin.get("/api/schedules", params={"tenant": "far"}).json()["schedules"] == []
+
+
 # Refusals before the app: edge's HTTP protocol
 
 
