@@ -27,10 +27,11 @@ from edge.activation.insight import REPORTS
 from edge.activation.readiness import NotReady
 from edge.admin import insight_models as im
 from edge.admin import models as m
+from edge.admin.body import BodyRefused, parse_json
 from edge.admin.models import PATH_PARAMS
 from edge.admin.openapi import Endpoint, document
 from edge.admin.parts import AdminParts
-from edge.core.refusals import FORCE_FIELD, ChangeRefused, UnknownSchedule
+from edge.core.refusals import FORCE_FIELD, ChangeRefused, UnknownSchedule, quoted
 from edge.core.tenants import Mode
 from edge.modes import ModeCache, StoreUnavailable
 from edge.moves.service import BulkMove, BulkRefused, MoveOutcome
@@ -107,15 +108,19 @@ class AdminApi:
         return [endpoint for endpoint in rows if endpoint]
 
     def app(self) -> Starlette:
-        return Starlette(
+        app = Starlette(
             routes=[Route(e.path, self._serve(e), methods=[e.method]) for e in self.endpoints()],
             exception_handlers={
                 ApiError: self._api_error,
-                HTTPException: self._http_error,
+                HTTPException: http_error,
                 StoreUnavailable: self._store_unavailable,
                 Exception: self._internal_error,
             },
         )
+        # Not a 307 to the path without its trailing slash: /api/tenants/ is no path of the
+        # API, so it is the JSON 404 any unknown path gets.
+        app.router.redirect_slashes = False
+        return app
 
     def _serve(self, endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
         """The route's handler, given its validated inputs; its answer model dumped as JSON."""
@@ -253,12 +258,16 @@ class AdminApi:
         return im.Parity.model_validate(await REPORTS["parity"].of(self.store, tenant))
 
     async def bulk(self, request: Request, body: m.BulkMoves) -> m.BulkDone:
-        """Move many tenants, all or nothing
+        """Move many tenants: checked whole first, then made one by one
 
         Every move is checked first (tenant ids, modes, each tenant once, forward unless
         force): any problem refuses the whole request with 409 and a list of problems, and
-        nothing changes. Then each move is made atomically and audited; dry_run stops before
-        the first change.
+        nothing changes; dry_run stops there. Then each move is made on its own, atomically
+        and audited. An unforced activation the readiness or parity guard refuses, or a
+        tenant moved past its target by someone else meanwhile, is that tenant's result
+        "refused" with its reason while the other moves are made. A store outage stops the
+        moves not yet made (503) and those made stay made: sending the request again is safe,
+        they come out unchanged.
         """
         moves, force, actor, dry_run = body.pairs(), body.force, body.actor, body.dry_run
         try:
@@ -331,27 +340,28 @@ class AdminApi:
         assert isinstance(exc, ApiError)
         return error(exc.status, exc.message, exc.headers, **exc.extra)
 
-    async def _http_error(self, request: Request, exc: Exception) -> Response:
-        """Starlette's own refusals (404, 405, ...) in the same JSON shape as ours."""
-        assert isinstance(exc, HTTPException)
-        path, method = request.url.path, request.method
-        if exc.status_code == 404:
-            return error(404, f"there is nothing at {path}", path=path)
-        if exc.status_code == 405:
-            allowed = _methods_at(request)
-            return error(
-                405,
-                f"{method} is not allowed on {path}; use {', '.join(allowed)}",
-                {"Allow": ", ".join(allowed)},
-                path=path,
-            )
-        return error(exc.status_code, exc.detail, exc.headers)
-
     async def _store_unavailable(self, request: Request, exc: Exception) -> Response:
         return error(503, "the mode store cannot be reached", {"Retry-After": "1"}, detail=str(exc))
 
     async def _internal_error(self, request: Request, exc: Exception) -> Response:
         return error(500, "internal error: see the edge log")
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (404, 405, a body too large, ...) in the admin's JSON shape."""
+    assert isinstance(exc, HTTPException)
+    path, method = request.url.path, request.method
+    if exc.status_code == 404:
+        return error(404, f"there is nothing at {path}", path=path)
+    if exc.status_code == 405:
+        allowed = _methods_at(request)
+        return error(
+            405,
+            f"{method} is not allowed on {path}; use {', '.join(allowed)}",
+            {"Allow": ", ".join(allowed)},
+            path=path,
+        )
+    return error(exc.status_code, exc.detail, exc.headers)
 
 
 # Reading a request: anything that does not fit is a 400 (ApiError) naming the field.
@@ -379,14 +389,16 @@ def _problem(error: ErrorDetails, name: str) -> str:
         if error["type"] == "extra_forbidden":
             message = "no such field"
         elif field and error["type"] != "missing":
-            message += f"; got {error['input']!r}"
+            message += f"; got {quoted(error['input'])}"
     return f"{field}: {message}" if field else message
 
 
 async def _json_object(request: Request, model: type[m.Body]) -> Any:
     example = json.dumps(model.example)
     try:
-        body = json.loads(await request.body())
+        body = parse_json(await request.body())
+    except BodyRefused as exc:
+        raise ApiError(400, str(exc)) from None
     except ValueError:
         raise ApiError(400, f"the body must be JSON, such as {example}") from None
     if not isinstance(body, dict):

@@ -17,18 +17,23 @@ from urllib.parse import urlencode
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from starlette.applications import Starlette
 from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.templating import Jinja2Templates
+from starlette.websockets import WebSocket
 
 from edge.activation.insight import dashboard_insight
+from edge.admin.api import error, http_error
+from edge.admin.body import BodyLimit
 from edge.admin.parts import AdminParts
 from edge.admin.sessions import Session, Sessions
 from edge.admin.wording import describe_move, sunset_distance, what_customers_see
 from edge.config import Settings
 from edge.core.asgi import ASGIApp
-from edge.core.refusals import ChangeRefused
+from edge.core.refusals import ChangeRefused, quoted
 from edge.core.tenants import TENANT_ID, Mode, is_tenant_id
 from edge.modes import StoreUnavailable
 from edge.routing.decide import Policy
@@ -89,8 +94,9 @@ class Dashboard:
         self.templates = Jinja2Templates(env=env)
 
     def around(self, api: ASGIApp) -> Starlette:
-        """The admin app: the dashboard's pages, and every other path to ``api``."""
-        return Starlette(
+        """The admin app: the dashboard's pages, and every other path to ``api`` (a trailing
+        slash too, not redirected: the API answers it with its JSON 404); no WebSocket."""
+        app = Starlette(
             routes=[
                 Route("/", self.tenants, methods=["GET"]),
                 Route("/login", self.login_form, methods=["GET"]),
@@ -100,14 +106,20 @@ class Dashboard:
                 Route("/tenants/{tenant}/move", self.confirm, methods=["GET"]),
                 Route("/tenants/{tenant}/move", self.move, methods=["POST"]),
                 Route("/tenants/{tenant}/readiness", self.readiness_page, methods=["GET"]),
+                WebSocketRoute("/{path:path}", _no_websocket),
                 Mount("", app=api),
             ],
             exception_handlers={
                 LoginNeeded: self._login_needed,
                 PageError: self._page_error,
                 StoreUnavailable: self._store_unavailable,
+                # A form too large to read (edge.admin.body) or not a form: the admin error.
+                HTTPException: http_error,
             },
+            middleware=[Middleware(BodyLimit)],
         )
+        app.router.redirect_slashes = False
+        return app
 
     # Pages
 
@@ -318,14 +330,15 @@ class Dashboard:
         tenant: str = request.path_params["tenant"]
         if not is_tenant_id(tenant):
             raise PageError(
-                404, "No such tenant", f"{tenant!r} is not a tenant id ({TENANT_ID.pattern})."
+                404, "No such tenant", f"{quoted(tenant)} is not a tenant id ({TENANT_ID.pattern})."
             )
         return tenant
 
     def _target(self, value: str, tenant: str) -> Mode:
         target = Mode.parse(value) if value else None
         if target is None:
-            raise PageError(400, "Unknown mode", f"{value!r} is not a mode.", f"/tenants/{tenant}")
+            problem = f"{quoted(value)} is not a mode."
+            raise PageError(400, "Unknown mode", problem, f"/tenants/{tenant}")
         return target
 
     def _render(
@@ -371,6 +384,12 @@ class Dashboard:
             "back": request.url.path,
         }
         return self._render(request, session, "message.html", context, 503)
+
+
+async def _no_websocket(websocket: WebSocket) -> None:
+    """The admin listener serves no WebSocket: a handshake gets the admin JSON error."""
+    path = websocket.url.path
+    await websocket.send_denial_response(error(404, f"there is no WebSocket at {path}", path=path))
 
 
 def _field(form: FormData, name: str) -> str:

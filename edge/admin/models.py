@@ -29,6 +29,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
 from edge.activation.watch import KINDS
+from edge.core.refusals import quoted
 from edge.core.tenants import TENANT_ID, Mode, is_tenant_id
 from edge.moves.schedule import parse_instant
 from edge.moves.service import MoveOutcome
@@ -42,15 +43,23 @@ TENANT_PATTERN = f"^{TENANT_ID.pattern}$"
 
 def _tenant_id(value: str) -> str:
     if not is_tenant_id(value):
-        raise ValueError(f"{value!r} is not a tenant id ({TENANT_PATTERN})")
+        raise ValueError(f"{quoted(value)} is not a tenant id ({TENANT_PATTERN})")
     return value
 
 
 def _id_fragment(value: str) -> str:
     fragment = value.strip().lower()
     if len(fragment) > 63 or not all(c.isascii() and (c.isalnum() or c == "-") for c in fragment):
-        raise ValueError(f"{value!r} can never be part of a tenant id")
+        raise ValueError(f"{quoted(value)} can never be part of a tenant id")
     return fragment
+
+
+def _printable(value: str) -> str:
+    # CR, LF, NUL, ESC and kin (and Unicode's line separators and direction marks) in an
+    # actor would let a client forge lines of the audit history or of a terminal showing it.
+    if not value.isprintable():
+        raise ValueError(f"{quoted(value)} has a control character; give a name in plain text")
+    return value
 
 
 def _instant(value: object) -> datetime:
@@ -67,7 +76,8 @@ Limit = Annotated[int, Field(ge=1, le=LIMIT_MAX)]
 Actor = Annotated[
     StrictStr,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=ACTOR_MAX),
-    Field(description="who makes the change, for the audit log"),
+    AfterValidator(_printable),
+    Field(description="who makes the change, for the audit log: printable, no line breaks"),
 ]
 Force = Annotated[StrictBool, Field(description="move backwards too")]
 

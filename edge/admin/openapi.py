@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from edge.admin.body import BODY_MAX
 from edge.admin.models import PATH_PARAMS, Body, Error
 
 REF = "#/components/schemas/{model}"
@@ -23,6 +24,7 @@ REASONS = {
     401: "no valid bearer token: nothing changed",
     404: "no such thing",
     409: "refused (a backward move without force, a schedule that cannot be): nothing changed",
+    413: f"the body is over {BODY_MAX} bytes: nothing changed",
     503: "the mode store cannot be reached",
 }
 
@@ -38,7 +40,7 @@ class Endpoint:
     path: str
     handler: Callable[..., Awaitable[Any]]
     answer: type[BaseModel] | None
-    errors: tuple[int, ...] = (503,)  # besides 400 for any input and 401 for auth
+    errors: tuple[int, ...] = (503,)  # besides 400 for any input, 401 for auth, 413 for a body
     status: int = 200
     query: type[BaseModel] | None = None
     body: type[Body] | None = None
@@ -52,7 +54,10 @@ class Endpoint:
 
     def statuses(self) -> list[int]:
         has_input = self.path_params or self.query or self.body
-        return sorted({*self.errors, *([400] if has_input else []), *([401] if self.auth else [])})
+        body = [413] if self.body else []
+        return sorted(
+            {*self.errors, *([400] if has_input else []), *([401] if self.auth else []), *body}
+        )
 
 
 def document(endpoints: Sequence[Endpoint], description: str) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 A refusal that force would overcome names force as the caller knows it: the CLI's flag
 (``--force``), the admin API's field (``"force": true``). ``says(force)`` is the message;
-``str()`` names it neutrally, for logs.
+``str()`` names it neutrally, for logs. ``quoted`` is how every refusal quotes a value it was
+given: cut short, so that a client cannot make edge echo back megabytes.
 """
 
 from __future__ import annotations
@@ -11,6 +12,15 @@ from edge.core.tenants import Mode
 
 FORCE_FLAG = "--force"
 FORCE_FIELD = '"force": true'
+QUOTED_MAX = 80
+
+
+def quoted(value: object) -> str:
+    """``repr(value)`` in at most QUOTED_MAX characters: a longer one is cut, with an ellipsis."""
+    if isinstance(value, str | bytes):
+        value = value[:QUOTED_MAX]  # the rest would be cut anyway: never repr it all
+    text = repr(value)
+    return text if len(text) <= QUOTED_MAX else text[: QUOTED_MAX - 1] + "…"
 
 
 class ChangeRefused(Exception):

@@ -7,6 +7,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 
+from edge.core.refusals import quoted
 from edge.core.tenants import Mode, is_tenant_id
 from edge.modes.base import (
     DEFAULT_MODE,
@@ -61,7 +62,7 @@ class MemoryStore(ModeStore):
     ) -> TenantPage:
         # The cursor is the last tenant of the previous page: pages come in tenant order.
         if cursor and not is_tenant_id(cursor):
-            raise ValueError(f"{cursor!r} is not a cursor of this store")
+            raise ValueError(f"{quoted(cursor)} is not a cursor of this store")
         matching = sorted(
             (tenant, value)
             for tenant, value in self._modes.items()

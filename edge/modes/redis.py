@@ -23,6 +23,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 from redis.maint_notifications import MaintNotificationsConfig
 
+from edge.core.refusals import quoted
 from edge.core.tenants import Mode, is_tenant_id
 from edge.modes.base import (
     DEFAULT_MODE,
@@ -266,7 +267,7 @@ class RedisStore(ModeStore):
         if cursor and not (
             cursor.isascii() and cursor.isdigit() and int(cursor) < self._cursor_bound()
         ):
-            raise ValueError(f"{cursor!r} is not a cursor of this store")
+            raise ValueError(f"{quoted(cursor)} is not a cursor of this store")
         position = int(cursor or 0)
         pattern = self._mode_pattern(f"*{_glob_escape(contains)}*" if contains else "*")
         skip = len(self._mode_key(""))

@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 
 from edge.core.background import Background
-from edge.core.refusals import ChangeRefused
+from edge.core.refusals import ChangeRefused, quoted
 from edge.modes import Change, ModeStore, StoreUnavailable
 from edge.modes.base import Schedule
 from edge.moves.service import Moves
@@ -27,15 +27,23 @@ CLAIM_BATCH = 100
 
 
 def parse_instant(text: str) -> datetime:
-    """An ISO-8601 instant with a UTC offset; ValueError says what is wrong with anything else."""
+    """An ISO-8601 instant with a UTC offset, at the latest 9999-12-31T23:59:59Z (a schedule is
+    kept in UTC); ValueError says what is wrong with anything else."""
     try:
         at = datetime.fromisoformat(text.strip())
     except ValueError:
         at = None
     if at is None or at.utcoffset() is None:
         raise ValueError(
-            f"{text!r} is not an ISO-8601 instant with a UTC offset, such as 2027-03-01T06:00Z"
+            f"{quoted(text)} is not an ISO-8601 instant with a UTC offset, "
+            "such as 2027-03-01T06:00Z"
         )
+    try:
+        at.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(
+            f"{quoted(text)} is after 9999-12-31T23:59:59Z, the last instant"
+        ) from None
     return at
 
 

@@ -18,7 +18,14 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from edge.core.refusals import FORCE_FIELD, ChangeRefused, NeedsForce, Relayed, UnknownSchedule
+from edge.core.refusals import (
+    FORCE_FIELD,
+    ChangeRefused,
+    NeedsForce,
+    Relayed,
+    UnknownSchedule,
+    quoted,
+)
 from edge.core.tenants import TENANT_ID, Mode, is_forward_move, is_tenant_id
 from edge.modes import Change, ModeStore, StoreUnavailable
 from edge.modes.base import DEFAULT_MODE, Outcome, Schedule, backward_from
@@ -107,7 +114,8 @@ class BulkRefused(ChangeRefused):
 
 @dataclass(frozen=True)
 class BulkMove:
-    """Many (tenant, mode) moves, made all or nothing; a dry run only says what each would do."""
+    """Many (tenant, mode) moves, checked whole, then made one by one (``Moves.move_many``); a
+    dry run only says what each would do."""
 
     moves: Sequence[tuple[str, str]]
     actor: str
@@ -119,9 +127,9 @@ class BulkMove:
 def move_problem(tenant: str, mode: str) -> str | None:
     """Why (tenant, mode) can never be a move, or None when it is well formed."""
     if not is_tenant_id(tenant):
-        return f"{tenant!r} is not a tenant id ({TENANT_ID.pattern})"
+        return f"{quoted(tenant)} is not a tenant id ({TENANT_ID.pattern})"
     if Mode.parse(mode) is None:
-        return f"{mode!r} is not a mode (one of {', '.join(m.value for m in Mode)})"
+        return f"{quoted(mode)} is not a mode (one of {', '.join(m.value for m in Mode)})"
     return None
 
 
@@ -180,12 +188,15 @@ class Moves:
         return change
 
     async def move_many(self, bulk: BulkMove) -> list[MoveResult]:
-        """Move many (tenant, mode) pairs, all or nothing.
+        """Move many (tenant, mode) pairs: checked whole, then made one by one.
 
         Every move is checked before any is made (a tenant id, a mode, each tenant once,
-        forward unless forced); BulkRefused names every problem and nothing changes. Then
-        each goes through set_mode, which checks it again atomically. A dry run stops
-        before the first change and says what each move would do.
+        forward unless forced); BulkRefused names every problem and nothing changes. A dry
+        run stops there and says what each move would do. Then each goes through set_mode,
+        which checks it again atomically and asks the activation guard: a move refused there
+        (not ready, or moved by someone else meanwhile) is that tenant's REFUSED result, and
+        the others are still made. Not all or nothing: a StoreUnavailable stops the moves not
+        yet begun, and those made stay made.
         """
         planned = await self._plan(bulk)
         if bulk.dry_run:
@@ -288,4 +299,4 @@ class Moves:
         for schedule in await self.store.schedules():
             if schedule.id == schedule_id and await self.store.finish_schedule(schedule):
                 return schedule
-        raise UnknownSchedule(f"no pending schedule has the id {schedule_id!r}")
+        raise UnknownSchedule(f"no pending schedule has the id {quoted(schedule_id)}")

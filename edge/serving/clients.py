@@ -38,10 +38,11 @@ class ClientLimits:
     send_timeout: float  # a response may wait this long for the client to read some of it
     max_connections: int  # per process; beyond it 503
     public_port: int  # max_connections turns away connections to this port only
+    admin_port: int  # edge's own refusals are the admin API's JSON error on this port
 
     @classmethod
     def from_settings(
-        cls, server: ServerSettings, max_connections: int | None = None
+        cls, server: ServerSettings, admin_port: int, max_connections: int | None = None
     ) -> ClientLimits:
         return cls(
             server.max_url_bytes,
@@ -53,6 +54,7 @@ class ClientLimits:
             server.send_timeout,
             server.max_connections if max_connections is None else max_connections,
             server.port,
+            admin_port,
         )
 
 

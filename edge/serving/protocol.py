@@ -5,6 +5,8 @@ until they end, however long that takes. Here a request target over the limit ge
 header section over it gets 431, and the connection is closed before the app sees the request.
 A target over the limit is dropped, not kept, and its head read on (bounded as any head) so
 that the 414 can follow the request's Accept as edge's other refusals do (edge.core.responses).
+On the admin listener every such refusal, and a request llhttp cannot parse, is the admin API's
+JSON error (``{"error": "..."}``), as the API's own are.
 
 Time and count (docs/limits.md): a head must arrive whole within ``header_timeout``, a body may
 not stall longer than ``body_idle_timeout``, a client may leave its response unread no longer
@@ -16,6 +18,7 @@ timer set to ``keepalive_timeout``, and beyond ``max_connections`` a new connect
 from __future__ import annotations
 
 import asyncio
+import json
 from functools import partial
 from typing import Any, cast
 
@@ -69,6 +72,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.head_seen = 0  # bytes of the reads that hold the current head: an upper bound
         self.last_read = 0
         self.refusal = 0  # the status edge answered before closing (414, 431, 408, 503)
+        self.on_admin = False  # a connection to the admin listener
         self.target_too_long = False  # the head being read gets 414 once it is in
         self.clients: ClientConnections | None = None  # None: turned away, or a WebSocket now
         self.head_due = False  # the head has a deadline in self.clients
@@ -87,14 +91,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         clients = of_server(self.server_state, self.limits)
         limits = self.limits
+        port = transport.get_extra_info("sockname")[1]
         # Every listener's connections count, but only the public one turns any away: the
         # admin listener's health checks and scrapes still get through a flood.
-        if (
-            len(self.connections) >= limits.max_connections
-            and transport.get_extra_info("sockname")[1] == limits.public_port
-        ):
+        if len(self.connections) >= limits.max_connections and port == limits.public_port:
             self.turn_away(transport, clients)
             return
+        self.on_admin = port == limits.admin_port
         super().connection_made(transport)
         self.clients = clients
         self.head_due = True  # the first head is due header_timeout after the connection
@@ -318,11 +321,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # uvicorn's answer to any parser error, ours included: a callback raised to stop llhttp.
         if self.refusal or self.in_body:
             self.refuse(self.refusal or 400)
+        elif self.on_admin:
+            self.refuse(400, msg)
         else:
             STATS.refused[400] += 1
             super().send_400_response(msg)
 
-    def refuse(self, status: int) -> None:
+    def refuse(self, status: int, message: str = "") -> None:
         self.refusal = status
         if status in STATS.refused:
             STATS.refused[status] += 1
@@ -330,7 +335,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # The headers of the head read so far (all of them but for a head cut off unfinished).
             head = (self.reading_head or self.in_body) and self.parser.get_method() == b"HEAD"
             as_json = asks_for_json(self.headers or ())
-            self.transport.write(_answer(status, as_json=as_json, head=head))
+            page = _answer(status, as_json=as_json, head=head, admin=self.on_admin, message=message)
+            self.transport.write(page)
         # else an answer has begun (the portal answered before the body's end): it is cut short
         self.transport.close()
 
@@ -361,10 +367,17 @@ def _answer(
     *,
     as_json: bool = False,
     head: bool = False,
+    admin: bool = False,
+    message: str = "",
 ) -> bytes:
-    """edge's refusal page (JSON on request), before any tenant is known; then close. The
-    answer to a HEAD has the page's length and no page."""
-    body, content_type = refusal(status, _MESSAGES[status], tenant=None, mode=None, as_json=as_json)
+    """edge's refusal page (JSON on request), before any tenant is known, or on the admin
+    listener its JSON error; then close. The answer to a HEAD has the page's length and no
+    page."""
+    message = message or _MESSAGES[status]
+    if admin:
+        body, content_type = json.dumps({"error": message}).encode(), b"application/json"
+    else:
+        body, content_type = refusal(status, message, tenant=None, mode=None, as_json=as_json)
     extra = b"".join(b"%s: %s\r\n" % header for header in headers)
     return (
         b"%scontent-type: %s\r\ncontent-length: %d\r\ncache-control: no-store\r\n%b"

@@ -59,7 +59,7 @@ def uvicorn_config(
     settings: Settings, app: ASGIApp | str, max_connections: int | None = None
 ) -> uvicorn.Config:
     """uvicorn as edge runs it; ``max_connections`` in place of the configured (descriptors)."""
-    limits = ClientLimits.from_settings(settings.server, max_connections)
+    limits = ClientLimits.from_settings(settings.server, settings.admin.port, max_connections)
     return uvicorn.Config(
         app,
         factory=isinstance(app, str),
