@@ -91,7 +91,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         clients = of_server(self.server_state, self.limits)
         limits = self.limits
-        port = transport.get_extra_info("sockname")[1]
+        sockname = transport.get_extra_info("sockname")
+        port = sockname[1] if isinstance(sockname, tuple) else None  # a Unix socket has none
         # Every listener's connections count, but only the public one turns any away: the
         # admin listener's health checks and scrapes still get through a flood.
         if len(self.connections) >= limits.max_connections and port == limits.public_port:
