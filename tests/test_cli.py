@@ -62,6 +62,39 @@ def test_tenant_set_moves_forward_and_records_who(
     assert "legacy → setup" in history.stdout and "by alice (cli)" in history.stdout
 
 
+@pytest.mark.parametrize("actor", ["alice\nforged", "esc\x1b[2J", "rtl\u202eecila", " "])
+def test_an_actor_that_could_forge_the_history_is_refused_and_changes_nothing(
+    config_file: Path, redis_server: RedisServer, prefix: str, actor: str
+) -> None:
+    c = str(config_file)
+    refused = edge("tenant", "set", "acme-gym", "setup", "--actor", actor, "--config", c)
+    assert refused.returncode == 1
+    assert "actor" in refused.stderr or "control character" in refused.stderr
+    assert redis_server.cli("EXISTS", f"{prefix}mode:acme-gym") == "0"
+    assert redis_server.cli("EXISTS", f"{prefix}history:acme-gym") == "0"
+    # The same move with a name in plain text is made: the refusal was the actor's.
+    moved = edge("tenant", "set", "acme-gym", "setup", "--actor", "Zoë (ops)", "--config", c)
+    assert moved.returncode == 0, moved.stderr
+
+
+def test_history_shows_a_recorded_control_character_escaped(
+    config_file: Path, redis_server: RedisServer, prefix: str
+) -> None:
+    c = str(config_file)
+    assert (
+        edge("tenant", "set", "acme-gym", "setup", "--actor", "alice", "--config", c).returncode
+        == 0
+    )
+    # An entry written by hand (or before actors had to be printable) with an ESC in it.
+    entry = json.loads(redis_server.cli("LINDEX", f"{prefix}history:acme-gym", "0"))
+    entry["actor"] = "mallory\x1b[2J\nforged line"
+    redis_server.cli("LSET", f"{prefix}history:acme-gym", "0", json.dumps(entry))
+    history = edge("tenant", "history", "acme-gym", "--config", c)
+    assert history.returncode == 0
+    assert "\x1b" not in history.stdout and history.stdout.count("\n") == 1
+    assert "by mallory\\x1b[2J\\nforged line (cli)" in history.stdout
+
+
 def test_a_backwards_move_is_refused_without_force_and_changes_nothing(
     config_file: Path, redis_server: RedisServer, prefix: str
 ) -> None:

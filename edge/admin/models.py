@@ -32,7 +32,7 @@ from edge.activation.watch import KINDS
 from edge.core.refusals import quoted
 from edge.core.tenants import TENANT_ID, Mode, is_tenant_id
 from edge.moves.schedule import parse_instant
-from edge.moves.service import MoveOutcome
+from edge.moves.service import MoveOutcome, actor_problem
 
 PAGE_LIMIT = 100
 LIMIT_MAX = 1000
@@ -55,10 +55,8 @@ def _id_fragment(value: str) -> str:
 
 
 def _printable(value: str) -> str:
-    # CR, LF, NUL, ESC and kin (and Unicode's line separators and direction marks) in an
-    # actor would let a client forge lines of the audit history or of a terminal showing it.
-    if not value.isprintable():
-        raise ValueError(f"{quoted(value)} has a control character; give a name in plain text")
+    if (problem := actor_problem(value)) is not None:
+        raise ValueError(problem)
     return value
 
 

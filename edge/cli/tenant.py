@@ -147,7 +147,7 @@ def cmd_tenant_history(args: argparse.Namespace, settings: Settings) -> int:
             forced = ", forced" if change.forced else ""
             print(
                 f"{change.at.isoformat()}  {_mode_label(change.previous)} → {change.mode}  "
-                f"by {change.actor} ({change.via}{forced})"
+                f"by {_shown(change.actor)} ({_shown(change.via)}{forced})"
             )
         if not changes:
             print(f"{args.tenant} has no recorded changes", file=sys.stderr)
@@ -212,8 +212,14 @@ def _describe_schedule(schedule: Schedule) -> str:
     forced = ", forced" if schedule.force else ""
     return (
         f"{schedule.id}  {schedule.at.isoformat()}  {schedule.tenant} → {schedule.mode}  "
-        f"by {schedule.actor}{forced}"
+        f"by {_shown(schedule.actor)}{forced}"
     )
+
+
+def _shown(name: str) -> str:
+    """A name as recorded, escaped where it holds what a terminal would act on: entries
+    written before actors had to be printable, or by hand in Redis."""
+    return name if name.isprintable() else name.encode("unicode_escape").decode("ascii")
 
 
 def cmd_tenant_import(args: argparse.Namespace, settings: Settings) -> int:

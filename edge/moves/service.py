@@ -133,6 +133,23 @@ def move_problem(tenant: str, mode: str) -> str | None:
     return None
 
 
+def actor_problem(actor: str) -> str | None:
+    """Why ``actor`` cannot name who moves a tenant, or None. CR, LF, NUL, ESC and kin (and
+    Unicode's line separators and direction marks) would let a caller forge lines of the audit
+    history, or of a terminal showing it."""
+    if not actor.strip():
+        return "an actor is needed: who makes the change"
+    if not actor.isprintable():
+        return f"{quoted(actor)} has a control character; give a name in plain text"
+    return None
+
+
+def checked_actor(actor: str) -> str:
+    if (problem := actor_problem(actor)) is not None:
+        raise ChangeRefused(problem)
+    return actor
+
+
 def checked_move(tenant: str, mode: Mode | str) -> Mode:
     """The target of a well-formed move; ChangeRefused says what is wrong with any other."""
     if (problem := move_problem(tenant, mode)) is not None:
@@ -160,6 +177,7 @@ class Moves:
     ) -> Change:
         """Move a tenant to ``mode``: forward only unless forced, audited and announced."""
         target = checked_move(tenant, mode)
+        checked_actor(actor)
         note = ""
         if target is Mode.ACTIVE and self.guard is not None:
             note = "forced: readiness not checked" if force else await self.guard(tenant)
@@ -198,6 +216,7 @@ class Moves:
         the others are still made. Not all or nothing: a StoreUnavailable stops the moves not
         yet begun, and those made stay made.
         """
+        checked_actor(bulk.actor)
         planned = await self._plan(bulk)
         if bulk.dry_run:
             return planned
@@ -266,6 +285,7 @@ class Moves:
         mode, or the target of its last schedule due before ``at``).
         """
         target = checked_move(tenant, mode)
+        checked_actor(actor)
         if at.tzinfo is None:
             raise ChangeRefused(f"{at.isoformat()} needs a UTC offset, such as +01:00 or Z")
         now = self.clock()
