@@ -14,8 +14,10 @@ import pytest
 from edge.config import FrontSettings
 from edge.core.asgi import Receive, Scope, Send
 from edge.forwarding.headers import Backend
-from tests.stack import LEGACY_HOST, NEW_HOST, RecordingBackend, Seen, Stack, run_edge, settings_for
-from tests.support import RedisServer, ServerThread, unique_prefix
+from tests.support.redis import RedisServer, unique_prefix
+from tests.support.servers import ServerThread
+from tests.support.settings import LEGACY_HOST, NEW_HOST, settings_for
+from tests.support.stack import RecordingBackend, Seen, Stack, run_edge
 
 ACTIVE, LEGACY = "dance", "acme"  # acme has no key: legacy
 FORGED = [

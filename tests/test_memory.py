@@ -12,8 +12,8 @@ from typing import BinaryIO
 
 import pytest
 
-from tests.process import EdgeProcess
-from tests.stack import LEGACY_HOST, settings_for
+from tests.support.process import EdgeProcess
+from tests.support.settings import LEGACY_HOST, settings_for
 
 GIB = 1024**3
 BLOCK = bytes(range(256)) * 4096  # 1 MiB

@@ -15,9 +15,10 @@ import httpx
 import pytest
 
 from edge import config
-from tests.rawhttp import Reply, exchange
-from tests.stack import NEW_HOST, Stack, settings_for, stack
-from tests.support import RedisServer, unique_prefix
+from tests.support.raw import Reply, exchange
+from tests.support.redis import RedisServer, unique_prefix
+from tests.support.settings import NEW_HOST, settings_for
+from tests.support.stack import Stack, stack
 
 ACTIVE = "dance"
 URL_BYTES, HEADER_BYTES, HEADERS = 1024, 4096, 20

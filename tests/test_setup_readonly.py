@@ -19,12 +19,16 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from edge.core.http import METHOD_OVERRIDE_HEADERS
-from tests.rawhttp import exchange, request
-from tests.stack import NEW_HOST, Seen, Stack, stack
-from tests.support import RedisServer, unique_prefix
+from tests.support.raw import exchange, request
+from tests.support.redis import RedisServer, unique_prefix
+from tests.support.settings import NEW_HOST
+from tests.support.stack import Seen, Stack, stack
 
 SETUP, ACTIVE, LEGACY = "swim", "dance", "acme"  # acme has no key: legacy
-ALLOWED_WRITE = ("POST", f"/{SETUP}/staff/login")  # tests.stack's setup_allow
+ALLOWED_WRITE = (
+    "POST",
+    f"/{SETUP}/staff/login",
+)  # the stack's setup_allow (tests.support.settings)
 READS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 METHODS = [

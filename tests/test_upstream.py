@@ -17,9 +17,12 @@ import pytest
 
 from edge.config import UpstreamSettings
 from edge.forwarding.upstream import Connection, Origin, UpstreamPool
-from tests.stack import LEGACY_HOST, NEW_HOST, run_edge, settings_for
-from tests.support import Answer, RedisServer, ScriptedPortal, eventually, unique_prefix
-from tests.test_forwarding import ProxyApp, serve_proxy
+from tests.support.proxy import ProxyApp, serve_proxy
+from tests.support.redis import RedisServer, unique_prefix
+from tests.support.servers import Answer, ScriptedPortal
+from tests.support.settings import LEGACY_HOST, NEW_HOST, settings_for
+from tests.support.stack import run_edge
+from tests.support.waiting import eventually
 
 WAIT = 10
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"

@@ -21,15 +21,12 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from tests.stack import LEGACY_HOST, NEW_HOST, run_edge, settings_for
-from tests.support import (
-    RedisServer,
-    ServerThread,
-    bound_socket,
-    eventually,
-    free_port,
-    unique_prefix,
-)
+from tests.support.ports import bound_socket, free_port
+from tests.support.redis import RedisServer, unique_prefix
+from tests.support.servers import ServerThread
+from tests.support.settings import LEGACY_HOST, NEW_HOST, settings_for
+from tests.support.stack import run_edge
+from tests.support.waiting import eventually
 
 CHUNK = 64 * 1024
 FLOOD = 2000  # messages of CHUNK bytes: 125 MiB, far more than every buffer on the way holds
