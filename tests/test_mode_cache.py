@@ -7,11 +7,13 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
+from types import SimpleNamespace
 
 import pytest
 
 from edge.core.tenants import Mode
 from edge.modes import MISSING, ModeCache, ModeStore, StoreUnavailable
+from edge.modes import cache as cache_module
 from edge.modes.memory import MemoryStore
 from edge.modes.redis import RedisStore
 from edge.moves.service import Moves
@@ -288,14 +290,19 @@ async def test_made_up_ids_never_push_out_a_real_tenant(
 
 
 async def test_a_negative_entry_expires_after_its_ttl(
-    store: CountingStore, redis_server: RedisServer, prefix: str
+    store: CountingStore, redis_server: RedisServer, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The cache's own clock, moved by the test: the TTL passes when the test says, however
+    # slow the machine (the event loop keeps the real one).
+    now = [1_000.0]
+    monkeypatch.setattr(cache_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
     cache = ModeCache(store, negative_ttl=0.05)
     assert await cache.load("new-gym") is Mode.LEGACY
     redis_server.cli("SET", f"{prefix}mode:new-gym", "setup")  # no subscription: unnoticed
+    now[0] += 0.04
     assert await cache.resync()
     assert cache.cached("new-gym") is Mode.LEGACY  # still within its TTL
-    await asyncio.sleep(0.1)
+    now[0] += 0.02
     assert await cache.resync()
     assert cache.cached("new-gym") is MISSING
     assert await cache.load("new-gym") is Mode.SETUP
