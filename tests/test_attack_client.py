@@ -23,7 +23,7 @@ import pytest
 from tests.support.portals import StrictPortal
 from tests.support.process import EdgeProcess
 from tests.support.raw import Reply, exchange, read_reply
-from tests.support.redis import RedisServer, unique_prefix
+from tests.support.redis import RedisServer, prefix_with_modes
 from tests.support.settings import LEGACY_HOST, NEW_HOST, settings_for
 
 ACTIVE, SETUP, LEGACY = "dance", "swim", "gym"
@@ -47,9 +47,7 @@ class Wire:
 
 @pytest.fixture(scope="module")
 def wire(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wire]:
-    prefix = unique_prefix()
-    redis_server.cli("SET", f"{prefix}mode:{ACTIVE}", "active")
-    redis_server.cli("SET", f"{prefix}mode:{SETUP}", "setup")
+    prefix = prefix_with_modes(redis_server, {ACTIVE: "active", SETUP: "setup"})
     with ExitStack() as running:
         legacy = running.enter_context(StrictPortal())
         new = running.enter_context(StrictPortal())

@@ -18,14 +18,13 @@ from pathlib import Path
 import pytest
 
 from tests.support.hostile import LEGACY, NEW, Edge, Reply, call, hostile_edge, raw_answer
-from tests.support.redis import RedisServer, unique_prefix
+from tests.support.redis import RedisServer, prefix_with_modes
 from tests.support.waiting import WAIT, eventually
 
 
 @pytest.fixture(scope="module")
 def edge(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
-    prefix = unique_prefix()
-    redis_server.cli("SET", f"{prefix}mode:dance", "active")
+    prefix = prefix_with_modes(redis_server, {"dance": "active"})
     with hostile_edge(redis_server, prefix, tmp_path_factory.mktemp("hostile")) as running:
         yield running
 

@@ -13,7 +13,7 @@ from urllib.parse import urljoin, urlsplit
 import pytest
 
 from tests.support.raw import Reply, exchange, request
-from tests.support.redis import RedisServer, unique_prefix
+from tests.support.redis import RedisServer, prefix_with_modes
 from tests.support.settings import LEGACY_HOST, NEW_HOST
 from tests.support.stack import Stack, stack
 
@@ -39,8 +39,7 @@ PATHS = [
 
 @pytest.fixture(scope="module")
 def edge(redis_server: RedisServer) -> Iterator[Stack]:
-    prefix = unique_prefix()
-    redis_server.cli("SET", f"{prefix}mode:{ACTIVE}", "active")
+    prefix = prefix_with_modes(redis_server, {ACTIVE: "active"})
     with stack(redis_server.url, prefix) as running:
         yield running
 

@@ -17,7 +17,7 @@ from edge.routing.decide import Policy
 from edge.routing.preview import COOKIE_PREFIX, PreviewGate
 from tests.support.cli import cli_config, run_cli
 from tests.support.dashboard import log_in, text_of
-from tests.support.redis import RedisServer, unique_prefix
+from tests.support.redis import RedisServer, prefix_with_modes
 from tests.support.settings import LEGACY_HOST, NEW_HOST, example_settings, merged
 from tests.support.stack import Stack, stack
 
@@ -196,10 +196,7 @@ NEW = {"Host": NEW_HOST}
 
 @pytest.fixture(scope="module")
 def private(redis_server: RedisServer) -> Iterator[Stack]:
-    prefix = unique_prefix()
-    redis_server.cli("SET", f"{prefix}mode:acme", "setup")
-    redis_server.cli("SET", f"{prefix}mode:other", "setup")
-    redis_server.cli("SET", f"{prefix}mode:dance", "active")
+    prefix = prefix_with_modes(redis_server, {"acme": "setup", "other": "setup", "dance": "active"})
     with stack(redis_server.url, prefix, policy={"private_preview": True}) as running:
         yield running
 

@@ -26,7 +26,7 @@ from edge.forwarding.headers import UNNAMEABLE, Backend, ClientView, nominates, 
 from edge.forwarding.upstream import Origin, UpstreamPool, request_head
 from tests.support.portals import CgiPortal, GreedyPortal, Parsed
 from tests.support.raw import Reply, exchange, request
-from tests.support.redis import RedisServer, unique_prefix
+from tests.support.redis import RedisServer, prefix_with_modes
 from tests.support.settings import LEGACY_HOST, NEW_HOST, settings_for
 from tests.support.stack import run_edge
 
@@ -59,9 +59,7 @@ class Wired:
 
 @contextmanager
 def wired(redis: RedisServer, portal: type[Any], **sections: Any) -> Iterator[Wired]:
-    prefix = unique_prefix()
-    redis.cli("SET", f"{prefix}mode:{ACTIVE}", "active")
-    redis.cli("SET", f"{prefix}mode:{SETUP}", "setup")
+    prefix = prefix_with_modes(redis, {ACTIVE: "active", SETUP: "setup"})
     with ExitStack() as running:
         legacy = running.enter_context(portal())
         new = running.enter_context(portal())

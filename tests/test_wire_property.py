@@ -40,7 +40,7 @@ from edge.observe.served import CLIENT_CLOSED
 from tests.support.portals import CgiPortal, GreedyPortal, Parsed, StrictPortal, parse_greedily
 from tests.support.process import EdgeProcess
 from tests.support.raw import exchange
-from tests.support.redis import RedisServer, unique_prefix
+from tests.support.redis import RedisServer, prefix_with_modes
 from tests.support.settings import LEGACY_HOST, NEW_HOST, settings_for
 from tests.support.waiting import eventually
 
@@ -262,10 +262,8 @@ PORTALS: dict[str, type[StrictPortal] | type[CgiPortal] | type[GreedyPortal]] = 
 def wired(
     redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[list[Wired]]:
-    prefix = unique_prefix()
-    for tenant, mode in MODES.items():
-        if mode != "legacy":
-            redis_server.cli("SET", f"{prefix}mode:{tenant}", mode)
+    keyed = {tenant: mode for tenant, mode in MODES.items() if mode != "legacy"}
+    prefix = prefix_with_modes(redis_server, keyed)
     with ExitStack() as running:
         stacks = []
         for kind, portal in PORTALS.items():

@@ -241,3 +241,12 @@ class SentinelServers:
         self.sentinels = []
         self.master.stop()
         self.replica.stop()
+
+
+def prefix_with_modes(redis: RedisServer, modes: dict[str, str]) -> str:
+    """A key prefix of its own under which each tenant of ``modes`` has its mode key, written
+    raw, as ops would with redis-cli."""
+    prefix = unique_prefix()
+    for tenant, mode in modes.items():
+        redis.cli("SET", f"{prefix}mode:{tenant}", mode)
+    return prefix
