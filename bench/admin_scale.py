@@ -24,7 +24,7 @@ from edge.admin.api import AdminApi
 from edge.admin.parts import AdminParts
 from edge.modes import ModeCache, RedisStore
 from edge.moves.service import BulkMove, Moves
-from tests.support import RedisServer
+from tests.support.redis import RedisServer
 
 TENANTS = 100_000
 MOVES = 10_000

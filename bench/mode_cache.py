@@ -35,7 +35,8 @@ from redis import Redis
 
 from bench.load import THREAD_IDS, wrk_binary
 from bench.propagation import CONFIG, NEW_HOST, PREFIX
-from tests.support import RedisServer, free_port, wait_for_port
+from tests.support.ports import free_port, wait_for_port
+from tests.support.redis import RedisServer
 
 REPO = Path(__file__).resolve().parent.parent
 SETTLE = 5.0  # seconds after the last request before the idle count starts

@@ -20,8 +20,8 @@ from collections import Counter
 from pathlib import Path
 
 from bench.procs import edge_serve
-from tests.stack import LEGACY_HOST, NEW_HOST, settings_for
-from tests.support import RedisServer, unique_prefix
+from tests.support.redis import RedisServer, unique_prefix
+from tests.support.settings import LEGACY_HOST, NEW_HOST, settings_for
 
 TENANT = "bench-gym"  # active: forwarded to the new portal
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"

@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.process import to_toml
-from tests.support import free_port
+from tests.support.ports import free_port
+from tests.support.process import to_toml
 
 
 class Service:
@@ -89,8 +89,9 @@ class Service:
 
 
 def edge_serve(raw: dict[str, Any], work: Path, launcher: Sequence[str] = ()) -> Service:
-    """`edge serve` with the settings ``raw`` (as tests.stack.settings_for builds them) on free
-    ports, its config and log in ``work``, under ``launcher`` (valgrind) if given; started."""
+    """`edge serve` with the settings ``raw`` (as tests.support.settings.settings_for builds
+    them) on free ports, its config and log in ``work``, under ``launcher`` (valgrind) if given;
+    started."""
     port = free_port()
     raw = {**raw, "server": {**raw["server"], "port": port}, "admin": {**raw["admin"]}}
     raw["admin"]["port"] = free_port()

@@ -37,7 +37,8 @@ import httpx
 from redis import Redis
 from redis.cluster import RedisCluster
 
-from tests.support import ClusterServers, RedisServer, SentinelServers, free_port, wait_for_port
+from tests.support.ports import free_port, wait_for_port
+from tests.support.redis import ClusterServers, RedisServer, SentinelServers
 
 NEW_HOST = "portal.bench"
 PREFIX = "bench:"

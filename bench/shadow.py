@@ -23,7 +23,8 @@ from bench import nginx
 from bench.load import LoadResult, Wrk
 from bench.procs import Service
 from bench.stage import REPO, fetch
-from tests.support import RedisServer, free_port
+from tests.support.ports import free_port
+from tests.support.redis import RedisServer
 
 TENANT = "bench-gym"
 PATH = f"/{TENANT}/classes"

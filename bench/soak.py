@@ -34,7 +34,8 @@ import redis
 from bench import nginx
 from bench.load import LoadResult, Wrk
 from bench.procs import Service, peak_rss, reset_peak_rss, rss
-from tests.support import RedisServer, free_port
+from tests.support.ports import free_port
+from tests.support.redis import RedisServer
 
 REPO = Path(__file__).resolve().parent.parent
 TENANT = "bench-gym"  # active: its new-front requests are forwarded (nginx's upload sink too)

@@ -16,7 +16,8 @@ import redis
 from bench import nginx
 from bench.load import tenant_id
 from bench.procs import Service
-from tests.support import RedisServer, free_port
+from tests.support.ports import free_port
+from tests.support.redis import RedisServer
 
 TENANT = "bench-gym"  # active: the new front forwards it, the steady-state production case
 PATH = "/bench-gym/classes"

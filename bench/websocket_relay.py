@@ -22,8 +22,9 @@ from websockets.asyncio.client import connect
 
 from bench.instructions import callgrind, control, dumped
 from bench.procs import edge_serve
-from tests.stack import LEGACY_HOST, settings_for
-from tests.support import RedisServer, ServerThread, unique_prefix
+from tests.support.redis import RedisServer, unique_prefix
+from tests.support.servers import ServerThread
+from tests.support.settings import LEGACY_HOST, settings_for
 
 
 async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:

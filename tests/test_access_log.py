@@ -19,8 +19,12 @@ import pytest
 
 from edge.observe.logs import AccessLog, JsonFormatter
 from edge.observe.served import Served
-from tests.stack import ADMIN_TOKEN, LEGACY_HOST, NEW_HOST, RecordingBackend
-from tests.support import RedisServer, ServerThread, eventually, free_port, wait_for_port
+from tests.support.ports import free_port, wait_for_port
+from tests.support.redis import RedisServer
+from tests.support.servers import ServerThread
+from tests.support.settings import ADMIN_TOKEN, LEGACY_HOST, NEW_HOST
+from tests.support.stack import RecordingBackend
+from tests.support.waiting import eventually
 
 LEGACY = {"Host": LEGACY_HOST}
 NEW = {"Host": NEW_HOST}

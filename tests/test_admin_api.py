@@ -24,8 +24,9 @@ from edge.core.tenants import TENANT_ID, Mode
 from edge.modes import MemoryStore, ModeCache
 from edge.observe.metrics import Metrics
 from edge.serving.compose import Parts
-from tests.stack import ADMIN_TOKEN, Stack, settings_for, stack
-from tests.support import RedisServer
+from tests.support.redis import RedisServer
+from tests.support.settings import ADMIN_TOKEN, settings_for
+from tests.support.stack import Stack, stack
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 

@@ -19,9 +19,11 @@ from edge.admin.parts import AdminParts
 from edge.core.refusals import QUOTED_MAX, ChangeRefused
 from edge.modes import MemoryStore, ModeCache
 from edge.moves.service import Moves
-from tests.rawhttp import exchange, request
-from tests.stack import ADMIN_TOKEN, LEGACY_HOST, Stack, stack
-from tests.support import ServerThread, unique_prefix
+from tests.support.raw import exchange, request
+from tests.support.redis import unique_prefix
+from tests.support.servers import ServerThread
+from tests.support.settings import ADMIN_TOKEN, LEGACY_HOST
+from tests.support.stack import Stack, stack
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 

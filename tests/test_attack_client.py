@@ -20,11 +20,11 @@ from contextlib import ExitStack
 
 import pytest
 
-from tests.portals import StrictPortal
-from tests.process import EdgeProcess
-from tests.rawhttp import Reply, exchange
-from tests.stack import LEGACY_HOST, NEW_HOST, settings_for
-from tests.support import RedisServer, unique_prefix
+from tests.support.portals import StrictPortal
+from tests.support.process import EdgeProcess
+from tests.support.raw import Reply, exchange, read_reply
+from tests.support.redis import RedisServer, prefix_with_modes
+from tests.support.settings import LEGACY_HOST, NEW_HOST, settings_for
 
 ACTIVE, SETUP, LEGACY = "dance", "swim", "gym"
 PATIENCE = 10.0
@@ -47,9 +47,7 @@ class Wire:
 
 @pytest.fixture(scope="module")
 def wire(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wire]:
-    prefix = unique_prefix()
-    redis_server.cli("SET", f"{prefix}mode:{ACTIVE}", "active")
-    redis_server.cli("SET", f"{prefix}mode:{SETUP}", "setup")
+    prefix = prefix_with_modes(redis_server, {ACTIVE: "active", SETUP: "setup"})
     with ExitStack() as running:
         legacy = running.enter_context(StrictPortal())
         new = running.enter_context(StrictPortal())
@@ -161,7 +159,7 @@ def test_an_upgrade_edge_does_not_make_cannot_carry_a_body(
                 sock.sendall(body.encode() + b"GET /%s/ HTTP/1.1\r\nHost: %s\r\n" % (
                     ACTIVE.encode(), NEW_HOST.encode()
                 ) + b"Connection: close\r\n\r\n")  # fmt: skip
-            reply = _until_closed(sock)
+            reply = read_reply(sock, PATIENCE)
         paths = [parsed.raw_path for parsed in wire.new.seen[seen:]]
         if upgrading:
             assert reply.statuses == [400] and reply.closed
@@ -212,21 +210,6 @@ def test_requests_pipelined_ahead_of_their_answers_are_bounded(wire: Wire) -> No
         assert wire.served()
         grown = wire.edge.peak_rss() - before
     assert grown < 64 * 2**20, f"edge grew by {grown / 2**20:.0f} MiB"
-
-
-def _until_closed(sock: socket.socket) -> Reply:
-    sock.settimeout(PATIENCE)
-    received = b""
-    with contextlib.suppress(ConnectionResetError):
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except TimeoutError:
-                return Reply(received, closed=False)
-            if not chunk:
-                return Reply(received, closed=True)
-            received += chunk
-    return Reply(received, closed=True)
 
 
 # --- absolute-form targets ---------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """A portal's answers that edge could pass on wrongly: codings it drops, lengths written
 oddly, edge's own names in disguise. Each case ends with a second customer served on the same
-front (tests.test_hostile_portal's portal and checks)."""
+front (the portal and checks of tests.support.hostile)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.process import EdgeProcess
-from tests.stack import LEGACY_HOST
-from tests.support import RedisServer, eventually, unique_prefix
-from tests.test_hostile_portal import (
+from tests.support.hostile import (
     LEGACY,
     Edge,
     Portal,
@@ -24,17 +21,19 @@ from tests.test_hostile_portal import (
     Wire,
     call,
     edge_config,
+    hostile_edge,
     raw_answer,
 )
+from tests.support.process import EdgeProcess
+from tests.support.redis import RedisServer, unique_prefix
+from tests.support.settings import LEGACY_HOST
+from tests.support.waiting import eventually
 
 
 @pytest.fixture(scope="module")
 def edge(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
-    prefix = unique_prefix()
-    with Portal() as legacy, Portal() as new:
-        raw = edge_config(legacy, new, redis_server, prefix)
-        with EdgeProcess(raw, tmp_path_factory.mktemp("attack")) as process:
-            yield Edge(process, legacy, new)
+    with hostile_edge(redis_server, unique_prefix(), tmp_path_factory.mktemp("attack")) as running:
+        yield running
 
 
 def relay(edge: Edge, name: str, fields: bytes) -> Reply:

@@ -14,7 +14,7 @@ import pytest
 
 from edge import config
 from edge.config import schema
-from tests.support import make_certificates, openssl
+from tests.support.certificates import make_certificates, openssl
 
 GOOD = """
 [server]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from html import unescape
 from typing import Any
@@ -20,8 +19,11 @@ from edge.core.tenants import Mode
 from edge.modes import ModeStore, open_store
 from edge.moves.service import Moves
 from edge.routing.decide import Policy
-from tests.stack import ADMIN_TOKEN, NEW_HOST, Stack, settings_for, stack
-from tests.support import RedisServer, eventually
+from tests.support.dashboard import csrf_of, log_in, text_of
+from tests.support.redis import RedisServer
+from tests.support.settings import ADMIN_TOKEN, NEW_HOST, settings_for
+from tests.support.stack import Stack, stack
+from tests.support.waiting import eventually
 
 NOW = datetime(2027, 1, 10, 12, 0, tzinfo=UTC)
 
@@ -38,27 +40,6 @@ async def store(redis_server: RedisServer, prefix: str) -> AsyncIterator[ModeSto
     opened = open_store(StoreSettings(url=redis_server.url, prefix=prefix))
     yield opened
     await opened.close()
-
-
-@contextmanager
-def log_in(edge: Stack, name: str = "alice") -> Iterator[httpx.Client]:
-    with edge.admin() as client:
-        response = client.post("/login", data={"name": name, "token": ADMIN_TOKEN, "next": "/"})
-        assert response.status_code == 303
-        yield client
-
-
-def csrf_of(page: httpx.Response) -> str:
-    found = re.search(r'name="csrf" value="([^"]+)"', page.text)
-    assert found is not None, "the page has no CSRF field"
-    return found.group(1)
-
-
-def text_of(page: httpx.Response) -> str:
-    """The page's words as a reader sees them: no head, no tags, whitespace folded."""
-    body = re.sub(r"(?s)<head>.*</head>", "", page.text)
-    inline = re.sub(r"</?(a|b|code|span|strong)\b[^>]*>", "", body)
-    return " ".join(unescape(re.sub(r"<[^>]+>", " ", inline)).split())
 
 
 def move(client: httpx.Client, tenant: str, **form: str) -> httpx.Response:

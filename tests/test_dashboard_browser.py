@@ -14,8 +14,10 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tests.stack import ADMIN_TOKEN, NEW_HOST, Stack, stack
-from tests.support import RedisServer, eventually
+from tests.support.redis import RedisServer
+from tests.support.settings import ADMIN_TOKEN, NEW_HOST
+from tests.support.stack import Stack, stack
+from tests.support.waiting import eventually
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -14,34 +13,12 @@ from edge.config import StoreSettings
 from edge.modes import ModeStore, open_store
 from edge.modes.traffic import KEEP_SLACK, TrafficCounts
 from edge.moves.service import Moves
-from tests.stack import LEGACY_HOST, NEW_HOST, stack
-from tests.support import RedisServer, eventually
+from tests.support.redis import RedisServer
+from tests.support.settings import LEGACY_HOST, NEW_HOST, example_settings
+from tests.support.stack import stack
+from tests.support.waiting import eventually
 
-SETTINGS = config.from_mapping(
-    {
-        "legacy": {
-            "hosts": ["parents.example.com"],
-            "backend": "http://legacy.internal:8000",
-            "public_url": "https://parents.example.com",
-        },
-        "new": {
-            "hosts": ["portal.example.com"],
-            "backend": "http://new.internal:8000",
-            "public_url": "https://portal.example.com",
-        },
-        "policy": {"deep_links": 3},
-    }
-)
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def store(
-    request: pytest.FixtureRequest, redis_server: RedisServer, prefix: str
-) -> AsyncIterator[ModeStore]:
-    url = "memory://" if request.param == "memory" else redis_server.url
-    store = open_store(StoreSettings(url=url, prefix=prefix))
-    yield store
-    await store.close()
+SETTINGS = example_settings(policy={"deep_links": 3})
 
 
 def links(**tenants: dict[str, int]) -> TrafficCounts:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from edge import config
-from tests.support import free_port, wait_for_port
+from tests.support.ports import free_port, wait_for_port
 
 
 @dataclass

@@ -11,7 +11,7 @@ import pytest
 from edge import config
 from edge.demo.portals import legacy_portal, new_portal, site
 from edge.routing.decide import Policy
-from tests.support import ServerThread
+from tests.support.servers import ServerThread
 
 BANNER = "Preview — read-only: bookings and checkout are not possible yet"
 

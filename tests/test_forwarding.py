@@ -1,4 +1,5 @@
-"""The forwarding leg on real sockets: client → uvicorn(proxy app) → aiohttp → uvicorn(backend)."""
+"""The forwarding leg on real sockets: client → uvicorn(proxy app) → edge's upstream client →
+uvicorn(backend)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 
-from edge.config import UpstreamSettings
 from edge.forwarding import headers as edge_headers
 from edge.forwarding.headers import (
     ClientView,
@@ -25,35 +25,15 @@ from edge.forwarding.headers import (
     trust_checker,
     upstream_headers,
 )
-from edge.forwarding.proxy import Forwarder, UpstreamAborted
-from edge.observe.served import Outcome
-from tests.support import ScriptedPortal, ServerThread, free_port
+from tests.support.ports import free_port
+from tests.support.proxy import ProxyApp, serve_proxy
+from tests.support.servers import ScriptedPortal, ServerThread
+from tests.support.waiting import WAIT, Signals, wait_event
 
-ROUTER_HEADERS = [(b"x-edge-tenant", b"acme-gym"), (b"x-edge-mode", b"setup")]
 GZIPPED = gzip.compress(b"the same words again and again " * 500, mtime=0)
-WAIT = 10.0  # generous bound for anything that should happen "soon"
 
 
 # --- the backend: echoes what it got, streams, fails on purpose --------------------------------
-
-
-class Signals:
-    """Named threading.Events shared between the backend's loop and the test thread."""
-
-    def __init__(self) -> None:
-        self._events: dict[str, threading.Event] = {}
-        self._lock = threading.Lock()
-
-    def __getitem__(self, name: str) -> threading.Event:
-        with self._lock:
-            return self._events.setdefault(name, threading.Event())
-
-
-async def wait_event(event: threading.Event, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while not event.is_set() and time.monotonic() < deadline:  # noqa: ASYNC110 (set by a thread)
-        await asyncio.sleep(0.01)
-    return event.is_set()
 
 
 class Backend:
@@ -179,53 +159,6 @@ async def watch_disconnect(receive: Any, gone: threading.Event) -> None:
 
 
 # --- the proxy under test: a minimal raw ASGI app around Forwarder.forward ---------------------
-
-
-class ProxyApp:
-    def __init__(self, backend: str, trusted: tuple[str, ...] = (), **upstream: Any) -> None:
-        self.backend = edge_headers.Backend(backend)
-        self.forwarder = Forwarder(UpstreamSettings(**upstream), trusted)
-        self.outcomes: dict[str, Outcome] = {}  # by request target
-        self.views: list[ClientView] = []
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await self.forwarder.start()
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await self.forwarder.close()
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        view = self.forwarder.client_view(scope)
-        self.views.append(view)
-        target = (scope["raw_path"] + b"?" + scope["query_string"]).decode()
-        try:
-            outcome = await self.forwarder.forward(
-                scope, receive, send, self.backend, ROUTER_HEADERS, view
-            )
-        except UpstreamAborted as exc:
-            self.outcomes[target] = exc.outcome
-            raise
-        self.outcomes[target] = outcome
-
-    def outcome(self, target: str) -> Outcome:
-        """The outcome of the request for target ("/path?query"), once it is recorded."""
-        deadline = time.monotonic() + WAIT
-        while target not in self.outcomes and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return self.outcomes[target]
-
-
-def serve_proxy(app: ProxyApp) -> ServerThread:
-    # As the real app must run it: no Date/Server of uvicorn's own (the backend's pass through),
-    # and no uvicorn proxy_headers, which would rewrite scope["client"] from X-Forwarded-For
-    # (it trusts 127.0.0.1 by default) before Forwarder's own trust check.
-    return ServerThread(
-        app, server_header=False, date_header=False, proxy_headers=False, lifespan="on"
-    )
 
 
 @pytest.fixture(scope="module")
@@ -480,7 +413,8 @@ def test_every_set_cookie_survives(proxy: tuple[ServerThread, ProxyApp]) -> None
 def test_cookies_never_pass_from_one_client_to_another(
     backend: tuple[ServerThread, Backend],
 ) -> None:
-    # A host name, not an IP: aiohttp's default jar ignores cookies from IP hosts anyway.
+    # A host name, not an IP: a client's cookie jar (aiohttp's, for one) may ignore cookies
+    # from IP hosts, and hide a leak that a named host shows.
     app = ProxyApp(f"http://localhost:{backend[0].port}")
     with serve_proxy(app) as server:
         with httpx.Client(base_url=server.url) as alice:
@@ -614,8 +548,9 @@ def test_writes_are_sent_once_even_when_the_backend_hangs_up(method: str, body: 
         assert len(raw.requests) == 1
 
 
-def test_safe_methods_keep_aiohttps_single_retry() -> None:
-    """Shows the write test above would catch a retry: aiohttp resends a GET once."""
+def test_safe_methods_keep_their_single_retry() -> None:
+    """Shows the write test above would catch a retry: a GET without a body is sent once more,
+    on a fresh connection, when the portal hangs up without a word."""
     with ScriptedPortal(lambda _: None) as raw, serve_proxy(ProxyApp(raw.url)) as server:
         response = httpx.get(server.url + "/acme-gym/", timeout=WAIT)
         assert response.status_code == 502

@@ -14,8 +14,10 @@ import pytest
 from edge.config import FrontSettings
 from edge.core.asgi import Receive, Scope, Send
 from edge.forwarding.headers import Backend
-from tests.stack import LEGACY_HOST, NEW_HOST, RecordingBackend, Seen, Stack, run_edge, settings_for
-from tests.support import RedisServer, ServerThread, unique_prefix
+from tests.support.redis import RedisServer, prefix_with_modes
+from tests.support.servers import ServerThread
+from tests.support.settings import LEGACY_HOST, NEW_HOST, settings_for
+from tests.support.stack import RecordingBackend, Seen, Stack, run_edge
 
 ACTIVE, LEGACY = "dance", "acme"  # acme has no key: legacy
 FORGED = [
@@ -53,8 +55,7 @@ class AnsweringBackend:
 
 @contextmanager
 def answering_stack(redis: RedisServer, **sections: dict[str, Any]) -> Iterator[Stack]:
-    prefix = unique_prefix()
-    redis.cli("SET", f"{prefix}mode:{ACTIVE}", "active")
+    prefix = prefix_with_modes(redis, {ACTIVE: "active"})
     legacy, new = AnsweringBackend("legacy"), AnsweringBackend("new")
     with ExitStack() as running:
         legacy_url = running.enter_context(ServerThread(legacy)).url

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from tests.stack import NEW_HOST, stack
-from tests.support import RedisServer, eventually
+from tests.support.redis import RedisServer
+from tests.support.settings import NEW_HOST
+from tests.support.stack import stack
+from tests.support.waiting import eventually
 
 
 def test_not_ready_until_the_store_is_first_reached(own_redis: RedisServer, prefix: str) -> None:

@@ -15,16 +15,10 @@ import pytest
 
 from edge.modes import MemoryStore
 from edge.moves.importer import BadRow, Row, read_rows
-from tests.stack import ADMIN_TOKEN, stack
-from tests.support import RedisServer
-from tests.test_cli import CONFIG, edge
-
-
-@pytest.fixture
-def config_file(tmp_path: Path, redis_server: RedisServer, prefix: str) -> Path:
-    path = tmp_path / "edge.toml"
-    path.write_text(CONFIG.format(url=redis_server.url, prefix=prefix))
-    return path
+from tests.support.cli import cli_config, run_cli
+from tests.support.redis import RedisServer
+from tests.support.settings import ADMIN_TOKEN
+from tests.support.stack import stack
 
 
 def csv_file(tmp_path: Path, text: str, name: str = "moves.csv") -> Path:
@@ -69,10 +63,10 @@ def test_rows_are_read_with_their_line_numbers(
 def test_a_file_that_is_not_utf8_is_refused(tmp_path: Path, config_file: Path) -> None:
     path = tmp_path / "moves.csv"
     path.write_bytes(b"caf\xe9,setup\n")
-    result = edge("tenant", "import", str(path), "--config", str(config_file))
+    result = run_cli("tenant", "import", str(path), "--config", str(config_file))
     assert result.returncode == 1
     assert "cannot read" in result.stderr and "utf-8" in result.stderr
-    missing = edge("tenant", "import", str(tmp_path / "nope.csv"), "--config", str(config_file))
+    missing = run_cli("tenant", "import", str(tmp_path / "nope.csv"), "--config", str(config_file))
     assert missing.returncode == 1 and "cannot read" in missing.stderr
 
 
@@ -85,13 +79,13 @@ def test_an_import_moves_every_row_and_sums_up(
     redis_server.cli("SET", f"{prefix}mode:swim", "setup")
     path = csv_file(tmp_path, "tenant,mode\nacme,setup\nswim,setup\ndance,active\n")
 
-    result = edge("tenant", "import", str(path), "--actor", "hal", "--config", str(config_file))
+    result = run_cli("tenant", "import", str(path), "--actor", "hal", "--config", str(config_file))
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "moved 2, unchanged 1, refused 0"
     assert "%|" not in result.stderr  # no progress bar off a terminal
     assert modes(redis_server, prefix, "acme", "swim", "dance") == ["setup", "setup", "active"]
-    history = edge("tenant", "history", "dance", "--config", str(config_file))
+    history = run_cli("tenant", "history", "dance", "--config", str(config_file))
     assert "by hal (import)" in history.stdout
 
 
@@ -101,7 +95,7 @@ def test_a_dry_run_says_what_would_change_and_changes_nothing(
     redis_server.cli("SET", f"{prefix}mode:swim", "setup")
     path = csv_file(tmp_path, "acme,active\nswim,setup\n")
 
-    result = edge("tenant", "import", str(path), "--dry-run", "--config", str(config_file))
+    result = run_cli("tenant", "import", str(path), "--dry-run", "--config", str(config_file))
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
@@ -126,7 +120,7 @@ def test_every_bad_row_is_named_with_its_line_and_nothing_changes(
         "lonely\n",  # 7: one column
     )
 
-    result = edge("tenant", "import", str(path), "--config", str(config_file))
+    result = run_cli("tenant", "import", str(path), "--config", str(config_file))
 
     assert result.returncode == 1
     lines = result.stderr.splitlines()
@@ -144,11 +138,11 @@ def test_force_lets_an_import_roll_tenants_back(
     redis_server.cli("MSET", f"{prefix}mode:north", "active", f"{prefix}mode:south", "setup")
     path = csv_file(tmp_path, "north,legacy\nsouth,legacy\n")
     c = ("--config", str(config_file))
-    assert edge("tenant", "import", str(path), *c).returncode == 1
-    result = edge("tenant", "import", str(path), "--force", *c)
+    assert run_cli("tenant", "import", str(path), *c).returncode == 1
+    result = run_cli("tenant", "import", str(path), "--force", *c)
     assert result.returncode == 0, result.stderr
     assert modes(redis_server, prefix, "north", "south") == ["legacy", "legacy"]
-    assert "forced" in edge("tenant", "history", "north", *c).stdout
+    assert "forced" in run_cli("tenant", "history", "north", *c).stdout
 
 
 def on_a_terminal(*args: str) -> tuple[int, str]:
@@ -197,20 +191,20 @@ def test_with_the_embedded_store_an_import_goes_through_the_admin_api(tmp_path: 
     with stack("memory://", "edge:", store=store) as running:
         config = tmp_path / "demo.toml"
         config.write_text(
-            CONFIG.format(url="memory://", prefix="edge:")
+            cli_config("memory://", "edge:")
             + f'[admin]\nport = {running.admin_url.rsplit(":", 1)[1]}\ntoken = "{ADMIN_TOKEN}"\n'
         )
         c = ("--config", str(config))
 
-        dry = edge("tenant", "import", str(path), "--dry-run", *c)
+        dry = run_cli("tenant", "import", str(path), "--dry-run", *c)
         assert dry.returncode == 0, dry.stderr
         assert dry.stdout.splitlines()[-1].endswith("would be moved 450, unchanged 0, refused 0")
-        assert edge("tenant", "list", *c).stdout == ""
-        done = edge("tenant", "import", str(path), "--actor", "ivy", *c)
+        assert run_cli("tenant", "list", *c).stdout == ""
+        done = run_cli("tenant", "import", str(path), "--actor", "ivy", *c)
         assert done.returncode == 0, done.stderr
         assert done.stdout.splitlines()[-1] == "moved 450, unchanged 0, refused 0"
-        refused = edge("tenant", "import", str(bad), "--force", *c)
+        refused = run_cli("tenant", "import", str(bad), "--force", *c)
         assert refused.returncode == 1
         assert refused.stderr.splitlines()[0].startswith(f"{bad}:2: 'Bad' is not a tenant id")
-        history = edge("tenant", "history", "gym-449", *c)
+        history = run_cli("tenant", "history", "gym-449", *c)
         assert "by ivy (api)" in history.stdout

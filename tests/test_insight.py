@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,8 +29,14 @@ from edge.modes.traffic import (
     latency_bucket,
     p95_ms,
 )
-from tests.stack import ADMIN_TOKEN, LEGACY_HOST, NEW_HOST, Stack, stack
-from tests.support import ClusterServers, RedisServer, ServerThread, eventually, free_port
+from tests.support.cli import run_cli, write_cli_config
+from tests.support.dashboard import log_in
+from tests.support.ports import free_port
+from tests.support.redis import ClusterServers, RedisServer
+from tests.support.servers import ServerThread
+from tests.support.settings import ADMIN_TOKEN, LEGACY_HOST, NEW_HOST
+from tests.support.stack import Stack, stack
+from tests.support.waiting import eventually
 
 LEGACY = {"Host": LEGACY_HOST}
 SHADOW_ON = {"sample_rate": 1.0}
@@ -41,21 +44,15 @@ SHADOW_ON = {"sample_rate": 1.0}
 
 def edge_cli(tmp_path: Path, redis_server: RedisServer, prefix: str, *args: str, **env: str) -> str:
     """`edge ARGS` against the test's Redis; its stdout (exit status checked by the caller)."""
-    path = tmp_path / "edge.toml"
-    path.write_text(
-        f'[store]\nurl = "{redis_server.url}"\nprefix = "{prefix}"\n'
-        f'[legacy]\nhosts = ["{LEGACY_HOST}"]\nbackend = "http://127.0.0.1:9"\n'
-        f'public_url = "https://{LEGACY_HOST}"\n'
-        f'[new]\nhosts = ["{NEW_HOST}"]\nbackend = "http://127.0.0.1:9"\n'
-        f'public_url = "https://{NEW_HOST}"\n'
+    path = write_cli_config(
+        tmp_path / "edge.toml",
+        redis_server.url,
+        prefix,
+        legacy="http://127.0.0.1:9",
+        new="http://127.0.0.1:9",
+        hosts=(LEGACY_HOST, NEW_HOST),
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "edge", *args, "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **env},
-    )
+    done = run_cli(*args, "--config", str(path), env=env)
     return f"{done.returncode}\n{done.stdout}{done.stderr}"
 
 
@@ -243,8 +240,7 @@ def shadowed(redis_server: RedisServer, prefix: str, **shadow: Any) -> Iterator[
 
 def page_of(edge: Stack, tenant: str) -> str:
     """The tenant's dashboard page, logged in."""
-    with edge.admin() as admin:
-        admin.post("/login", data={"name": "ops", "token": ADMIN_TOKEN, "next": "/"})
+    with log_in(edge, "ops") as admin:
         page = admin.get(f"/tenants/{tenant}")
         assert page.status_code == 200
         return page.text
@@ -456,16 +452,6 @@ def test_with_sample_rate_zero_nothing_is_mirrored(redis_server: RedisServer, pr
 
 
 # The stores: the same counts, added up the same way, in memory and in Redis.
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def store(
-    request: pytest.FixtureRequest, redis_server: RedisServer, prefix: str
-) -> AsyncIterator[ModeStore]:
-    url = "memory://" if request.param == "memory" else redis_server.url
-    store = open_store(StoreSettings(url=url, prefix=prefix))
-    yield store
-    await store.close()
 
 
 def parity(**fields: Any) -> TrafficCounts:

@@ -20,9 +20,11 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.process import EdgeProcess
-from tests.stack import ADMIN_TOKEN, LEGACY_HOST, NEW_HOST, settings_for
-from tests.support import AsyncPortal, RedisServer, eventually, unique_prefix
+from tests.support.process import EdgeProcess
+from tests.support.redis import RedisServer, unique_prefix
+from tests.support.servers import AsyncPortal
+from tests.support.settings import ADMIN_TOKEN, LEGACY_HOST, NEW_HOST, settings_for
+from tests.support.waiting import eventually
 
 WAIT = 10.0  # how long a test waits for edge to act: many flush intervals
 AUTHORIZED = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

@@ -12,8 +12,8 @@ from typing import BinaryIO
 
 import pytest
 
-from tests.process import EdgeProcess
-from tests.stack import LEGACY_HOST, settings_for
+from tests.support.process import EdgeProcess
+from tests.support.settings import LEGACY_HOST, settings_for
 
 GIB = 1024**3
 BLOCK = bytes(range(256)) * 4096  # 1 MiB
@@ -100,6 +100,17 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EdgeProcess]:
             yield process
 
 
+def head_of_ok(stream: BinaryIO) -> int:
+    """Read a response's head, which must be a 200; its Content-Length (0 if none)."""
+    status = stream.readline()
+    length = 0
+    while (line := stream.readline()) != b"\r\n":
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    assert status.split()[1] == b"200", status
+    return length
+
+
 def upload(edge: EdgeProcess, size: int) -> dict[str, object]:
     with socket.create_connection(("127.0.0.1", edge.port), 60) as sock:
         sock.sendall(
@@ -109,12 +120,7 @@ def upload(edge: EdgeProcess, size: int) -> dict[str, object]:
         for _ in range(size // len(BLOCK)):
             sock.sendall(BLOCK)
         with sock.makefile("rb") as stream:
-            status = stream.readline()
-            length = 0
-            while (line := stream.readline()) != b"\r\n":
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":")[1])
-            assert status.split()[1] == b"200", status
+            length = head_of_ok(stream)
             answer: dict[str, object] = json.loads(stream.read(length))
     return answer
 
@@ -126,12 +132,7 @@ def download(edge: EdgeProcess, size: int) -> tuple[str, int]:
             % (size, LEGACY_HOST.encode())
         )
         with sock.makefile("rb") as stream:
-            status = stream.readline()
-            length = 0
-            while (line := stream.readline()) != b"\r\n":
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":")[1])
-            assert status.split()[1] == b"200", status
+            length = head_of_ok(stream)
             assert length == size
             return _digest_of(stream, length)
 

@@ -17,9 +17,12 @@ from edge.core.tenants import Front
 from edge.modes import MemoryStore, ModeCache
 from edge.observe.metrics import Metrics
 from edge.observe.served import Outcome, Served
-from tests.stack import LEGACY_HOST, NEW_HOST, Stack, run_edge, settings_for, stack
-from tests.support import RedisServer, ScriptedPortal, ServerThread, eventually, free_port
-from tests.test_forwarding import wait_event
+from tests.support.ports import free_port
+from tests.support.redis import RedisServer
+from tests.support.servers import ScriptedPortal, ServerThread
+from tests.support.settings import LEGACY_HOST, NEW_HOST, settings_for
+from tests.support.stack import Stack, run_edge, stack
+from tests.support.waiting import eventually, wait_event
 
 LEGACY = {"Host": LEGACY_HOST}
 NEW = {"Host": NEW_HOST}

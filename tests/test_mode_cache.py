@@ -6,16 +6,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
+from types import SimpleNamespace
 
 import pytest
 
 from edge.core.tenants import Mode
 from edge.modes import MISSING, ModeCache, ModeStore, StoreUnavailable
+from edge.modes import cache as cache_module
 from edge.modes.memory import MemoryStore
 from edge.modes.redis import RedisStore
 from edge.moves.service import Moves
-from tests.support import RedisServer
+from tests.support.redis import RedisServer
+from tests.support.waiting import eventually_async
 
 
 class CountingStore(RedisStore):
@@ -41,14 +44,6 @@ class GatedStore(MemoryStore):
         values = await super().get_many(tenants)
         await self.gate.wait()
         return values
-
-
-async def eventually(condition: Callable[[], bool], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {within} s")
-        await asyncio.sleep(0.01)
 
 
 async def served(cache: ModeCache, tenant: str) -> Mode | None:
@@ -83,7 +78,7 @@ async def writer(redis_server: RedisServer, prefix: str) -> AsyncIterator[RedisS
 async def started(store: ModeStore, resync_interval: float, **options: int | float) -> ModeCache:
     cache = ModeCache(store, resync_interval=resync_interval, **options)  # type: ignore[arg-type]
     await cache.start()
-    await eventually(lambda: cache.listening)
+    await eventually_async(lambda: cache.listening)
     return cache
 
 
@@ -218,7 +213,7 @@ async def test_a_raw_edit_is_logged_by_the_instances_that_held_the_tenant(
 
 
 async def until_noticed(cache: ModeCache, invalidations: int) -> None:
-    await eventually(lambda: cache.stats.invalidations >= invalidations, within=2)
+    await eventually_async(lambda: cache.stats.invalidations >= invalidations, within=2)
 
 
 async def test_a_notice_beats_a_read_that_started_before_it() -> None:
@@ -295,14 +290,19 @@ async def test_made_up_ids_never_push_out_a_real_tenant(
 
 
 async def test_a_negative_entry_expires_after_its_ttl(
-    store: CountingStore, redis_server: RedisServer, prefix: str
+    store: CountingStore, redis_server: RedisServer, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The cache's own clock, moved by the test: the TTL passes when the test says, however
+    # slow the machine (the event loop keeps the real one).
+    now = [1_000.0]
+    monkeypatch.setattr(cache_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
     cache = ModeCache(store, negative_ttl=0.05)
     assert await cache.load("new-gym") is Mode.LEGACY
     redis_server.cli("SET", f"{prefix}mode:new-gym", "setup")  # no subscription: unnoticed
+    now[0] += 0.04
     assert await cache.resync()
     assert cache.cached("new-gym") is Mode.LEGACY  # still within its TTL
-    await asyncio.sleep(0.1)
+    now[0] += 0.02
     assert await cache.resync()
     assert cache.cached("new-gym") is MISSING
     assert await cache.load("new-gym") is Mode.SETUP
@@ -316,7 +316,7 @@ async def test_the_periodic_resync_reads_a_bounded_slice_in_turn(
     cache = await started(store, resync_interval=60, resync_keys=100)
     try:
         await asyncio.gather(*(cache.load(t) for t in tenants))
-        await eventually(lambda: not cache.kinds()["unverified"])
+        await eventually_async(lambda: not cache.kinds()["unverified"])
         store.keys_read = []
         for _ in range(11):
             assert await cache.resync()
@@ -372,7 +372,7 @@ async def test_survives_a_redis_restart_and_trusts_nothing_it_did_not_read_again
         assert await cache.load("new-gym") is Mode.LEGACY
 
         own_redis.stop()
-        await eventually(lambda: not cache.listening)
+        await eventually_async(lambda: not cache.listening)
         assert not await cache.resync()
         assert cache.cached("acme-gym") is Mode.SETUP  # the last known modes keep serving
         assert cache.cached("new-gym") is Mode.LEGACY
@@ -381,7 +381,7 @@ async def test_survives_a_redis_restart_and_trusts_nothing_it_did_not_read_again
         assert cache.stats.store_errors >= 2
 
         own_redis.start()  # same port, no data kept
-        await eventually(lambda: cache.listening and cache.stats.reconnects == 1)
+        await eventually_async(lambda: cache.listening and cache.stats.reconnects == 1)
         # Read again, not guessed: the restarted server has no key for it.
         assert await served(cache, "acme-gym") is Mode.LEGACY
         await Moves(writer).set_mode("new-gym", Mode.ACTIVE, actor="ana")
@@ -412,7 +412,7 @@ async def test_edits_made_while_the_subscription_was_down_are_served(
             ("SET", f"{prefix}mode:gym-1", "active"),
             ("CLIENT", "KILL", "TYPE", "pubsub"),
         )
-        await eventually(lambda: cache.stats.reconnects == 1)
+        await eventually_async(lambda: cache.stats.reconnects == 1)
         await serves(cache, "gym-0", Mode.ACTIVE, within=2)
         await serves(cache, "gym-1", Mode.ACTIVE, within=2)
         assert [await served(cache, t) for t in tenants[2:]] == [Mode.LEGACY] * 18
@@ -431,13 +431,13 @@ async def test_the_pass_after_a_reconnect_reads_back_what_the_cache_held(
     try:
         await asyncio.gather(*(cache.load(t) for t in tenants))
         await cache.load("no-key")
-        await eventually(lambda: cache.kinds()["positive"] == 1_200)
+        await eventually_async(lambda: cache.kinds()["positive"] == 1_200)
         own_redis.transaction(  # its invalidation is lost: the pass reads it back
             ("SET", f"{prefix}mode:gym-7", "active"), ("CLIENT", "KILL", "TYPE", "pubsub")
         )
-        await eventually(lambda: cache.stats.reconnects == 1)
-        await eventually(lambda: cache.stats.resyncs["reconnect"].runs >= 1)
-        await eventually(lambda: cache.kinds()["unverified"] == 0)
+        await eventually_async(lambda: cache.stats.reconnects == 1)
+        await eventually_async(lambda: cache.stats.resyncs["reconnect"].runs >= 1)
+        await eventually_async(lambda: cache.kinds()["unverified"] == 0)
         gets = store.reads
         assert [cache.cached(t) for t in tenants if t != "gym-7"] == [Mode.SETUP] * 1_199
         assert cache.cached("gym-7") is Mode.ACTIVE

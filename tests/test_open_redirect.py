@@ -12,12 +12,13 @@ from urllib.parse import urljoin, urlsplit
 
 import pytest
 
-from tests.rawhttp import Reply, exchange, request
-from tests.stack import LEGACY_HOST, NEW_HOST, Stack, stack
-from tests.support import RedisServer, unique_prefix
+from tests.support.raw import Reply, exchange, request
+from tests.support.redis import RedisServer, prefix_with_modes
+from tests.support.settings import LEGACY_HOST, NEW_HOST
+from tests.support.stack import Stack, stack
 
 ACTIVE, NOT_ENABLED = "dance", "acme"
-NEW_PUBLIC = f"https://{NEW_HOST}"  # tests.stack's [new].public_url
+NEW_PUBLIC = f"https://{NEW_HOST}"  # the stack's [new].public_url (tests.support.settings)
 LEGACY_PUBLIC = f"https://{LEGACY_HOST}"
 
 # Paths under the active tenant, as raw request targets.
@@ -38,8 +39,7 @@ PATHS = [
 
 @pytest.fixture(scope="module")
 def edge(redis_server: RedisServer) -> Iterator[Stack]:
-    prefix = unique_prefix()
-    redis_server.cli("SET", f"{prefix}mode:{ACTIVE}", "active")
+    prefix = prefix_with_modes(redis_server, {ACTIVE: "active"})
     with stack(redis_server.url, prefix) as running:
         yield running
 

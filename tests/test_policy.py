@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 
 import pytest
 
-from edge import config
 from edge.core.tenants import Front, Mode, is_forward_move
 from edge.routing.decide import (
     WEBSOCKET,
@@ -23,39 +22,27 @@ from edge.routing.decide import (
     query_overrides,
     refusal_home,
 )
+from tests.support.settings import example_settings
 
 SUNSET = datetime(2027, 6, 30, 22, 0, tzinfo=UTC)
 BEFORE = datetime(2027, 1, 1, tzinfo=UTC)
 AFTER = datetime(2027, 7, 1, tzinfo=UTC)
 
-BASE = {
-    "legacy": {
-        "hosts": ["parents.example.com"],
-        "backend": "http://legacy.internal:8000",
-        "public_url": "https://parents.example.com",
-    },
-    "new": {
-        "hosts": ["portal.example.com"],
-        "backend": "http://new.internal:8000",
-        "public_url": "https://portal.example.com",
-    },
-    "policy": {
-        "legacy_sunset": "2027-06-30T22:00:00Z",
-        "setup_allow": [
-            {"method": "POST", "path": "/{tenant}/staff/login"},
-            {"method": "POST", "path": "/{tenant}/staff/sso/*"},
-        ],
-        "path_rules": [
-            {"from": "/{tenant}/classes", "to": "/{tenant}/schedule"},
-            {"from": "/{tenant}/account/", "to": "/{tenant}/profile"},
-        ],
-    },
+BASE_POLICY = {
+    "legacy_sunset": "2027-06-30T22:00:00Z",
+    "setup_allow": [
+        {"method": "POST", "path": "/{tenant}/staff/login"},
+        {"method": "POST", "path": "/{tenant}/staff/sso/*"},
+    ],
+    "path_rules": [
+        {"from": "/{tenant}/classes", "to": "/{tenant}/schedule"},
+        {"from": "/{tenant}/account/", "to": "/{tenant}/profile"},
+    ],
 }
 
 
 def make_policy(**policy: object) -> Policy:
-    raw = {**BASE, "policy": {**BASE["policy"], **policy}}  # type: ignore[dict-item]
-    return Policy.from_settings(config.from_mapping(raw))
+    return Policy.from_settings(example_settings(policy={**BASE_POLICY, **policy}))
 
 
 def at(instant: datetime) -> Callable[[], datetime]:
@@ -256,23 +243,19 @@ def test_the_first_matching_rule_wins() -> None:
 
 
 def test_subdomain_portals_put_the_tenant_in_the_host_from_config_only() -> None:
-    raw = {
-        **BASE,
-        "legacy": {
-            **BASE["legacy"],
+    settings = example_settings(
+        legacy={
             "hosts": ["*.parents.example.com"],
             "tenant": "subdomain",
             "public_url": "https://{tenant}.parents.example.com",
         },
-        "new": {
-            **BASE["new"],
+        new={
             "public_url": "https://{tenant}.portal.example.com",
             "tenant": "subdomain",
             "hosts": ["*.portal.example.com"],
         },
-        "policy": {},
-    }
-    policy = Policy.from_settings(config.from_mapping(raw))
+    )
+    policy = Policy.from_settings(settings)
     assert decide(L, "acme", ACTIVE, "GET", "/classes", b"", at(BEFORE), policy) == Redirect(
         "https://acme.portal.example.com/", 302
     )

@@ -20,8 +20,11 @@ import pytest
 from websockets.sync.client import connect
 
 from edge.core.asgi import Receive, Scope, Send
-from tests.stack import LEGACY_HOST, run_edge, settings_for
-from tests.support import ServerThread, bound_socket, make_certificates
+from tests.support.certificates import make_certificates
+from tests.support.ports import bound_socket
+from tests.support.servers import ServerThread
+from tests.support.settings import LEGACY_HOST, settings_for
+from tests.support.stack import run_edge
 
 WAIT = 10.0
 

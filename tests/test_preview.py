@@ -15,34 +15,23 @@ import pytest
 from edge import config
 from edge.routing.decide import Policy
 from edge.routing.preview import COOKIE_PREFIX, PreviewGate
-from tests.stack import LEGACY_HOST, NEW_HOST, Stack, stack
-from tests.support import RedisServer, unique_prefix
-from tests.test_cli import CONFIG as CLI_CONFIG
-from tests.test_cli import edge as run_edge
-from tests.test_dashboard import log_in, text_of
+from tests.support.cli import cli_config, run_cli
+from tests.support.dashboard import log_in, text_of
+from tests.support.redis import RedisServer, prefix_with_modes
+from tests.support.settings import LEGACY_HOST, NEW_HOST, example_settings, merged
+from tests.support.stack import Stack, stack
 
 NOW = datetime(2027, 1, 1, 12, 0, tzinfo=UTC)
 SECRET = "preview-secret-0123456789"
 
 
 def settings(**sections: dict[str, Any]) -> config.Settings:
-    raw: dict[str, Any] = {
-        "legacy": {
-            "hosts": ["parents.example.com"],
-            "backend": "http://legacy.internal:8000",
-            "public_url": "https://parents.example.com",
-        },
-        "new": {
-            "hosts": ["portal.example.com"],
-            "backend": "http://new.internal:8000",
-            "public_url": "https://portal.example.com",
-        },
+    """The example fronts with a private preview; ``sections`` laid over it."""
+    preview = {
         "policy": {"private_preview": True, "preview_ttl": "7d"},
         "admin": {"preview_secret": SECRET},
     }
-    for name, values in sections.items():
-        raw[name] = {**raw[name], **values}
-    return config.from_mapping(raw)
+    return example_settings(**merged(preview, sections))
 
 
 def gate_for(settings: config.Settings) -> PreviewGate:
@@ -207,10 +196,7 @@ NEW = {"Host": NEW_HOST}
 
 @pytest.fixture(scope="module")
 def private(redis_server: RedisServer) -> Iterator[Stack]:
-    prefix = unique_prefix()
-    redis_server.cli("SET", f"{prefix}mode:acme", "setup")
-    redis_server.cli("SET", f"{prefix}mode:other", "setup")
-    redis_server.cli("SET", f"{prefix}mode:dance", "active")
+    prefix = prefix_with_modes(redis_server, {"acme": "setup", "other": "setup", "dance": "active"})
     with stack(redis_server.url, prefix, policy={"private_preview": True}) as running:
         yield running
 
@@ -320,12 +306,12 @@ def test_active_tenants_need_no_preview_cookie(private: Stack) -> None:
 def test_staff_get_a_link_from_the_cli(tmp_path: Path) -> None:
     config_file = tmp_path / "edge.toml"
     config_file.write_text(
-        CLI_CONFIG.format(url="memory://", prefix="edge:")
+        cli_config("memory://", "edge:")
         + '[policy]\nprivate_preview = true\npreview_ttl = "7d"\n'
         + f'[admin]\npreview_secret = "{SECRET}"\n'
     )
     before = datetime.now(UTC)
-    made = run_edge("tenant", "preview-link", "acme", "--ttl", "2h", "--config", str(config_file))
+    made = run_cli("tenant", "preview-link", "acme", "--ttl", "2h", "--config", str(config_file))
     assert made.returncode == 0, made.stderr
     link = made.stdout.strip()
     assert link.startswith("https://portal.example.com/acme/?edge-preview=acme.")
@@ -338,15 +324,15 @@ def test_staff_get_a_link_from_the_cli(tmp_path: Path) -> None:
     assert gate.expiry(token_of(link), "acme", before + timedelta(hours=3)) is None
     assert "for acme while it is in setup" in made.stderr
 
-    bad = run_edge("tenant", "preview-link", "acme", "--ttl", "soon", "--config", str(config_file))
+    bad = run_cli("tenant", "preview-link", "acme", "--ttl", "soon", "--config", str(config_file))
     assert bad.returncode == 2
     assert "'soon' is not a duration" in bad.stderr
 
 
 def test_the_cli_says_when_no_link_is_needed(tmp_path: Path) -> None:
     config_file = tmp_path / "edge.toml"
-    config_file.write_text(CLI_CONFIG.format(url="memory://", prefix="edge:"))
-    refused = run_edge("tenant", "preview-link", "acme", "--config", str(config_file))
+    config_file.write_text(cli_config("memory://", "edge:"))
+    refused = run_cli("tenant", "preview-link", "acme", "--config", str(config_file))
     assert refused.returncode == 1
     assert "private_preview is off" in refused.stderr
     assert refused.stdout == ""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,10 +22,13 @@ from edge.modes.traffic import TrafficCounts
 from edge.moves.schedule import Scheduler
 from edge.moves.service import BulkMove, MoveOutcome
 from edge.serving.compose import Parts
-from tests.stack import ADMIN_TOKEN, LEGACY_HOST, NEW_HOST, RecordingBackend, Stack, stack
-from tests.support import RedisServer, ServerThread, eventually
-from tests.test_cli import edge as run_edge
-from tests.test_dashboard import csrf_of, log_in, text_of
+from tests.support.cli import cli_config, run_cli
+from tests.support.dashboard import csrf_of, log_in, text_of
+from tests.support.redis import RedisServer
+from tests.support.servers import ServerThread
+from tests.support.settings import ADMIN_TOKEN, LEGACY_HOST, NEW_HOST, example_settings
+from tests.support.stack import RecordingBackend, Stack, stack
+from tests.support.waiting import eventually
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -39,28 +42,18 @@ BOOKMARKS = {
 }
 
 
+RULES = [
+    {"from": "/{tenant}/classes", "to": "/{tenant}/schedule"},
+    {"from": "/{tenant}/invoices", "to": "/{tenant}/billing/invoices"},
+]
+
+
 def settings_for(backend: str, **policy: Any) -> config.Settings:
-    return config.from_mapping(
-        {
-            "legacy": {
-                "hosts": ["parents.example.com"],
-                "backend": "http://127.0.0.1:9",
-                "public_url": "https://parents.example.com",
-            },
-            "new": {
-                "hosts": ["portal.example.com"],
-                "backend": backend,
-                "public_url": "https://portal.example.com",
-            },
-            "policy": {
-                "path_rules": [
-                    {"from": "/{tenant}/classes", "to": "/{tenant}/schedule"},
-                    {"from": "/{tenant}/invoices", "to": "/{tenant}/billing/invoices"},
-                ],
-                "readiness_rate": 200,
-                **policy,
-            },
-        }
+    """The example fronts, the new one on ``backend``, and the path rules of the bookmarks."""
+    return example_settings(
+        legacy={"backend": "http://127.0.0.1:9"},
+        new={"backend": backend},
+        policy={"path_rules": RULES, "readiness_rate": 200, **policy},
     )
 
 
@@ -71,15 +64,11 @@ def portal() -> Iterator[tuple[RecordingBackend, str]]:
         yield backend, server.url
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def store(
-    request: pytest.FixtureRequest, redis_server: RedisServer, prefix: str
-) -> AsyncIterator[ModeStore]:
-    url = "memory://" if request.param == "memory" else redis_server.url
-    store = open_store(StoreSettings(url=url, prefix=prefix))
+@pytest.fixture
+async def store(store: ModeStore) -> ModeStore:
+    """Each store kind (conftest's), with acme's bookmarks recorded."""
     await store.add_traffic(TrafficCounts(deep_links={"acme": BOOKMARKS}), keep=500)
-    yield store
-    await store.close()
+    return store
 
 
 @pytest.fixture
@@ -244,29 +233,6 @@ async def test_probes_are_bounded_in_concurrency() -> None:
 
 # End to end: customers' traffic through a real edge, then activation by the API and the CLI.
 
-RULES = [
-    {"from": "/{tenant}/classes", "to": "/{tenant}/schedule"},
-    {"from": "/{tenant}/invoices", "to": "/{tenant}/billing/invoices"},
-]
-CLI_CONFIG = """
-[store]
-url = "{url}"
-prefix = "{prefix}"
-[legacy]
-hosts = ["{legacy_host}"]
-backend = "{legacy}"
-public_url = "https://{legacy_host}"
-[new]
-hosts = ["{new_host}"]
-backend = "{new}"
-public_url = "https://{new_host}"
-[policy]
-path_rules = [
-    {{ from = "/{{tenant}}/classes", to = "/{{tenant}}/schedule" }},
-    {{ from = "/{{tenant}}/invoices", to = "/{{tenant}}/billing/invoices" }},
-]
-"""
-
 
 @pytest.fixture
 def lacking(redis_server: RedisServer, prefix: str, tmp_path: Path) -> Iterator[tuple[Stack, Path]]:
@@ -276,13 +242,13 @@ def lacking(redis_server: RedisServer, prefix: str, tmp_path: Path) -> Iterator[
         settings = edge.edge.settings
         config_file = tmp_path / "edge.toml"
         config_file.write_text(
-            CLI_CONFIG.format(
-                url=redis_server.url,
-                prefix=prefix,
-                legacy_host=LEGACY_HOST,
+            cli_config(
+                redis_server.url,
+                prefix,
                 legacy=settings.legacy.backend,
-                new_host=NEW_HOST,
                 new=settings.new.backend,
+                hosts=(LEGACY_HOST, NEW_HOST),
+                policy={"path_rules": RULES},
             )
         )
         edge.new.statuses["/acme/billing/invoices"] = 404  # the new portal lacks it
@@ -318,24 +284,24 @@ def test_a_tenant_whose_portal_lacks_pages_is_refused_activation_until_they_exis
     TenantRefused.model_validate(refused.json())  # the shape the OpenAPI document gives
     assert redis_server.cli("GET", f"{prefix}mode:acme") == "setup"
 
-    checked = run_edge("tenant", "readiness", "acme", *cli)
+    checked = run_cli("tenant", "readiness", "acme", *cli)
     assert checked.returncode == 1
     assert "acme: 90.0% of 10 recorded requests (3 paths) resolve" in checked.stdout
     assert "NOT ready (activation needs 95%)" in checked.stdout
     assert "1 requests  404  /acme/invoices → /acme/billing/invoices" in checked.stdout
-    activated = run_edge("tenant", "set", "acme", "active", *cli)
+    activated = run_cli("tenant", "set", "acme", "active", *cli)
     assert activated.returncode == 1
     assert "refused: acme: 90.0% of 10 recorded requests" in activated.stderr
     assert "--force" in activated.stderr
     assert redis_server.cli("GET", f"{prefix}mode:acme") == "setup"
 
     edge.new.statuses.clear()  # the missing page is added
-    checked = run_edge("tenant", "readiness", "acme", *cli)
+    checked = run_cli("tenant", "readiness", "acme", *cli)
     assert checked.returncode == 0
     assert "100.0% of 10 recorded requests (3 paths) resolve on the new portal: ready" in (
         checked.stdout
     )
-    activated = run_edge("tenant", "set", "acme", "active", *cli)
+    activated = run_cli("tenant", "set", "acme", "active", *cli)
     assert activated.returncode == 0, activated.stderr
     assert "setup → active" in activated.stdout
     assert "\n  acme: 100.0% of 10 recorded requests" in activated.stdout
@@ -405,13 +371,13 @@ def test_with_the_embedded_store_the_cli_asks_the_running_edge(tmp_path: Path) -
         admin_port = edge.edge.settings.admin.port
         config_file = tmp_path / "edge.toml"
         config_file.write_text(
-            CLI_CONFIG.format(
-                url="memory://",
-                prefix="edge:",
-                legacy_host=LEGACY_HOST,
+            cli_config(
+                "memory://",
+                "edge:",
                 legacy="http://127.0.0.1:9",
-                new_host=NEW_HOST,
                 new="http://127.0.0.1:9",  # the CLI never probes: the running edge does
+                hosts=(LEGACY_HOST, NEW_HOST),
+                policy={"path_rules": RULES},
             )
             + f'[admin]\nport = {admin_port}\ntoken = "{ADMIN_TOKEN}"\n'
         )
@@ -422,15 +388,15 @@ def test_with_the_embedded_store_the_cli_asks_the_running_edge(tmp_path: Path) -
             for path in ["/acme/classes", "/acme/invoices"]:
                 client.get(path, headers={"Host": LEGACY_HOST})
             eventually(lambda: admin.get("/api/tenants/acme/readiness").json()["requests"] == 2)
-        checked = run_edge("tenant", "readiness", "acme", *cli)
+        checked = run_cli("tenant", "readiness", "acme", *cli)
         assert checked.returncode == 1
         assert "acme: 50.0% of 2 recorded requests (2 paths) resolve" in checked.stdout
-        refused = run_edge("tenant", "set", "acme", "active", *cli)
+        refused = run_cli("tenant", "set", "acme", "active", *cli)
         assert refused.returncode == 1
         assert "refused: acme: 50.0% of 2 recorded requests" in refused.stderr
-        forced = run_edge("tenant", "set", "acme", "active", "--force", *cli)
+        forced = run_cli("tenant", "set", "acme", "active", "--force", *cli)
         assert forced.returncode == 0, forced.stderr
         assert "\n  forced: readiness not checked" in forced.stdout
-        watched = run_edge("tenant", "watch", "acme", *cli)
+        watched = run_cli("tenant", "watch", "acme", *cli)
         assert watched.returncode == 0
         assert "too few responses since activation to judge" in watched.stdout

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from tests.stack import ADMIN_TOKEN, LEGACY_HOST, NEW_HOST, Stack, stack
-from tests.support import RedisServer, eventually
+from tests.support.redis import RedisServer
+from tests.support.settings import ADMIN_TOKEN, LEGACY_HOST, NEW_HOST
+from tests.support.stack import Stack, stack
+from tests.support.waiting import eventually
 
 # Cached tenants and what a customer must get for each, whatever Redis is doing.
 CUSTOMERS = [

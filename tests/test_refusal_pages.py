@@ -13,8 +13,9 @@ import httpx
 import pytest
 
 from edge.modes import MemoryStore
-from tests.stack import LEGACY_HOST, NEW_HOST, run_edge, settings_for
-from tests.support import bound_socket, free_port
+from tests.support.ports import bound_socket, free_port
+from tests.support.settings import LEGACY_HOST, NEW_HOST, settings_for
+from tests.support.stack import run_edge
 
 BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
 AS_JSON = {"Accept": "application/json"}

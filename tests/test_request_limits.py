@@ -15,9 +15,10 @@ import httpx
 import pytest
 
 from edge import config
-from tests.rawhttp import Reply, exchange
-from tests.stack import NEW_HOST, Stack, settings_for, stack
-from tests.support import RedisServer, unique_prefix
+from tests.support.raw import Reply, exchange
+from tests.support.redis import RedisServer, prefix_with_modes
+from tests.support.settings import NEW_HOST, settings_for
+from tests.support.stack import Stack, stack
 
 ACTIVE = "dance"
 URL_BYTES, HEADER_BYTES, HEADERS = 1024, 4096, 20
@@ -27,8 +28,7 @@ AS_JSON = [*BASE, ("accept", "application/json")]
 
 @pytest.fixture(scope="module")
 def edge(redis_server: RedisServer) -> Iterator[Stack]:
-    prefix = unique_prefix()
-    redis_server.cli("SET", f"{prefix}mode:{ACTIVE}", "active")
+    prefix = prefix_with_modes(redis_server, {ACTIVE: "active"})
     limits = {"max_url_bytes": URL_BYTES, "max_header_bytes": HEADER_BYTES, "max_headers": HEADERS}
     with stack(redis_server.url, prefix, server=limits) as running:
         yield running

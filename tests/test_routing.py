@@ -7,8 +7,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.stack import ADMIN_TOKEN, LEGACY_HOST, NEW_HOST, Stack, stack
-from tests.support import RedisServer, eventually
+from tests.support.redis import RedisServer
+from tests.support.settings import ADMIN_TOKEN, LEGACY_HOST, NEW_HOST
+from tests.support.stack import Stack, stack
+from tests.support.waiting import eventually
 
 LEGACY = {"Host": LEGACY_HOST}
 NEW = {"Host": NEW_HOST}

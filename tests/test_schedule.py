@@ -18,9 +18,11 @@ from edge.modes import Change, ModeStore, RedisStore, open_store
 from edge.modes.base import Schedule
 from edge.moves.schedule import Scheduler, parse_instant, via
 from edge.moves.service import Moves
-from tests.stack import ADMIN_TOKEN, run_edge, settings_for
-from tests.support import RedisServer, eventually
-from tests.test_cli import CONFIG, edge
+from tests.support.cli import run_cli
+from tests.support.redis import RedisServer
+from tests.support.settings import ADMIN_TOKEN, settings_for
+from tests.support.stack import run_edge
+from tests.support.waiting import eventually
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 # Generous: other test runs share this machine, and a timed-out audit write would leave a
@@ -282,42 +284,35 @@ def test_instants_need_an_offset(text: str, expected: datetime | None) -> None:
         assert parse_instant(text) == expected
 
 
-@pytest.fixture
-def config_file(tmp_path: Path, redis_server: RedisServer, prefix: str) -> Path:
-    path = tmp_path / "edge.toml"
-    path.write_text(CONFIG.format(url=redis_server.url, prefix=prefix))
-    return path
-
-
 def test_the_cli_schedules_lists_and_cancels(
     config_file: Path, redis_server: RedisServer, prefix: str
 ) -> None:
     c = ("--config", str(config_file))
-    planned = edge(
+    planned = run_cli(
         "tenant", "schedule", "acme", "active", "--at", "2099-01-01T06:00Z", "--actor", "gil", *c
     )
     assert planned.returncode == 0, planned.stderr
     assert "acme → active" in planned.stdout and "by gil" in planned.stdout
-    edge("tenant", "schedule", "swim", "setup", "--at", "2099-01-02T06:00Z", *c)
+    run_cli("tenant", "schedule", "swim", "setup", "--at", "2099-01-02T06:00Z", *c)
 
-    listed = edge("tenant", "schedules", *c)
+    listed = run_cli("tenant", "schedules", *c)
     assert [line.split()[2] for line in listed.stdout.splitlines()] == ["acme", "swim"]
-    only = edge("tenant", "schedules", "--tenant", "swim", *c)
+    only = run_cli("tenant", "schedules", "--tenant", "swim", *c)
     assert len(only.stdout.splitlines()) == 1
 
-    refused = edge("tenant", "schedule", "acme", "setup", "--at", "2099-02-01T00:00Z", *c)
+    refused = run_cli("tenant", "schedule", "acme", "setup", "--at", "2099-02-01T00:00Z", *c)
     assert refused.returncode == 1 and "will be active by then" in refused.stderr
-    past = edge("tenant", "schedule", "acme", "setup", "--at", "2000-01-01T00:00Z", *c)
+    past = run_cli("tenant", "schedule", "acme", "setup", "--at", "2000-01-01T00:00Z", *c)
     assert past.returncode == 1 and "in the past" in past.stderr
-    naive = edge("tenant", "schedule", "acme", "setup", "--at", "2099-01-01 06:00", *c)
+    naive = run_cli("tenant", "schedule", "acme", "setup", "--at", "2099-01-01 06:00", *c)
     assert naive.returncode == 1 and "UTC offset" in naive.stderr
 
-    cancelled = edge("tenant", "unschedule", "acme", *c)
+    cancelled = run_cli("tenant", "unschedule", "acme", *c)
     assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
     swim_id = only.stdout.split()[0]
-    assert edge("tenant", "unschedule", "--id", swim_id, *c).returncode == 0
-    nothing = edge("tenant", "unschedule", "acme", *c)
+    assert run_cli("tenant", "unschedule", "--id", swim_id, *c).returncode == 0
+    nothing = run_cli("tenant", "unschedule", "acme", *c)
     assert nothing.returncode == 1 and "no scheduled moves" in nothing.stderr
-    assert edge("tenant", "unschedule", "--id", swim_id, *c).returncode == 1
+    assert run_cli("tenant", "unschedule", "--id", swim_id, *c).returncode == 1
     assert redis_server.cli("ZCARD", f"{prefix}schedules") == "0"
     assert redis_server.cli("EXISTS", f"{prefix}mode:acme") == "0"

@@ -15,9 +15,18 @@ from edge.config import StoreSettings
 from edge.core.tenants import Mode
 from edge.modes import StoreUnavailable, open_store
 from edge.moves.service import Moves
-from tests.fleet import ANSWER, Traffic, answer, fleet, read_modes, set_modes, write_cli_config
-from tests.support import RedisServer, SentinelServers, eventually
-from tests.test_cli import edge
+from tests.support.cli import run_cli
+from tests.support.fleet import (
+    Traffic,
+    answer,
+    answers_as_set,
+    fleet,
+    fleet_config,
+    read_modes,
+    set_modes,
+)
+from tests.support.redis import RedisServer, SentinelServers
+from tests.support.waiting import eventually
 
 MODES = {f"gym-{n}": (Mode.SETUP, Mode.ACTIVE)[n % 2] for n in range(6)}
 
@@ -72,12 +81,8 @@ def test_a_master_failover_costs_no_request_and_loses_no_confirmed_change(
         set_modes(store, MODES)
         # No resync within the test: raw edits reach the instances by invalidation only.
         with fleet(2, store, resync_interval=3600) as instances:
-            config = str(write_cli_config(tmp_path / "edge.toml", store, instances[0]))
-            expected = {t: ANSWER[mode] for t, mode in MODES.items()}
-            for instance in instances:
-                assert {t: answer(instance, t) for t in MODES} == expected
-                assert answer(instance, "newcomer") == ANSWER[Mode.LEGACY]
-                assert answer(instance, "raw-during") == ANSWER[Mode.LEGACY]
+            config = str(fleet_config(tmp_path / "edge.toml", store, instances[0]))
+            expected = answers_as_set(instances, MODES, unknown=("newcomer", "raw-during"))
             eventually(lambda: invalidation_subscribers(servers.master) == 2)
 
             with Traffic(instances, expected) as traffic, Writer(store) as writer:
@@ -98,7 +103,7 @@ def test_a_master_failover_costs_no_request_and_loses_no_confirmed_change(
                 ).start()
                 eventually(lambda: writer.done_since(failover_done) >= 5, within=30)
 
-                moved = edge("tenant", "set", "newcomer", "active", "--config", config)
+                moved = run_cli("tenant", "set", "newcomer", "active", "--config", config)
                 assert moved.returncode == 0, moved.stderr
                 eventually(lambda: [answer(i, "newcomer") for i in instances] == [302, 302])
             assert traffic.wrong == []

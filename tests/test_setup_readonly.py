@@ -19,12 +19,16 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from edge.core.http import METHOD_OVERRIDE_HEADERS
-from tests.rawhttp import exchange, request
-from tests.stack import NEW_HOST, Seen, Stack, stack
-from tests.support import RedisServer, unique_prefix
+from tests.support.raw import exchange, request
+from tests.support.redis import RedisServer, prefix_with_modes
+from tests.support.settings import NEW_HOST
+from tests.support.stack import Seen, Stack, stack
 
 SETUP, ACTIVE, LEGACY = "swim", "dance", "acme"  # acme has no key: legacy
-ALLOWED_WRITE = ("POST", f"/{SETUP}/staff/login")  # tests.stack's setup_allow
+ALLOWED_WRITE = (
+    "POST",
+    f"/{SETUP}/staff/login",
+)  # the stack's setup_allow (tests.support.settings)
 READS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 METHODS = [
@@ -140,9 +144,7 @@ def violation(seen: Seen) -> str | None:
 
 @pytest.fixture(scope="module")
 def edge(redis_server: RedisServer) -> Iterator[Stack]:
-    prefix = unique_prefix()
-    redis_server.cli("SET", f"{prefix}mode:{SETUP}", "setup")
-    redis_server.cli("SET", f"{prefix}mode:{ACTIVE}", "active")
+    prefix = prefix_with_modes(redis_server, {SETUP: "setup", ACTIVE: "active"})
     with stack(redis_server.url, prefix) as running:
         yield running
 

@@ -16,9 +16,11 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from tests.process import EdgeProcess
-from tests.stack import LEGACY_HOST, settings_for
-from tests.support import RedisServer, ServerThread, eventually, unique_prefix
+from tests.support.process import EdgeProcess
+from tests.support.redis import RedisServer, unique_prefix
+from tests.support.servers import ServerThread
+from tests.support.settings import LEGACY_HOST, settings_for
+from tests.support.waiting import eventually
 
 BLOCK = bytes(range(256)) * 4096  # 1 MiB
 BLOCKS = 8

@@ -19,10 +19,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.process import EdgeProcess
-from tests.rawhttp import Reply
-from tests.stack import LEGACY_HOST, NEW_HOST, settings_for
-from tests.support import RedisServer, ScriptedPortal, eventually, unique_prefix
+from tests.support.process import EdgeProcess
+from tests.support.raw import Reply, read_reply
+from tests.support.redis import RedisServer, unique_prefix
+from tests.support.servers import ScriptedPortal
+from tests.support.settings import LEGACY_HOST, NEW_HOST, settings_for
+from tests.support.waiting import eventually
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 BIG = 8 * 2**20  # more than the socket buffers and edge's own hold between portal and client
@@ -90,18 +92,7 @@ def connect(edge: EdgeProcess) -> socket.socket:
 
 def until_closed(sock: socket.socket, within: float = PATIENCE) -> Reply:
     """What edge writes until it closes the connection (closed=False: it was still open)."""
-    sock.settimeout(within)
-    received = b""
-    with contextlib.suppress(ConnectionResetError):
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except TimeoutError:
-                return Reply(received, closed=False)
-            if not chunk:
-                break
-            received += chunk
-    return Reply(received, closed=True)
+    return read_reply(sock, within)
 
 
 def get(edge: EdgeProcess, tenant: str = TENANT) -> int:

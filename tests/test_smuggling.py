@@ -13,9 +13,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.rawhttp import Reply, exchange
-from tests.stack import NEW_HOST, Stack, stack
-from tests.support import RedisServer, unique_prefix
+from tests.support.raw import Reply, exchange
+from tests.support.redis import RedisServer, prefix_with_modes
+from tests.support.settings import NEW_HOST
+from tests.support.stack import Stack, stack
 
 ACTIVE, SETUP = "dance", "swim"
 SMUGGLED = f"POST /{SETUP}/checkout HTTP/1.1\r\nHost: {NEW_HOST}\r\nContent-Length: 0\r\n\r\n"
@@ -83,9 +84,7 @@ REFUSED = {
 
 @pytest.fixture(scope="module")
 def edge(redis_server: RedisServer) -> Iterator[Stack]:
-    prefix = unique_prefix()
-    redis_server.cli("SET", f"{prefix}mode:{ACTIVE}", "active")
-    redis_server.cli("SET", f"{prefix}mode:{SETUP}", "setup")
+    prefix = prefix_with_modes(redis_server, {ACTIVE: "active", SETUP: "setup"})
     with stack(redis_server.url, prefix) as running:
         yield running
 

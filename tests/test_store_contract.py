@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -18,19 +18,9 @@ from edge.modes import Change, ModeEvent, ModeStore, open_store
 from edge.modes.base import KeysChanged, StoreNotice
 from edge.modes.memory import MemoryStore
 from edge.moves.service import Moves
-from tests.support import RedisServer
+from tests.support.redis import RedisServer
 
 RawSet = Callable[[str, str | None], None]
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def store(
-    request: pytest.FixtureRequest, redis_server: RedisServer, prefix: str
-) -> AsyncIterator[ModeStore]:
-    url = "memory://" if request.param == "memory" else redis_server.url
-    store = open_store(StoreSettings(url=url, prefix=prefix))
-    yield store
-    await store.close()
 
 
 @pytest.fixture

@@ -20,7 +20,8 @@ from edge.modes import ModeStore, StoreUnavailable, open_store, subscription
 from edge.modes.base import KeysChanged
 from edge.modes.redis import RedisStore
 from edge.moves.service import Moves
-from tests.support import RedisServer, free_port, wait_for_port
+from tests.support.ports import free_port, wait_for_port
+from tests.support.redis import RedisServer
 
 
 def _open(server: RedisServer, prefix: str = "edge:", timeout: float = 0.5) -> ModeStore:

@@ -14,7 +14,9 @@ from edge.core.tenants import Mode
 from edge.modes import ModeEvent, ModeStore, StoreUnavailable, open_store
 from edge.modes.base import KeysChanged
 from edge.moves.service import Moves
-from tests.support import RedisServer, free_port, make_certificates
+from tests.support.certificates import make_certificates
+from tests.support.ports import free_port
+from tests.support.redis import RedisServer
 
 
 @pytest.fixture(scope="module")

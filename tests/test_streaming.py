@@ -7,7 +7,6 @@ body with a Content-Length; a streamed body may be idle up to stream_idle_timeou
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -16,28 +15,16 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 
-from tests.stack import LEGACY_HOST, run_edge, settings_for
-from tests.support import RedisServer, ServerThread, unique_prefix
+from tests.support.redis import RedisServer, unique_prefix
+from tests.support.servers import ServerThread
+from tests.support.settings import LEGACY_HOST, settings_for
+from tests.support.stack import run_edge
+from tests.support.waiting import Signals, wait_event
 
 READ_TIMEOUT = 0.3
 IDLE_TIMEOUT = 1.5
 GAP = 3 * READ_TIMEOUT  # between events: longer than read_timeout, shorter than the idle limit
 EVENT_STREAM = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
-
-
-class Signals:
-    def __init__(self) -> None:
-        self._events: dict[str, threading.Event] = {}
-        self._lock = threading.Lock()
-
-    def __getitem__(self, name: str) -> threading.Event:
-        with self._lock:
-            return self._events.setdefault(name, threading.Event())
-
-
-async def wait_for(event: threading.Event, seconds: float = 10.0) -> bool:
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(None, event.wait, seconds)
 
 
 class StreamingPortal:
@@ -55,7 +42,7 @@ class StreamingPortal:
         """Event 1; event 2 only once the client has event 1, and GAP later; then the end."""
         await send({"type": "http.response.start", "status": 200, "headers": EVENT_STREAM})
         await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
-        released = await wait_for(self.signals[id + ":got-1"])
+        released = await wait_event(self.signals[id + ":got-1"])
         await asyncio.sleep(GAP)
         event = b"data: 2\n\n" if released else b"data: timed out\n\n"
         await send({"type": "http.response.body", "body": event, "more_body": True})

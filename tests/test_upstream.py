@@ -17,9 +17,12 @@ import pytest
 
 from edge.config import UpstreamSettings
 from edge.forwarding.upstream import Connection, Origin, UpstreamPool
-from tests.stack import LEGACY_HOST, NEW_HOST, run_edge, settings_for
-from tests.support import Answer, RedisServer, ScriptedPortal, eventually, unique_prefix
-from tests.test_forwarding import ProxyApp, serve_proxy
+from tests.support.proxy import ProxyApp, serve_proxy
+from tests.support.redis import RedisServer, prefix_with_modes
+from tests.support.servers import Answer, ScriptedPortal
+from tests.support.settings import LEGACY_HOST, NEW_HOST, settings_for
+from tests.support.stack import run_edge
+from tests.support.waiting import eventually
 
 WAIT = 10
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -146,8 +149,7 @@ def test_a_request_at_one_portals_cap_leaves_the_others_idle_connections(
 ) -> None:
     """pool_size 4: each portal holds 2. While legacy's 2 are busy and 4 more requests wait
     for them, the new portal's 2 idle connections stay open and carry its next requests."""
-    prefix = unique_prefix()
-    redis_server.cli("SET", f"{prefix}mode:dance", "active")
+    prefix = prefix_with_modes(redis_server, {"dance": "active"})
     with (
         ScriptedPortal(lambda _: OK, delay=0.3) as slow,
         ScriptedPortal(lambda _: OK, delay=0.1) as fast,  # two at once take two connections

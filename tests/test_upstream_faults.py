@@ -20,9 +20,11 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.process import EdgeProcess
-from tests.stack import LEGACY_HOST, settings_for
-from tests.support import AsyncPortal, RedisServer, eventually, unique_prefix
+from tests.support.process import EdgeProcess
+from tests.support.redis import RedisServer, unique_prefix
+from tests.support.servers import AsyncPortal
+from tests.support.settings import LEGACY_HOST, settings_for
+from tests.support.waiting import eventually
 
 READ_TIMEOUT = 0.5
 POOL = 4  # connections to the portal: one leaked connection would show

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -11,48 +10,23 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from edge import config
 from edge.activation.traffic import Traffic
 from edge.activation.watch import MIN_RESPONSES, WatchMonitor, WatchReport, watch_report
-from edge.config import StoreSettings
 from edge.core.tenants import Mode
-from edge.modes import ModeStore, open_store
+from edge.modes import ModeStore
 from edge.modes.traffic import TrafficCounts
 from edge.moves.service import Moves
-from tests.stack import ADMIN_TOKEN, NEW_HOST, stack
-from tests.support import RedisServer, eventually
-from tests.test_cli import CONFIG as CLI_CONFIG
-from tests.test_cli import edge as run_edge
-from tests.test_dashboard import log_in, text_of
+from tests.support.cli import run_cli, write_cli_config
+from tests.support.dashboard import log_in, text_of
+from tests.support.redis import RedisServer
+from tests.support.settings import ADMIN_TOKEN, NEW_HOST, example_settings
+from tests.support.stack import stack
+from tests.support.waiting import eventually
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
-SETTINGS = config.from_mapping(
-    {
-        "legacy": {
-            "hosts": ["parents.example.com"],
-            "backend": "http://legacy.internal:8000",
-            "public_url": "https://parents.example.com",
-        },
-        "new": {
-            "hosts": ["portal.example.com"],
-            "backend": "http://new.internal:8000",
-            "public_url": "https://portal.example.com",
-        },
-        "policy": {"watch_window": "24h", "watch_rise": 0.05},
-    }
-)
+SETTINGS = example_settings(policy={"watch_window": "24h", "watch_rise": 0.05})
 ACTIVATED = datetime(2027, 1, 1, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def store(
-    request: pytest.FixtureRequest, redis_server: RedisServer, prefix: str
-) -> AsyncIterator[ModeStore]:
-    url = "memory://" if request.param == "memory" else redis_server.url
-    store = open_store(StoreSettings(url=url, prefix=prefix))
-    yield store
-    await store.close()
 
 
 def report(
@@ -189,8 +163,7 @@ def test_after_the_switch_a_rise_in_404s_shows_in_the_api_the_cli_and_a_gauge(
     redis_server: RedisServer, prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     redis_server.cli("SET", f"{prefix}mode:acme", "setup")
-    config_file = tmp_path / "edge.toml"
-    config_file.write_text(CLI_CONFIG.format(url=redis_server.url, prefix=prefix))
+    config_file = write_cli_config(tmp_path / "edge.toml", redis_server.url, prefix)
     with (
         stack(redis_server.url, prefix, policy={"watch_rise": 0.05}) as edge,
         edge.client() as client,
@@ -227,7 +200,7 @@ def test_after_the_switch_a_rise_in_404s_shows_in_the_api_the_cli_and_a_gauge(
         assert "Watch after activation The 404 share rose after activation." in page
         assert "Edge never rolls back by itself" in page
 
-        shown = run_edge("tenant", "watch", "acme", "--config", str(config_file))
+        shown = run_cli("tenant", "watch", "acme", "--config", str(config_file))
         assert shown.returncode == 1
         assert "404:  0.0% in the preview (20 responses) → 33.3% since (60 responses)  ROSE" in (
             shown.stdout

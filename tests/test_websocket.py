@@ -21,15 +21,12 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from tests.stack import LEGACY_HOST, NEW_HOST, run_edge, settings_for
-from tests.support import (
-    RedisServer,
-    ServerThread,
-    bound_socket,
-    eventually,
-    free_port,
-    unique_prefix,
-)
+from tests.support.ports import bound_socket, free_port
+from tests.support.redis import RedisServer, prefix_with_modes, unique_prefix
+from tests.support.servers import ServerThread
+from tests.support.settings import LEGACY_HOST, NEW_HOST, settings_for
+from tests.support.stack import run_edge
+from tests.support.waiting import eventually
 
 CHUNK = 64 * 1024
 FLOOD = 2000  # messages of CHUNK bytes: 125 MiB, far more than every buffer on the way holds
@@ -180,9 +177,7 @@ def small_buffers(sock: socket.socket) -> socket.socket:
 
 @pytest.fixture(scope="module")
 def edge(redis_server: RedisServer) -> Iterator[Edge]:
-    prefix = unique_prefix()
-    redis_server.cli("SET", f"{prefix}mode:swim", "setup")
-    redis_server.cli("SET", f"{prefix}mode:dance", "active")
+    prefix = prefix_with_modes(redis_server, {"swim": "setup", "dance": "active"})
     portal = Portal()
     with ExitStack() as running:
         listener = small_buffers(bound_socket())  # accepted sockets inherit the sizes
@@ -484,8 +479,7 @@ _CLOSES = {
 @pytest.fixture(scope="module")
 def pinging_edge(redis_server: RedisServer) -> Iterator[Edge]:
     """Pings every 0.2 s: the legacy front's portal answers them, the new front's never."""
-    prefix = unique_prefix()
-    redis_server.cli("SET", f"{prefix}mode:swim", "setup")
+    prefix = prefix_with_modes(redis_server, {"swim": "setup"})
     portal, silent = Portal(), RawPortal()
     with ExitStack() as running:
         running.callback(silent.close)
@@ -518,8 +512,7 @@ def test_a_portal_that_stops_answering_pings_is_dropped(pinging_edge: Edge) -> N
 @pytest.fixture(scope="module")
 def raw_edge(redis_server: RedisServer) -> Iterator[tuple[Edge, RawPortal]]:
     """close_timeout is read_timeout: 5 s here, so that only an immediate close passes."""
-    prefix = unique_prefix()
-    redis_server.cli("SET", f"{prefix}mode:swim", "setup")
+    prefix = prefix_with_modes(redis_server, {"swim": "setup"})
     portal = RawPortal()
     with ExitStack() as running:
         running.callback(portal.close)

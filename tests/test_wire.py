@@ -24,10 +24,11 @@ from edge import config
 from edge.config import UpstreamSettings
 from edge.forwarding.headers import UNNAMEABLE, Backend, ClientView, nominates, upstream_headers
 from edge.forwarding.upstream import Origin, UpstreamPool, request_head
-from tests.portals import CgiPortal, GreedyPortal, Parsed
-from tests.rawhttp import Reply, exchange, request
-from tests.stack import LEGACY_HOST, NEW_HOST, run_edge, settings_for
-from tests.support import RedisServer, unique_prefix
+from tests.support.portals import CgiPortal, GreedyPortal, Parsed
+from tests.support.raw import Reply, exchange, request
+from tests.support.redis import RedisServer, prefix_with_modes
+from tests.support.settings import LEGACY_HOST, NEW_HOST, settings_for
+from tests.support.stack import run_edge
 
 ACTIVE, SETUP, LEGACY = "dance", "swim", "gym"  # gym has no key: legacy
 SMUGGLED = (
@@ -58,9 +59,7 @@ class Wired:
 
 @contextmanager
 def wired(redis: RedisServer, portal: type[Any], **sections: Any) -> Iterator[Wired]:
-    prefix = unique_prefix()
-    redis.cli("SET", f"{prefix}mode:{ACTIVE}", "active")
-    redis.cli("SET", f"{prefix}mode:{SETUP}", "setup")
+    prefix = prefix_with_modes(redis, {ACTIVE: "active", SETUP: "setup"})
     with ExitStack() as running:
         legacy = running.enter_context(portal())
         new = running.enter_context(portal())

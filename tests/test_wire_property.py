@@ -37,11 +37,12 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from edge.observe.served import CLIENT_CLOSED
-from tests.portals import CgiPortal, GreedyPortal, Parsed, StrictPortal, parse_greedily
-from tests.process import EdgeProcess
-from tests.rawhttp import exchange
-from tests.stack import LEGACY_HOST, NEW_HOST, settings_for
-from tests.support import RedisServer, eventually, unique_prefix
+from tests.support.portals import CgiPortal, GreedyPortal, Parsed, StrictPortal, parse_greedily
+from tests.support.process import EdgeProcess
+from tests.support.raw import exchange
+from tests.support.redis import RedisServer, prefix_with_modes
+from tests.support.settings import LEGACY_HOST, NEW_HOST, settings_for
+from tests.support.waiting import eventually
 
 MODES = {"dance": "active", "swim": "setup", "gym": "legacy"}  # gym has no key: legacy
 TENANT_HEADER = "X-Tenant"  # the legacy front's tenant rule
@@ -261,10 +262,8 @@ PORTALS: dict[str, type[StrictPortal] | type[CgiPortal] | type[GreedyPortal]] = 
 def wired(
     redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[list[Wired]]:
-    prefix = unique_prefix()
-    for tenant, mode in MODES.items():
-        if mode != "legacy":
-            redis_server.cli("SET", f"{prefix}mode:{tenant}", mode)
+    keyed = {tenant: mode for tenant, mode in MODES.items() if mode != "legacy"}
+    prefix = prefix_with_modes(redis_server, keyed)
     with ExitStack() as running:
         stacks = []
         for kind, portal in PORTALS.items():

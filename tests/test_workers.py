@@ -18,8 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack import LEGACY_HOST, RecordingBackend
-from tests.support import RedisServer, ServerThread, eventually, free_port, wait_for_port
+from tests.support.ports import free_port, wait_for_port
+from tests.support.redis import RedisServer
+from tests.support.servers import ServerThread
+from tests.support.settings import LEGACY_HOST
+from tests.support.stack import RecordingBackend
+from tests.support.waiting import eventually
 
 CONFIG = """
 [server]

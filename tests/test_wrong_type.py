@@ -5,7 +5,6 @@ is legacy: the bug this guards against), on one Redis and on a Cluster."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
@@ -14,8 +13,10 @@ from edge.config import StoreSettings
 from edge.core.tenants import Mode
 from edge.modes import MISSING, ModeCache, ModeStore, open_store
 from edge.moves.service import Moves
-from tests.stack import LEGACY_HOST, NEW_HOST, stack
-from tests.support import ClusterServers, RedisServer, eventually
+from tests.support.redis import ClusterServers, RedisServer
+from tests.support.settings import LEGACY_HOST, NEW_HOST
+from tests.support.stack import stack
+from tests.support.waiting import eventually, eventually_async
 
 # Each type's command, writing a value that would read as "active" if anything took it so.
 TYPES = {
@@ -34,14 +35,6 @@ def replace_with(cli: Cli, key: str, kind: str) -> None:
     cli("EVAL", f"redis.call('DEL', KEYS[1]); {TYPES[kind]}", "1", key)
 
 
-async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
-    for _ in range(int(within / 0.01)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"not true within {within} s")
-
-
 async def check_every_path(store: ModeStore, cli: Cli, prefix: str, kind: str) -> None:
     """Cold, cached then rewritten, and read back by a resync: always None, never a mode."""
     cold, cached = "cold-gym", "cached-gym"
@@ -53,11 +46,11 @@ async def check_every_path(store: ModeStore, cli: Cli, prefix: str, kind: str) -
     cache = ModeCache(store, resync_interval=60)
     await cache.start()
     try:
-        await until(lambda: cache.listening)
+        await eventually_async(lambda: cache.listening)
         assert await cache.load(cold) is None
         assert await cache.load(cached) is Mode.ACTIVE
         replace_with(cli, f"{prefix}mode:{cached}", kind)
-        await until(lambda: cache.cached(cached) is MISSING)  # noticed
+        await eventually_async(lambda: cache.cached(cached) is MISSING)  # noticed
         assert await cache.load(cached) is None
         assert cache.stats.invalid_values == 2
     finally:

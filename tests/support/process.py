@@ -11,12 +11,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.support import free_port, wait_for_port
+from tests.support.ports import free_port, wait_for_port
 
 
 class EdgeProcess:
-    """``edge serve --config`` with the config ``raw`` (as tests.stack.settings_for builds it),
-    on free ports; everything it logs goes to a file beside the config."""
+    """``edge serve --config`` with the config ``raw`` (as tests.support.settings.settings_for
+    builds it), on free ports; everything it logs goes to a file beside the config."""
 
     def __init__(
         self,

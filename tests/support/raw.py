@@ -71,18 +71,24 @@ def exchange(port: int, data: bytes, quiet_after: float = 1.0) -> Reply:
         # Refused before it read everything: what it answered is still readable.
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             sock.sendall(data)
-        sock.settimeout(quiet_after)
-        received = b""
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except TimeoutError:
-                return Reply(received, closed=False)
-            except ConnectionResetError:
-                return Reply(received, closed=True)
-            if not chunk:
-                return Reply(received, closed=True)
-            received += chunk
+        return read_reply(sock, quiet_after)
+
+
+def read_reply(sock: socket.socket, quiet_after: float) -> Reply:
+    """Read until the server closes the connection (or resets it), or says nothing more for
+    quiet_after seconds (closed=False: it was still open)."""
+    sock.settimeout(quiet_after)
+    received = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            return Reply(received, closed=False)
+        except ConnectionResetError:
+            return Reply(received, closed=True)
+        if not chunk:
+            return Reply(received, closed=True)
+        received += chunk
 
 
 def request(

@@ -16,23 +16,12 @@ from edge.config import StoreSettings
 from edge.core.tenants import Mode
 from edge.modes import open_store
 from edge.moves.service import Moves
-from tests.stack import LEGACY_HOST, Stack, stack
+from tests.support.cli import write_cli_config
+from tests.support.settings import LEGACY_HOST
+from tests.support.stack import Stack, stack
 
 # What the legacy front answers a GET with, by mode: forwarded (200) or redirected (302).
 ANSWER = {Mode.LEGACY: 200, Mode.SETUP: 200, Mode.ACTIVE: 302}
-
-CLI_CONFIG = """
-[store]
-{store}
-[legacy]
-hosts = ["parents.example.com"]
-backend = "{backend}"
-public_url = "https://parents.example.com"
-[new]
-hosts = ["portal.example.com"]
-backend = "{backend}"
-public_url = "https://portal.example.com"
-"""
 
 
 @contextmanager
@@ -55,16 +44,24 @@ def answer(instance: Stack, tenant: str) -> int:
         return client.get(f"/{tenant}/", headers={"Host": LEGACY_HOST}).status_code
 
 
-def write_cli_config(path: Path, store: dict[str, Any], instance: Stack) -> Path:
+def answers_as_set(
+    instances: list[Stack], modes: dict[str, Mode], unknown: tuple[str, ...] = ()
+) -> dict[str, int]:
+    """Every instance answers each tenant as ``modes`` says, and each ``unknown`` one (no key
+    yet) as a legacy tenant; the answers expected, for ``Traffic``."""
+    expected = {tenant: ANSWER[mode] for tenant, mode in modes.items()}
+    for instance in instances:
+        assert {tenant: answer(instance, tenant) for tenant in modes} == expected
+        for tenant in unknown:
+            assert answer(instance, tenant) == ANSWER[Mode.LEGACY]
+    return expected
+
+
+def fleet_config(path: Path, store: dict[str, Any], instance: Stack) -> Path:
     """A config file for the CLI: the store's settings, and the instance's new backend (a
     move to active first checks, through the CLI, that recorded pages answer there)."""
-    lines = [
-        f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value}"
-        for key, value in store.items()
-    ]
     backend = instance.edge.settings.new.backend
-    path.write_text(CLI_CONFIG.format(store="\n".join(lines), backend=backend))
-    return path
+    return write_cli_config(path, store["url"], legacy=backend, new=backend, store=store)
 
 
 def set_modes(store: dict[str, Any], modes: dict[str, Mode]) -> None:

@@ -16,11 +16,9 @@ from edge.modes import ModeStore
 from edge.moves.service import Clock, utc_now
 from edge.serving.app import EdgeApp
 from edge.serving.server import uvicorn_config
-from tests.support import ServerThread, bound_socket
-
-LEGACY_HOST = "parents.test"
-NEW_HOST = "portal.test"
-ADMIN_TOKEN = "test-admin-token-0123456789"
+from tests.support.ports import bound_socket
+from tests.support.servers import ServerThread
+from tests.support.settings import settings_for
 
 
 @dataclass
@@ -73,37 +71,6 @@ class RecordingBackend:
             }
         )
         await send({"type": "http.response.body", "body": answer})
-
-
-def settings_for(
-    legacy_url: str, new_url: str, store_url: str, prefix: str, **sections: dict[str, Any]
-) -> dict[str, Any]:
-    raw: dict[str, Any] = {
-        # The access log's writer thread would print between pytest's captures; its own
-        # tests (test_access_log.py) read it from a real `edge serve`.
-        "server": {"host": "127.0.0.1", "port": 0, "access_log": False},
-        "store": {
-            "url": store_url,
-            "prefix": prefix,
-            "resync_interval": 0.2,
-            "flush_interval": 0.2,
-        },
-        "legacy": {
-            "hosts": [LEGACY_HOST],
-            "backend": legacy_url,
-            "public_url": f"https://{LEGACY_HOST}",
-        },
-        "new": {"hosts": [NEW_HOST], "backend": new_url, "public_url": f"https://{NEW_HOST}"},
-        "policy": {
-            "setup_allow": [{"method": "POST", "path": "/{tenant}/staff/login"}],
-            "path_rules": [{"from": "/{tenant}/classes", "to": "/{tenant}/schedule"}],
-        },
-        "upstream": {"connect_timeout": 1.0, "read_timeout": 2.0},
-        "admin": {"host": "127.0.0.1", "port": 0, "token": ADMIN_TOKEN},
-    }
-    for name, values in sections.items():
-        raw[name] = {**raw.get(name, {}), **values}
-    return raw
 
 
 @dataclass

@@ -26,7 +26,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import h11
 
-from tests.support import ScriptedPortal
+from tests.support.servers import ScriptedPortal
 
 _READ = 65536
 
