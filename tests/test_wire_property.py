@@ -504,6 +504,15 @@ FOUND = {
     "a tenant header twice": _found(
         "POST", "/swim/checkout", (TENANT_HEADER, "dance"), (TENANT_HEADER, "swim")
     ),
+    # Forwarded to the legacy portal whichever copy edge judged (setup and legacy both go
+    # there): the one above names an active tenant first, and is redirected if edge judges it.
+    "a tenant header twice, both forwarded": _found(
+        "POST", "/gym/checkout", (TENANT_HEADER, "swim"), ("x-tenant", "gym")
+    ),
+    # Judged by, it would name a tenant that the portal (never sent "_" names) is not told.
+    "a tenant header only with _": request_bytes(
+        "GET", "/swim/classes", LEGACY_HOST, [("X_Tenant", "swim")]
+    ),
     "a WebSocket handshake": _found("GET", "/swim/classes", *_HANDSHAKE),
     "_method in the query": _found("GET", "/swim/classes/7?_method=DELETE"),
     "a GET with a body": _found("GET", "/swim/classes/7", body=b"a=1"),
