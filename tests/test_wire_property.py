@@ -539,6 +539,14 @@ FOUND = {
     "a WebSocket handshake": _found("GET", "/swim/classes", *_HANDSHAKE),
     "_method in the query": _found("GET", "/swim/classes/7?_method=DELETE"),
     "a GET with a body": _found("GET", "/swim/classes/7", body=b"a=1"),
+    "an OPTIONS with a chunked body": request_bytes(
+        "OPTIONS", "/swim/classes/7", NEW_HOST, [], FRAMINGS["chunked"](b"a=1")
+    ),
+    # Each a name PHP reads as _method, pipelined on one connection.
+    "_method spelt as PHP reads it": b"".join(
+        _found("GET", f"/swim/classes/7?{name}=DELETE")
+        for name in ("%5Fmethod", "_method[]", ".method", "+_method", "_method%00x", "_METHOD")
+    ),
     "X-Method": _found("GET", "/swim/classes/7", ("X-Method", "DELETE")),
     "X-Original-URL": _found("GET", "/dance/classes", ("X-Original-URL", "/swim/checkout")),
     "%u002e": _found("POST", "/dance/%u002e%u002e/swim/checkout", body=b"a=1"),
