@@ -44,7 +44,9 @@ from tests.support.redis import RedisServer, prefix_with_modes
 from tests.support.settings import LEGACY_HOST, NEW_HOST, settings_for
 from tests.support.waiting import eventually
 
-MODES = {"dance": "active", "swim": "setup", "gym": "legacy"}  # gym has no key: legacy
+# gym has no key: legacy. yoga's key is read as active, then becomes a hash: a key of another
+# Redis type, which is no mode, cold or cached; nothing for yoga may reach a portal.
+MODES = {"dance": "active", "swim": "setup", "gym": "legacy", "yoga": "invalid"}
 TENANT_HEADER = "X-Tenant"  # the legacy front's tenant rule
 ALLOWED = {("POST", "staff/login"), ("WEBSOCKET", "live")}  # the setup allow-list, below
 READS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -262,7 +264,11 @@ PORTALS: dict[str, type[StrictPortal] | type[CgiPortal] | type[GreedyPortal]] = 
 def wired(
     redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[list[Wired]]:
-    keyed = {tenant: mode for tenant, mode in MODES.items() if mode != "legacy"}
+    keyed = {
+        tenant: "active" if tenant == "yoga" else mode
+        for tenant, mode in MODES.items()
+        if mode != "legacy"
+    }
     prefix = prefix_with_modes(redis_server, keyed)
     with ExitStack() as running:
         stacks = []
@@ -285,7 +291,19 @@ def wired(
             )
             edge = running.enter_context(EdgeProcess(raw, tmp_path_factory.mktemp(kind)))
             stacks.append(Wired(kind, edge, {"legacy": legacy, "new": new}))
+        yoga = request_bytes("GET", "/yoga/", NEW_HOST, CLOSE)
         for stack in stacks:
+            stack.warm_up()
+            assert exchange(stack.edge.port, yoga).statuses == [200]  # cached as active
+        redis_server.cli(
+            "EVAL",
+            "redis.call('DEL', KEYS[1]); redis.call('HSET', KEYS[1], 'mode', 'active')",
+            "1",
+            f"{prefix}mode:yoga",
+        )
+        for stack in stacks:
+            port = stack.edge.port
+            eventually(lambda p=port: exchange(p, yoga).statuses != [200], within=15)
             stack.warm_up()
         yield stacks
 
@@ -299,6 +317,10 @@ def check(stack: Wired) -> None:
         told = to_expect(at_portal, [line for line in logged if line["front"] == front])
         problem = f"the {stack.kind} {front} portal parsed otherwise than edge logged"
         assert at_portal == told, problem
+        # The mode edge told the portal is the one the store holds: a key that is no mode (of
+        # another Redis type) is no mode, never legacy, and nothing is forwarded for it.
+        misjudged = [(r.tenant, r.mode) for r in at_portal if MODES.get(r.tenant) != r.mode]
+        assert not misjudged, f"the {stack.kind} {front} portal was told another mode: {misjudged}"
         if front == "new":
             writes = [
                 (reading.tenant, write)
@@ -413,7 +435,8 @@ def heads(draw: st.DrawFn) -> tuple[str, str, list[tuple[str, str]]]:
     mostly, and now and then a second copy; forged headers; a Connection header. Each hostile
     part is there only now and then, so that a request edge refuses for one of them does not
     hide, every time, whether another is caught."""
-    tenant = draw(st.sampled_from(["swim", "swim", "dance", "gym"]))  # setup: where writes show
+    # Setup, twice: where writes show. yoga: a key that is no mode.
+    tenant = draw(st.sampled_from(["swim", "swim", "dance", "gym", "yoga"]))
     host = draw(st.sampled_from([NEW_HOST, NEW_HOST, LEGACY_HOST]))
     target = f"/{tenant}/{draw(st.sampled_from(PAGES))}"
     if sometimes(draw, 8):
@@ -503,9 +526,28 @@ FOUND = {
     "a tenant header twice": _found(
         "POST", "/swim/checkout", (TENANT_HEADER, "dance"), (TENANT_HEADER, "swim")
     ),
+    # Forwarded to the legacy portal whichever copy edge judged (setup and legacy both go
+    # there): the one above names an active tenant first, and is redirected if edge judges it.
+    "a tenant header twice, both forwarded": _found(
+        "POST", "/gym/checkout", (TENANT_HEADER, "swim"), ("x-tenant", "gym")
+    ),
+    # Judged by, it would name a tenant that the portal (never sent "_" names) is not told.
+    "a tenant header only with _": request_bytes(
+        "GET", "/swim/classes", LEGACY_HOST, [("X_Tenant", "swim")]
+    ),
+    "a key of another type": _found("GET", "/yoga/page", (TENANT_HEADER, "yoga"))
+    + _found("POST", "/yoga/checkout", body=b"a=1"),
     "a WebSocket handshake": _found("GET", "/swim/classes", *_HANDSHAKE),
     "_method in the query": _found("GET", "/swim/classes/7?_method=DELETE"),
     "a GET with a body": _found("GET", "/swim/classes/7", body=b"a=1"),
+    "an OPTIONS with a chunked body": request_bytes(
+        "OPTIONS", "/swim/classes/7", NEW_HOST, [], FRAMINGS["chunked"](b"a=1")
+    ),
+    # Each a name PHP reads as _method, pipelined on one connection.
+    "_method spelt as PHP reads it": b"".join(
+        _found("GET", f"/swim/classes/7?{name}=DELETE")
+        for name in ("%5Fmethod", "_method[]", ".method", "+_method", "_method%00x", "_METHOD")
+    ),
     "X-Method": _found("GET", "/swim/classes/7", ("X-Method", "DELETE")),
     "X-Original-URL": _found("GET", "/dance/classes", ("X-Original-URL", "/swim/checkout")),
     "%u002e": _found("POST", "/dance/%u002e%u002e/swim/checkout", body=b"a=1"),
