@@ -72,7 +72,8 @@ class Instance:
                 new_host=NEW_HOST,
             )
         )
-        python = source / ".venv" / "bin" / "python"
+        # This checkout runs on the bench's own interpreter; another on its own .venv.
+        python = Path(sys.executable) if source == REPO else source / ".venv" / "bin" / "python"
         self.process = subprocess.Popen(
             [str(python), "-m", "edge", "serve", "--config", str(self.config)],
             cwd=source,
