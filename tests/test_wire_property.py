@@ -2,10 +2,14 @@
 
 Hypothesis writes hostile raw requests (method overrides in headers and the query, Connection
 nominations, framing by length and chunks, bodies on reads, tenant and edge headers in every
-spelling, "_" for "-", path encodings, WebSocket handshakes), several pipelined on each
-connection, to three `edge serve` processes. Each forwards to portals of one kind (tests.portals):
+spelling, "_" for "-", path encodings, WebSocket handshakes, uploads over edge's read-ahead
+sent in pieces a pause apart), several pipelined on each connection, to three `edge serve`
+processes. Each forwards to portals of one kind (tests.portals):
 strict (h11), CGI-style (wsgiref: "_" reads as "-") and greedy (parses whatever bytes arrive
-into as many requests as it finds). For every example and every portal:
+into as many requests as it finds). The strict portal answers an upload to a path with a
+segment `early` as soon as its head is in, before its body (then reads the body, by its
+framing, and keeps the connection): edge must not send the next request on that connection
+unless the body went whole. For every example and every portal:
 
 - the requests the portal parsed, read as a web framework on it would read them (the tenant
   and mode it is told, the client, the request id, the path with X-Original-URL and kin
@@ -21,8 +25,11 @@ The legacy front finds tenants by the X-Tenant header, the new front by the path
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
+import socket
+import time
 import unicodedata
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -39,7 +46,7 @@ from hypothesis import strategies as st
 from edge.observe.served import CLIENT_CLOSED
 from tests.support.portals import CgiPortal, GreedyPortal, Parsed, StrictPortal, parse_greedily
 from tests.support.process import EdgeProcess
-from tests.support.raw import exchange
+from tests.support.raw import Reply, exchange, read_reply
 from tests.support.redis import RedisServer, prefix_with_modes
 from tests.support.settings import LEGACY_HOST, NEW_HOST, settings_for
 from tests.support.waiting import eventually
@@ -211,7 +218,7 @@ class Wired:
         """Send the requests pipelined on a connection of their own, until edge closes it.
         Unless each was answered, wait until edge is done with them: a request still being
         forwarded when edge closed its connection ends after whatever comes next."""
-        reply = exchange(self.edge.port, b"".join(requests), quiet_after=5.0)
+        reply = exchange_paced(self.edge.port, b"".join(requests).split(PAUSE), quiet_after=5.0)
         if reply.data.count(b"HTTP/1.1 ") < len(requests):
             eventually(self.idle, within=10)
 
@@ -400,6 +407,25 @@ override_queries = st.tuples(
 ).map("=".join)
 
 
+# Where a request's bytes pause: the client sends what comes before, waits, then the rest.
+PAUSE = b"\x00<pause>\x00"
+PAUSE_SECONDS = 0.15
+
+
+def exchange_paced(port: int, pieces: Sequence[bytes], quiet_after: float) -> Reply:
+    """exchange(), the pieces sent PAUSE_SECONDS apart: an upload still coming when its
+    answer does."""
+    if len(pieces) == 1:
+        return exchange(port, pieces[0], quiet_after)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            for number, piece in enumerate(pieces):
+                if number:
+                    time.sleep(PAUSE_SECONDS)
+                sock.sendall(piece)
+        return read_reply(sock, quiet_after)
+
+
 def request_bytes(
     method: str,
     target: str,
@@ -479,13 +505,67 @@ def handshakes(draw: st.DrawFn) -> bytes:
     return request_bytes("GET", target, host, fields)
 
 
+# Over edge's read-ahead (64 KiB): edge takes a portal connection with the body still coming.
+UPLOAD_HEAD_START = 80 * 1024
+
+
+class Upload(bytes):
+    """An upload's bytes, PAUSE between its pieces; its repr spares the reader the filler."""
+
+    def __repr__(self) -> str:
+        head = self.partition(b"\r\n\r\n")[0] + b"\r\n\r\n"
+        sizes = [len(piece) for piece in self.split(PAUSE)]
+        return f"Upload({head!r} and a body: sent in pieces of {sizes} bytes)"
+
+
+def upload_bytes(
+    method: str,
+    target: str,
+    host: str,
+    fields: Sequence[tuple[str, str]],
+    sizes: Sequence[int],
+    chunked: bool,
+) -> bytes:
+    """An upload of ``sizes`` pieces, PAUSE between them, its framing by length or chunks."""
+    pieces = [b"u" * size for size in sizes]
+    if chunked:
+        framing = b"Transfer-Encoding: chunked\r\n\r\n"
+        pieces = [b"%x\r\n%b\r\n" % (len(piece), piece) for piece in pieces]
+        pieces[-1] += b"0\r\n\r\n"
+    else:
+        framing = b"Content-Length: %d\r\n\r\n" % sum(sizes)
+    head = request_bytes(method, target, host, fields, framing + pieces[0])
+    return Upload(head + b"".join(PAUSE + piece for piece in pieces[1:]))
+
+
+@st.composite
+def uploads(draw: st.DrawFn) -> bytes:
+    """An upload of 80-200 KiB that the strict portal answers early (its path names
+    `early`), still being sent when the answer comes."""
+    target, host, fields = draw(heads())
+    path, mark, query = target.partition("?")
+    target = f"{path.rstrip('/')}/early{mark}{query}"
+    method = draw(st.sampled_from(["POST", "PUT", "GET"]))
+    rest = draw(st.lists(st.integers(1, 60 * 1024), min_size=1, max_size=2))
+    return upload_bytes(
+        method, target, host, fields, [UPLOAD_HEAD_START, *rest], draw(st.booleans())
+    )
+
+
 # A few connections, each a few requests pipelined. A handshake comes first on its own:
 # uvicorn upgrades a connection at once, while the requests before it on the connection are
 # still being served, so the order of their forwards is not the order sent. Framing that the
 # parser refuses outright (lower-case methods, Content-Length with Transfer-Encoding) is
-# test_smuggling.py's: here it would only end connections early.
+# test_smuggling.py's: here it would only end connections early. An upload comes first too,
+# a request or two behind it maybe: the strict portal answers it before it is all sent.
+pipelines = st.lists(requests(), min_size=2, max_size=5)
 connections = st.lists(
-    st.lists(requests(), min_size=2, max_size=5) | handshakes().map(lambda shake: [shake]),
+    st.one_of(
+        pipelines,
+        pipelines,
+        handshakes().map(lambda shake: [shake]),
+        st.tuples(uploads(), st.lists(requests(), max_size=2)).map(lambda u: [u[0], *u[1]]),
+    ),
     min_size=1,
     max_size=3,
 )
@@ -557,12 +637,25 @@ FOUND = {
     # refuses): the forward is still logged as one.
     "a forward cut off": _found("GET", "/swim/classes")
     + _found("GET", "/dance/%c0%ae/x", *_HANDSHAKE),
+    # Answered before its body was all sent: the connection may not carry the next request
+    # (the sentinel), which the portal would read as the rest of the body.
+    "an upload answered early": upload_bytes(
+        "POST", "/dance/classes/early", NEW_HOST, [], [UPLOAD_HEAD_START, 40 * 1024], True
+    ),
+    # On the legacy front, with a request there behind it (the sentinel goes to the new one).
+    "an upload answered early, by length": [
+        upload_bytes(
+            "PUT", "/gym/classes/early", LEGACY_HOST, [(TENANT_HEADER, "gym")],
+            [UPLOAD_HEAD_START, 20 * 1024, 20 * 1024], False,
+        ),
+        _found("GET", "/gym/classes", (TENANT_HEADER, "gym")),
+    ],
 }  # fmt: skip
 
 
 def _tried_first(test: Any) -> Any:
     for data in FOUND.values():
-        test = example(connections=[[data]])(test)
+        test = example(connections=[[data] if isinstance(data, bytes) else data])(test)
     return test
 
 

@@ -1,6 +1,7 @@
 """Three portals on loopback that each read HTTP/1.1 their own way, and record what they parsed.
 
-- ``StrictPortal``: h11, keep-alive; refuses what RFC 9112 refuses.
+- ``StrictPortal``: h11, keep-alive; refuses what RFC 9112 refuses. It answers an upload to a
+  path with a segment ``early`` as soon as its head is in, then reads the body and drops it.
 - ``CgiPortal``: wsgiref in threads, CGI-style: header names reach the application as
   ``HTTP_X_EDGE_MODE``, so "X_Edge_Mode" and "X-Edge-Mode" are one header, their values
   joined with "," (as gunicorn before 22 and Puma before 6.4.3 did too). One request per
@@ -75,36 +76,69 @@ class _SocketPortal(ScriptedPortal):
 
 
 class StrictPortal(_SocketPortal):
-    """h11: what it cannot parse is recorded as a request of method "unparseable"."""
+    """h11: what it cannot parse is recorded as a request of method "unparseable".
+
+    A request with a body whose path has a segment ``early`` is answered as soon as its head
+    is parsed, as a server that refuses an upload answers, and recorded then; its body is read
+    after the answer and dropped, by its framing, and the connection kept for the next
+    request. If the connection ends before that body does (a proxy that stopped sending it
+    once answered), that ends it quietly: the request was parsed, and nothing else was sent.
+    """
 
     def converse(self, conn: socket.socket) -> None:
         connection = h11.Connection(h11.SERVER)
         request: h11.Request | None = None
-        body = False
+        body = answered = ended = False
         while True:
             try:
                 event = connection.next_event()
             except h11.RemoteProtocolError as exc:
-                self.seen.append(_parsed(b"unparseable", str(exc).encode(), [], False))
+                if not (answered and ended):  # else: a body cut short after the answer
+                    self.seen.append(_parsed(b"unparseable", str(exc).encode(), [], False))
                 return
             if event is h11.NEED_DATA:
-                connection.receive_data(conn.recv(_READ))
+                data = conn.recv(_READ)
+                ended = not data
+                connection.receive_data(data)
             elif isinstance(event, h11.Request):
-                request, body = event, False
+                request, body, answered = event, False, False
+                if _answers_early(event):
+                    self._record(event, True)
+                    if not self._answer(conn, connection):
+                        return
+                    answered = True
             elif isinstance(event, h11.Data):
                 body = body or bool(event.data)
             elif isinstance(event, h11.EndOfMessage):
                 assert request is not None
-                headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers]
-                chunked = any(k == "transfer-encoding" for k, _ in headers)
-                self.seen.append(_parsed(request.method, request.target, headers, body or chunked))
-                response = h11.Response(status_code=200, headers=[(b"content-length", b"0")])
-                conn.sendall(connection.send(response) + connection.send(h11.EndOfMessage()))
+                if not answered:
+                    self._record(request, body)
+                    if not self._answer(conn, connection):
+                        return
                 if connection.our_state is not h11.DONE or connection.their_state is not h11.DONE:
                     return  # one of them asked to close
                 connection.start_next_cycle()
             else:  # ConnectionClosed, or PAUSED on a protocol switch it will not make
                 return
+
+    def _record(self, request: h11.Request, body: bool) -> None:
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers]
+        chunked = any(k == "transfer-encoding" for k, _ in headers)
+        self.seen.append(_parsed(request.method, request.target, headers, body or chunked))
+
+    @staticmethod
+    def _answer(conn: socket.socket, connection: h11.Connection) -> bool:
+        """Answer 200; False if the answer ends the connection."""
+        response = h11.Response(status_code=200, headers=[(b"content-length", b"0")])
+        conn.sendall(connection.send(response) + connection.send(h11.EndOfMessage()))
+        return connection.our_state is h11.DONE
+
+
+def _answers_early(request: h11.Request) -> bool:
+    """A request with a body (chunked, or a length above 0) whose path names ``early``."""
+    framing = {k: v for k, v in request.headers if k in (b"content-length", b"transfer-encoding")}
+    has_body = b"transfer-encoding" in framing or framing.get(b"content-length", b"0") != b"0"
+    return has_body and b"early" in request.target.partition(b"?")[0].split(b"/")
 
 
 class _QuietHandler(WSGIRequestHandler):
