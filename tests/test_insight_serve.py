@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from tests.support.process import EdgeProcess
-from tests.support.redis import RedisServer, unique_prefix
+from tests.support.redis import RedisServer, prefix_with_modes
 from tests.support.servers import AsyncPortal
 from tests.support.settings import ADMIN_TOKEN, LEGACY_HOST, NEW_HOST, settings_for
 from tests.support.waiting import eventually
@@ -128,9 +128,7 @@ MODES = {"acme": "setup", "swim": "setup", "gym": "legacy", "flood": "legacy"}
 
 @pytest.fixture(scope="module")
 def edge(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
-    prefix = unique_prefix()
-    for tenant, mode in MODES.items():
-        redis_server.cli("SET", f"{prefix}mode:{tenant}", mode)
+    prefix = prefix_with_modes(redis_server, MODES)
     with RecordingPortal("legacy") as legacy, RecordingPortal("new") as new:
         raw = settings_for(
             legacy.url,
