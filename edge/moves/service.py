@@ -144,10 +144,10 @@ def actor_problem(actor: str) -> str | None:
     return None
 
 
-def checked_actor(actor: str) -> str:
+def checked_actor(actor: str) -> None:
+    """ChangeRefused when ``actor`` cannot name who moves a tenant (actor_problem)."""
     if (problem := actor_problem(actor)) is not None:
         raise ChangeRefused(problem)
-    return actor
 
 
 def checked_move(tenant: str, mode: Mode | str) -> Mode:
